@@ -1,0 +1,1 @@
+"""llmgate: an LLM egress gateway built as a mitmproxy addon."""

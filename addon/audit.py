@@ -1,0 +1,205 @@
+"""The SQLite audit ledger and its background writer.
+
+The event loop never touches SQLite: hooks enqueue small operations and one
+writer thread applies them in batches, one transaction per batch. `close()`
+drains the queue, so every row reaches the file on shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+log = logging.getLogger("llmgate.audit")
+
+REQUEST_COLUMNS: dict[str, type] = {
+    "id": str,
+    "started_at": float,
+    "finished_at": float,
+    "user": str,
+    "client_ip": str,
+    "protocol": str,
+    "host": str,
+    "path": str,
+    "model": str,
+    "upstream_model": str,
+    "provider": str,
+    "route": str,
+    "stream": int,
+    "status": str,
+    "http_status": int,
+    "error": str,
+    "reason": str,
+    "input_tokens": int,
+    "output_tokens": int,
+    "cache_read_tokens": int,
+    "cache_write_tokens": int,
+    "reasoning_tokens": int,
+    "usage_source": str,
+    "cost_usd": float,
+    "latency_ms": float,
+    "ttft_ms": float,
+    "upstream_host": str,
+}
+
+PAYLOAD_COLUMNS: dict[str, type] = {
+    "request_id": str,
+    "request_headers": str,
+    "request_body": str,
+    "request_truncated": int,
+    "response_headers": str,
+    "response_body": str,
+    "response_truncated": int,
+}
+
+FINDING_COLUMNS: dict[str, type] = {
+    "id": int,
+    "request_id": str,
+    "phase": str,
+    "location": str,
+    "category": str,
+    "detector": str,
+    "action": str,
+    "excerpt": str,
+    "value_hmac": str,
+    "created_at": float,
+}
+
+TRUNCATION_MARKER = "\n[llmgate: truncated, {total} bytes in all]"
+
+
+def default_db_path() -> str:
+    """Under the XDG state directory, so the ledger outlives the checkout."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state) / "llmgate" / "audit.db")
+
+
+def cap_body(body: bytes, limit: int) -> tuple[str, bool]:
+    """Decode a body for storage, cut to `limit` bytes with a marker saying so."""
+    if len(body) <= limit:
+        return body.decode("utf-8", errors="replace"), False
+    kept = body[:limit].decode("utf-8", errors="ignore")
+    return kept + TRUNCATION_MARKER.format(total=len(body)), True
+
+
+def open_database(path: str | Path) -> sqlite_utils.Database:
+    """Open (and create) the ledger: WAL mode, so readers never block the writer."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    db.enable_wal()
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    _ensure_table(db, "requests", REQUEST_COLUMNS, pk="id")
+    _ensure_table(db, "payloads", PAYLOAD_COLUMNS, pk="request_id")
+    _ensure_table(db, "findings", FINDING_COLUMNS, pk="id")
+    db["requests"].create_index(["started_at"], if_not_exists=True)
+    db["requests"].create_index(["user", "started_at"], if_not_exists=True)
+    db["findings"].create_index(["request_id"], if_not_exists=True)
+    return db
+
+
+def _ensure_table(db: sqlite_utils.Database, name: str, columns: dict[str, type], pk: str) -> None:
+    table = db[name]
+    if not table.exists():
+        table.create(columns, pk=pk)  # type: ignore[union-attr]
+        return
+    # Newer llmgate versions add columns; an older file gains them in place.
+    missing = {c: t for c, t in columns.items() if c not in table.columns_dict}  # type: ignore[union-attr]
+    for column, kind in missing.items():
+        table.add_column(column, kind)  # type: ignore[union-attr]
+
+
+_Op = tuple[str, str, Any]
+_STOP = ("stop", "", None)
+
+
+class AuditWriter:
+    """Owns the database connection; everything else talks to it through `submit`."""
+
+    def __init__(self, path: str | Path, batch_size: int = 256) -> None:
+        self.path = Path(path)
+        self._queue: queue.Queue[_Op] = queue.Queue()
+        self._batch_size = batch_size
+        self._db = open_database(self.path)
+        self._thread = threading.Thread(target=self._run, name="llmgate-audit", daemon=True)
+        self._thread.start()
+
+    # --- the API hooks call; each returns at once -------------------------------
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        self._queue.put(("insert", table, row))
+
+    def update(self, table: str, key: str, fields: dict[str, Any]) -> None:
+        self._queue.put(("update", table, (key, fields)))
+
+    def insert_many(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        self._queue.put(("insert_many", table, list(rows)))
+
+    def flush(self) -> None:
+        """Block until everything submitted so far is committed (tests, CLI, shutdown)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    # --- the writer thread -------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(op[0] == "stop" for op in batch)
+            try:
+                self._apply([op for op in batch if op[0] != "stop"])
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                self._db.conn.close()
+                return
+
+    def _apply(self, batch: list[_Op]) -> None:
+        if not batch:
+            return
+        try:
+            with self._db.conn:
+                self._db.conn.execute("BEGIN IMMEDIATE")
+                for kind, table, payload in batch:
+                    self._apply_one(kind, table, payload)
+        except (sqlite3.Error, sqlite_utils.db.NotFoundError) as exc:
+            # One bad row must not lose the batch: retry each op on its own.
+            log.error("audit batch failed (%s); retrying singly", exc)
+            for kind, table, payload in batch:
+                try:
+                    with self._db.conn:
+                        self._apply_one(kind, table, payload)
+                except (sqlite3.Error, sqlite_utils.db.NotFoundError) as one_exc:
+                    log.error("audit write lost: %s", one_exc)
+
+    def _apply_one(self, kind: str, table: str, payload: Any) -> None:
+        target = self._db[table]
+        if kind == "insert":
+            target.insert(payload, replace=True)  # type: ignore[union-attr]
+        elif kind == "insert_many":
+            target.insert_all(payload)  # type: ignore[union-attr]
+        elif kind == "update":
+            key, fields = payload
+            target.update(key, fields)  # type: ignore[union-attr]
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

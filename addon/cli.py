@@ -1,0 +1,149 @@
+"""`llmgate`: read the audit ledger and check policy files from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from addon.audit import default_db_path
+from addon.config import ConfigError, load_config
+from addon.ledger import load_pricing
+
+console = Console()
+
+
+def _connect(db: str) -> sqlite3.Connection:
+    if not Path(db).exists():
+        console.print(f"[red]No audit database at {db}.[/] Start the proxy, or set LLMGATE_DB.")
+        sys.exit(1)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6f}".rstrip("0").rstrip(".") if value < 1 else f"{value:,.2f}"
+    return str(value)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    conn = _connect(args.db)
+    group = {"user": "user", "model": "upstream_model", "route": "route"}[args.by]
+    rows = conn.execute(
+        f"""select {group} as key, count(*) as calls,
+               sum(status = 'completed') as ok, sum(status in ('failed', 'denied')) as bad,
+               sum(input_tokens) as input, sum(output_tokens) as output,
+               sum(cost_usd) as cost, sum(cost_usd is null and usage_source != 'none') as unpriced
+            from requests where started_at >= strftime('%s', 'now') - ? * 3600
+            group by {group} order by cost desc nulls last, calls desc""",
+        (args.hours,),
+    ).fetchall()
+    table = Table(title=f"llmgate usage by {args.by}, last {args.hours} h")
+    for column in (
+        args.by,
+        "calls",
+        "ok",
+        "failed/denied",
+        "input",
+        "output",
+        "cost $",
+        "unpriced",
+    ):
+        table.add_column(column, justify="left" if column == args.by else "right")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in tuple(row)))
+    console.print(table)
+
+
+def cmd_tail(args: argparse.Namespace) -> None:
+    conn = _connect(args.db)
+    rows = conn.execute(
+        """select id, datetime(started_at, 'unixepoch') as started, user, protocol, model,
+                  status, http_status, input_tokens, output_tokens, usage_source, cost_usd,
+                  latency_ms
+           from requests order by started_at desc limit ?""",
+        (args.n,),
+    ).fetchall()
+    table = Table(title=f"last {args.n} calls")
+    for column in rows[0].keys() if rows else ["id"]:
+        table.add_column(column)
+    for row in reversed(rows):
+        table.add_row(*(_fmt(v) for v in tuple(row)))
+    console.print(table)
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    conn = _connect(args.db)
+    row = conn.execute("select * from requests where id = ?", (args.id,)).fetchone()
+    if row is None:
+        console.print(f"[red]No call with id {args.id}.[/]")
+        sys.exit(1)
+    table = Table(show_header=False)
+    for key in row.keys():  # noqa: SIM118 - sqlite3.Row iterates values, not keys
+        table.add_row(key, _fmt(row[key]))
+    console.print(table)
+    payload = conn.execute("select * from payloads where request_id = ?", (args.id,)).fetchone()
+    if payload:
+        for part in ("request_body", "response_body"):
+            console.rule(part)
+            console.print(payload[part] or "-", markup=False)
+    findings = conn.execute("select * from findings where request_id = ?", (args.id,)).fetchall()
+    for finding in findings:
+        console.print(dict(finding))
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    path = Path(args.policies)
+    try:
+        config = load_config(path)
+        pricing = load_pricing((path if path.is_dir() else path.parent) / "pricing.yaml")
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]", markup=False)
+        sys.exit(1)
+    console.print(
+        f"[green]OK[/]: {len(config.routes)} routes, {len(pricing.models)} priced models; "
+        f"intercepting {', '.join(config.intercepted_hosts())}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmgate", description=__doc__)
+    parser.add_argument("--db", default=os.environ.get("LLMGATE_DB", default_db_path()))
+    sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="usage and cost, grouped")
+    report.add_argument("--by", choices=["user", "model", "route"], default="user")
+    report.add_argument("--hours", type=float, default=24)
+    report.set_defaults(func=cmd_report)
+    tail = sub.add_parser("tail", help="the most recent calls")
+    tail.add_argument("-n", type=int, default=20)
+    tail.set_defaults(func=cmd_tail)
+    show = sub.add_parser("show", help="one call with its payloads and findings")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_show)
+    check = sub.add_parser("check", help="validate the policy files")
+    check.add_argument(
+        "policies",
+        nargs="?",
+        default=os.environ.get("LLMGATE_POLICIES", str(Path(__file__).parent.parent / "policies")),
+    )
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

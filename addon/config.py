@@ -1,0 +1,168 @@
+"""The policy files: pydantic models, loading, validation with precise errors.
+
+`LLMGATE_POLICIES` names a file or a directory. In a directory every `*.yaml`
+except `pricing.yaml` is a policy file, read in name order; `routes` lists are
+concatenated in that order and any other top-level section may appear in one
+file only. `pricing.yaml` beside the policies is the pricing table.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Provider = Literal["openai", "anthropic", "gemini"]
+
+# Hosts intercepted even when no route names them: callers talk to these.
+PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com")
+
+
+class ConfigError(ValueError):
+    """A policy file is wrong; the message names the file, the entry and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pricing(_Strict):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+
+
+class Route(_Strict):
+    id: str
+    model_pattern: str = "*"
+    provider: Provider
+    endpoint: str
+    api_key_secret: str | None = None
+    upstream_model: str | None = None
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    pricing: Pricing | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_a_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be a base URL such as https://api.openai.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("model_pattern")
+    @classmethod
+    def _pattern_is_supported(cls, value: str) -> str:
+        stars = value.count("*")
+        if stars > 1 or (stars == 1 and not (value.startswith("*") or value.endswith("*"))):
+            raise ValueError("use 'exact', 'prefix*', '*suffix' or '*'")
+        return value
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.model_pattern)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.endpoint).hostname or ""
+
+
+class AuditSettings(_Strict):
+    payload_max_bytes: int = Field(default=262_144, ge=0)
+
+
+class GatewayConfig(_Strict):
+    routes: list[Route] = Field(default_factory=list)
+    intercept_hosts: list[str] = Field(default_factory=list)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @field_validator("routes")
+    @classmethod
+    def _ids_are_unique(cls, routes: list[Route]) -> list[Route]:
+        seen: set[str] = set()
+        for route in routes:
+            if route.id in seen:
+                raise ValueError(f"route id {route.id!r} is used twice")
+            seen.add(route.id)
+        return routes
+
+    def intercepted_hosts(self) -> list[str]:
+        hosts = [*PROVIDER_HOSTS, *self.intercept_hosts, *(r.host for r in self.routes)]
+        return list(dict.fromkeys(h.lower() for h in hosts))
+
+
+_LIST_SECTIONS = ("routes", "intercept_hosts")
+
+
+def policy_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.yaml") if p.name != "pricing.yaml")
+        if not files:
+            raise ConfigError(f"{path}: no policy files (*.yaml) in this directory")
+        return files
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or directory (set LLMGATE_POLICIES)")
+    return [path]
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping")
+    return data
+
+
+def _describe(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
+    """('routes', 2, 'modle') -> "routes[2] (id=foo) field 'modle'"."""
+    out: list[str] = []
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int):
+            out[-1] += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and "id" in node:
+                out[-1] += f" (id={node['id']})"
+        else:
+            out.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(out)
+
+
+def load_config(path: Path) -> GatewayConfig:
+    merged: dict[str, Any] = {}
+    origin: dict[str | tuple[str, int], Path] = {}
+    for file in policy_files(path):
+        for key, value in _read_yaml(file).items():
+            if key in _LIST_SECTIONS and isinstance(value, list):
+                start = len(merged.setdefault(key, []))
+                merged[key] = [*merged[key], *value]
+                origin.update({(key, start + i): file for i in range(len(value))})
+            elif key in merged:
+                raise ConfigError(f"{file}: section '{key}' is already set in {origin[key]}")
+            else:
+                merged[key] = value
+            origin.setdefault(key, file)
+    try:
+        return GatewayConfig.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = _describe(tuple(err["loc"]), merged)
+            loc = err["loc"]
+            file = origin.get((str(loc[0]), loc[1]) if len(loc) > 1 else "") or origin.get(
+                str(loc[0]) if loc else "", path
+            )
+            message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{file}: {where}: {message}")
+        raise ConfigError("\n".join(lines)) from None

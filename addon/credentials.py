@@ -1,0 +1,66 @@
+"""Where secrets come from, how they are put on a request, and what may be stored.
+
+Secrets are environment variables named by a route's `api_key_secret`, or lines
+`NAME=value` in the file `LLMGATE_SECRETS` names (the environment wins).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+# Every header a caller may put a provider credential in.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+_SENSITIVE_HEADER = re.compile(r"auth|key|token|secret|cookie|session|credential", re.I)
+_CREDENTIAL_PARAMS = {"key", "api_key", "apikey", "access_token"}
+
+
+class SecretStore:
+    def __init__(self, secrets_file: str | None = None) -> None:
+        self._file_values: dict[str, str] = {}
+        if secrets_file:
+            self._file_values = read_secrets_file(Path(secrets_file))
+
+    def get(self, name: str) -> str | None:
+        return os.environ.get(name) or self._file_values.get(name) or None
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        raise ValueError(f"{path}: secrets file not found (LLMGATE_SECRETS)")
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not name.strip():
+            # Never echo the line: it is probably a secret.
+            raise ValueError(f"{path}:{number}: expected NAME=value")
+        values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def credential_header(provider_header: str, secret: str) -> tuple[str, str]:
+    if provider_header == "authorization":
+        return "authorization", f"Bearer {secret}"
+    return provider_header, secret
+
+
+def strip_credential_params(path: str) -> str:
+    """Remove `?key=` style credentials from a path (Gemini accepts its key there)."""
+    bare, sep, query = path.partition("?")
+    if not sep:
+        return path
+    kept = [
+        (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in _CREDENTIAL_PARAMS
+    ]
+    return bare + ("?" + urlencode(kept) if kept else "")
+
+
+def storable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers with every one that could carry a credential left out."""
+    return {k.lower(): v for k, v in headers.items() if not _SENSITIVE_HEADER.search(k)}

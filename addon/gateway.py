@@ -1,0 +1,266 @@
+"""The mitmproxy addon: thin hooks that hand each LLM call to `addon.pipeline`.
+
+This is the only module that knows about flows. Options are parsed and checked
+in `configure`; every hook starts with mitmproxy's guard idiom, because another
+addon (or llmgate itself) may already have answered the flow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+
+from addon import pipeline
+from addon.audit import AuditWriter, cap_body, default_db_path, json_text
+from addon.config import ConfigError, GatewayConfig, load_config
+from addon.credentials import SecretStore, storable_headers, strip_credential_params
+from addon.identity import identify
+from addon.ledger import Pricer, load_pricing
+from addon.protocols.detect import detect_protocol
+from addon.streaming import StreamTap
+
+REQUEST_ID_HEADER = "x-llmgate-request-id"
+_PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+def _pricing_path(policies: Path) -> Path:
+    return (policies if policies.is_dir() else policies.parent) / "pricing.yaml"
+
+
+class Gateway:
+    name = "llmgate"
+
+    def __init__(self) -> None:
+        self.config = GatewayConfig()
+        self.pricer = Pricer(load_pricing(None))
+        self.secrets = SecretStore()
+        self.audit: AuditWriter | None = None
+        self.calls: dict[str, pipeline.Call] = {}
+        self._hosts: frozenset[str] = frozenset()
+
+    # --- options -----------------------------------------------------------------
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "llmgate_policies",
+            str,
+            os.environ.get("LLMGATE_POLICIES", str(_PROJECT_POLICIES)),
+            "Policy file or directory (routes, policies). Env: LLMGATE_POLICIES.",
+        )
+        loader.add_option(
+            "llmgate_db",
+            str,
+            os.environ.get("LLMGATE_DB", default_db_path()),
+            "Path of the SQLite audit ledger. Env: LLMGATE_DB.",
+        )
+        loader.add_option(
+            "llmgate_secrets",
+            str,
+            os.environ.get("LLMGATE_SECRETS", ""),
+            "File of NAME=value secrets for routes' api_key_secret. Env: LLMGATE_SECRETS.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "llmgate_policies" in updated:
+            policies = Path(ctx.options.llmgate_policies).expanduser()
+            try:
+                self.config = load_config(policies)
+                self.pricer = Pricer(load_pricing(_pricing_path(policies)))
+            except ConfigError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+            self._hosts = frozenset(self.config.intercepted_hosts())
+            # Only LLM hosts are decrypted; everything else stays an opaque tunnel.
+            ctx.options.update(
+                allow_hosts=[rf"^{re.escape(h)}(:\d+)?$" for h in sorted(self._hosts)],
+                connection_strategy="lazy",
+            )
+        if "llmgate_secrets" in updated:
+            try:
+                self.secrets = SecretStore(ctx.options.llmgate_secrets or None)
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+        if "llmgate_db" in updated:
+            if self.audit is not None:
+                self.audit.close()
+            self.audit = AuditWriter(Path(ctx.options.llmgate_db).expanduser())
+
+    def done(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
+
+    # --- request -----------------------------------------------------------------
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if flow.request.pretty_host.lower() not in self._hosts:
+            return
+        call = pipeline.Call(
+            id=pipeline.new_request_id(),
+            started_at=flow.request.timestamp_start,
+            protocol_name=detect_protocol(flow.request.method, flow.request.path),
+            host=flow.request.pretty_host,
+            path=strip_credential_params(flow.request.path),
+            client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
+            user=identify(flow.metadata),
+        )
+        self.calls[flow.id] = call
+        flow.metadata["llmgate"] = {"request_id": call.id, "protocol": call.protocol_name}
+        if call.protocol_name == "other":
+            self._open(call, flow)
+            return
+        raw = flow.request.get_content(strict=False) or b""
+        outcome = (
+            pipeline.parse_call(call, raw)
+            or pipeline.choose_route(call, self.config)
+            or pipeline.plan_rewrite(call, flow.request.path, raw, self.secrets)
+        )
+        if isinstance(outcome, pipeline.Rejection):
+            self._reject(flow, call, outcome)
+            return
+        self._apply(flow, outcome)
+        self._open(call, flow)
+
+    def _apply(self, flow: http.HTTPFlow, rewrite: pipeline.Rewrite) -> None:
+        req = flow.request
+        for name in rewrite.drop_headers:
+            req.headers.pop(name, None)
+        req.scheme = rewrite.upstream.scheme
+        req.host = rewrite.upstream.host
+        req.port = rewrite.upstream.port
+        req.path = rewrite.upstream.path
+        req.headers["host"] = rewrite.upstream.host
+        for name, value in rewrite.set_headers.items():
+            req.headers[name] = value
+        # Streams must be readable as they arrive, so ask for them unencoded.
+        req.headers["accept-encoding"] = "identity"
+        if rewrite.body is not req.raw_content:
+            req.content = rewrite.body
+
+    def _reject(
+        self, flow: http.HTTPFlow, call: pipeline.Call, rejection: pipeline.Rejection
+    ) -> None:
+        flow.response = http.Response.make(
+            rejection.status,
+            rejection.body(call.protocol),
+            {"content-type": "application/json", REQUEST_ID_HEADER: call.id, **rejection.headers},
+        )
+        self._open(call, flow)
+        self._close(
+            flow,
+            call,
+            {
+                "status": rejection.outcome,
+                "http_status": rejection.status,
+                "error": rejection.message,
+                "reason": rejection.kind,
+                "usage_source": "none",
+                "finished_at": time.time(),
+                "latency_ms": round((time.time() - call.started_at) * 1000, 3),
+            },
+        )
+
+    # --- response ----------------------------------------------------------------
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = self.calls.get(flow.id)
+        if call is None or flow.response is None:
+            return
+        flow.response.headers[REQUEST_ID_HEADER] = call.id
+        framing = self._stream_framing(call, flow.response)
+        if framing is None or call.protocol is None:
+            return
+        encoding = flow.response.headers.get("content-encoding", "").lower()
+        decode = encoding in ("gzip", "deflate")
+        call.tap = StreamTap(
+            call.protocol,
+            framing,
+            hide_injected=call.hide_injected,
+            gzip_encoded=decode,
+            keep_bytes=self.config.audit.payload_max_bytes + 1,
+        )
+        if decode:
+            # The tap forwards what it decoded, so the caller must not decode again.
+            flow.response.headers.pop("content-encoding", None)
+        if decode or call.hide_injected:
+            flow.response.headers.pop("content-length", None)
+        flow.response.stream = call.tap
+
+    @staticmethod
+    def _stream_framing(call: pipeline.Call, response: http.Response) -> str | None:
+        content_type = response.headers.get("content-type", "").lower()
+        if content_type.startswith("text/event-stream"):
+            return "sse"
+        if call.stream and call.protocol_name == "gemini" and response.status_code < 400:
+            return "json_array"
+        return None
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = self.calls.get(flow.id)
+        if call is None or call.closed or flow.response is None:
+            return
+        body = None if call.tap else flow.response.get_content(strict=False)
+        fields = pipeline.settle(
+            call,
+            http_status=flow.response.status_code,
+            response_body=body,
+            error=None,
+            cancelled=False,
+            pricer=self.pricer,
+        )
+        self._close(flow, call, fields)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = self.calls.get(flow.id)
+        if call is None or call.closed:
+            return
+        message = flow.error.msg if flow.error else "unknown error"
+        fields = pipeline.settle(
+            call,
+            http_status=flow.response.status_code if flow.response else None,
+            response_body=None,
+            error=message,
+            cancelled="client disconnected" in message.lower(),
+            pricer=self.pricer,
+        )
+        self._close(flow, call, fields)
+
+    # --- audit -------------------------------------------------------------------
+    def _open(self, call: pipeline.Call, flow: http.HTTPFlow) -> None:
+        assert self.audit is not None
+        row = call.open_row() | {"upstream_host": flow.request.pretty_host}
+        self.audit.insert("requests", row)
+        body, truncated = cap_body(
+            flow.request.get_content(strict=False) or b"", self.config.audit.payload_max_bytes
+        )
+        self.audit.insert(
+            "payloads",
+            {
+                "request_id": call.id,
+                "request_headers": json_text(storable_headers(flow.request.headers)),
+                "request_body": body,
+                "request_truncated": int(truncated),
+            },
+        )
+
+    def _close(self, flow: http.HTTPFlow, call: pipeline.Call, fields: dict) -> None:
+        assert self.audit is not None
+        call.closed = True
+        self.calls.pop(flow.id, None)
+        self.audit.update("requests", call.id, fields)
+        if flow.response is not None:
+            raw = call.tap.kept if call.tap else (flow.response.get_content(strict=False) or b"")
+            body, truncated = cap_body(raw, self.config.audit.payload_max_bytes)
+            self.audit.update(
+                "payloads",
+                call.id,
+                {
+                    "response_headers": json_text(storable_headers(flow.response.headers)),
+                    "response_body": body,
+                    "response_truncated": int(truncated),
+                },
+            )
+
+
+addons = [Gateway()]

@@ -1,0 +1,321 @@
+"""Anthropic Messages (`POST /v1/messages`).
+
+Usage needs care here: Anthropic's `input_tokens` counts only uncached prompt
+tokens, and with server-side compaction the top-level counts leave out the
+compaction pass, which is reported in `usage.iterations` and billed all the same.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from addon.protocols.base import (
+    StreamEvent,
+    StreamState,
+    WireProtocol,
+    add_tool_delta,
+    as_int,
+    as_str,
+    build_request,
+    dig,
+    error_summary,
+    image_from_url,
+    lenient_parts,
+    load_event,
+    merge_raw_usage,
+    optional_dict,
+    optional_int,
+    optional_list,
+    optional_number,
+    require_list,
+    require_model,
+    require_object,
+    stop_list,
+)
+from addon.protocols.canonical import (
+    CanonicalRequest,
+    CanonicalResponse,
+    ContentPart,
+    ImagePart,
+    Message,
+    ProtocolError,
+    TextPart,
+    ThinkingPart,
+    Tool,
+    ToolResultPart,
+    ToolUsePart,
+    Usage,
+)
+
+# Client tools, server tools (web search, tool search, code execution) and MCP
+# tools are all calls the model made; only who runs them differs.
+_TOOL_USE = ("tool_use", "server_tool_use", "mcp_tool_use")
+_TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    counts = {key: as_int(raw.get(key)) for key in _TOKEN_FIELDS}
+    if all(value is None for value in counts.values()):
+        return None
+    totals = {key: value or 0 for key, value in counts.items()}
+    # Compaction runs as an extra sampling pass of the same model that the
+    # top-level counts leave out; it is billed, so the ledger must include it.
+    # Advisor iterations are left out on purpose: they are billed at another
+    # model's rates, which this request's price cannot express.
+    for iteration in raw.get("iterations") or []:
+        if isinstance(iteration, dict) and iteration.get("type") == "compaction":
+            for key in _TOKEN_FIELDS:
+                totals[key] += as_int(iteration.get(key)) or 0
+    cache_write = totals["cache_creation_input_tokens"]
+    cache_read = totals["cache_read_input_tokens"]
+    return Usage(
+        input_tokens=totals["input_tokens"] + cache_write + cache_read,
+        output_tokens=totals["output_tokens"],
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=as_int(dig(raw, "output_tokens_details", "thinking_tokens")) or 0,
+    )
+
+
+def _image(block: dict[str, Any]) -> ImagePart:
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "base64":
+        return ImagePart(media_type=as_str(source.get("media_type")), has_inline_data=True)
+    return image_from_url(source.get("url"), as_str(source.get("media_type")))
+
+
+def _document_text(block: dict[str, Any]) -> list[ContentPart]:
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        return [TextPart(text=source["data"])]
+    if source.get("type") == "content":
+        return [p for p in _blocks(source.get("content"), "document") if isinstance(p, TextPart)]
+    # PDFs and file references carry no text we can read here.
+    return []
+
+
+def _tool_result(block: dict[str, Any], where: str) -> ToolResultPart:
+    content = [
+        p for p in _blocks(block.get("content"), where) if isinstance(p, TextPart | ImagePart)
+    ]
+    return ToolResultPart(
+        tool_use_id=as_str(block.get("tool_use_id")),
+        content=content,
+        is_error=block.get("is_error") is True,
+    )
+
+
+def _block(block: dict[str, Any], where: str) -> list[ContentPart]:
+    kind = block.get("type")
+    if kind == "image":
+        return [_image(block)]
+    if kind == "document":
+        return _document_text(block)
+    if kind in _TOOL_USE:
+        name = as_str(block.get("name")) or ""
+        return [ToolUsePart(id=as_str(block.get("id")), name=name, arguments=block.get("input"))]
+    if kind == "tool_result":
+        return [_tool_result(block, where)]
+    if kind == "thinking":
+        return [ThinkingPart(text=as_str(block.get("thinking")) or "")]
+    if kind == "redacted_thinking":
+        return [ThinkingPart(redacted=True)]
+    if kind == "compaction" and isinstance(block.get("content"), str):
+        # A summary standing in for earlier turns: prompt text like any other.
+        return [TextPart(text=block["content"])]
+    if kind == "search_result":
+        return [p for p in _blocks(block.get("content"), where) if isinstance(p, TextPart)]
+    if isinstance(block.get("text"), str):
+        return [TextPart(text=block["text"])]
+    # Server tool results, tool references and newer block types carry no prompt text.
+    return []
+
+
+def _blocks(content: Any, where: str) -> list[ContentPart]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [TextPart(text=content)] if content else []
+    if not isinstance(content, list):
+        raise ProtocolError(f"'{where}.content' must be a string or a list of blocks")
+    parts: list[ContentPart] = []
+    for block in content:
+        if not isinstance(block, dict):
+            raise ProtocolError(f"'{where}.content' has a block that is not an object")
+        parts.extend(_block(block, where))
+    return parts
+
+
+def _system(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    if not isinstance(value, list):
+        raise ProtocolError("'system' must be a string or a list of text blocks")
+    texts = [p.text for p in _blocks(value, "system") if isinstance(p, TextPart)]
+    return "\n\n".join(texts) if texts else None
+
+
+def _tool(spec: Any) -> Tool | None:
+    if not isinstance(spec, dict):
+        return None
+    name = as_str(spec.get("name")) or as_str(spec.get("type"))
+    if not name:
+        return None
+    schema = spec.get("input_schema")
+    return Tool(
+        name=name,
+        description=as_str(spec.get("description")),
+        parameters=schema if isinstance(schema, dict) else None,
+    )
+
+
+class AnthropicMessages(WireProtocol):
+    name = "anthropic_messages"
+    provider = "anthropic"
+    credential_header = "x-api-key"
+
+    # --- requests -----------------------------------------------------------------
+    def parse_request(self, body: Any, path: str) -> CanonicalRequest:
+        body = require_object(body)
+        model = require_model(body)
+        messages: list[Message] = []
+        for i, message in enumerate(require_list(body, "messages")):
+            where = f"messages[{i}]"
+            if not isinstance(message, dict):
+                raise ProtocolError(f"'{where}' must be an object")
+            role = "assistant" if message.get("role") == "assistant" else "user"
+            messages.append(Message(role=role, content=_blocks(message.get("content"), where)))
+        return build_request(
+            protocol=self.name,
+            model=model,
+            system=_system(body.get("system")),
+            messages=messages,
+            tools=[t for t in map(_tool, optional_list(body, "tools")) if t],
+            tool_choice=body.get("tool_choice"),
+            max_tokens=optional_int(body, "max_tokens"),
+            temperature=optional_number(body, "temperature"),
+            top_p=optional_number(body, "top_p"),
+            stop=stop_list(body.get("stop_sequences"), "stop_sequences"),
+            stream=body.get("stream") is True,
+            metadata=optional_dict(body, "metadata"),
+        )
+
+    # --- responses ----------------------------------------------------------------
+    def parse_response(self, body: Any) -> CanonicalResponse:
+        body = require_object(body, "response body")
+        content = body.get("content")
+        # The compaction summary restates the prompt; it is not part of the answer.
+        blocks = [
+            block
+            for block in (content if isinstance(content, list) else [])
+            if isinstance(block, dict) and block.get("type") != "compaction"
+        ]
+        return CanonicalResponse(
+            model=as_str(body.get("model")),
+            content=lenient_parts(_blocks, blocks, "content"),
+            stop_reason=as_str(body.get("stop_reason")),
+            usage=anthropic_usage(body.get("usage")),
+        )
+
+    def feed_event(self, state: StreamState, event: StreamEvent) -> bool:
+        data = load_event(event)
+        kind = data.get("type") if isinstance(data, dict) else event.event
+        if kind == "error" or event.event == "error":
+            state.error = error_summary(data, fallback=event.data.strip())
+            return False
+        if not isinstance(data, dict):
+            return False
+        if kind == "message_start":
+            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            state.model = as_str(message.get("model")) or state.model
+            self._read_usage(state, message.get("usage"))
+        elif kind == "message_delta":
+            stop = as_str(dig(data, "delta", "stop_reason"))
+            state.stop_reason = stop or state.stop_reason
+            # The final counts ride on the same event as the stop reason.
+            self._read_usage(state, data.get("usage"))
+        elif kind == "content_block_start":
+            block = data.get("content_block")
+            if isinstance(block, dict):
+                return self._block_start(state, str(data.get("index")), block)
+        elif kind == "content_block_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict):
+                return self._block_delta(state, str(data.get("index")), delta)
+        return False
+
+    @staticmethod
+    def _read_usage(state: StreamState, raw: Any) -> None:
+        if isinstance(raw, dict):
+            # message_start gives the first counts, message_delta the final
+            # cumulative ones; a later value wins for every field it carries.
+            state.usage = anthropic_usage(merge_raw_usage(state, raw)) or state.usage
+
+    @staticmethod
+    def _block_start(state: StreamState, key: str, block: dict[str, Any]) -> bool:
+        kind = block.get("type")
+        if kind in _TOOL_USE:
+            seed = block.get("input")
+            add_tool_delta(
+                state,
+                key,
+                call_id=block.get("id"),
+                name=block.get("name"),
+                # The start usually has `input: {}` and the deltas bring the rest.
+                arguments=_seed(seed),
+                complete=True,
+            )
+            return True
+        if kind == "text" and block.get("text"):
+            state.text.append(block["text"])
+            return True
+        if kind == "thinking" and block.get("thinking"):
+            state.thinking.append(block["thinking"])
+            return True
+        # A redacted thinking block is output even though it has no readable text.
+        return kind == "redacted_thinking" or (kind == "compaction" and bool(block.get("content")))
+
+    @staticmethod
+    def _block_delta(state: StreamState, key: str, delta: dict[str, Any]) -> bool:
+        kind = delta.get("type")
+        if kind == "text_delta" and isinstance(delta.get("text"), str):
+            state.text.append(delta["text"])
+            return bool(delta["text"])
+        if kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
+            state.thinking.append(delta["thinking"])
+            return bool(delta["thinking"])
+        if kind == "input_json_delta":
+            partial = delta.get("partial_json")
+            add_tool_delta(state, key, arguments=partial)
+            return bool(partial)
+        # The compaction summary is generated output, but not part of the answer.
+        return kind == "compaction_delta" and bool(delta.get("content"))
+
+    # --- errors -------------------------------------------------------------------
+    def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
+        error_type = _ERROR_TYPES.get(status)
+        if error_type is None:
+            error_type = "api_error" if status >= 500 else "invalid_request_error"
+        return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def _seed(value: Any) -> str | None:
+    """Tool input that came complete with the block start; `{}` means the deltas follow."""
+    return json.dumps(value, ensure_ascii=False) if value else None

@@ -1,0 +1,367 @@
+"""Google Gemini `generateContent` / `streamGenerateContent`, direct and on Vertex AI.
+
+The model lives in the URL, not the body. Bodies may spell fields in camelCase or
+in the protobuf snake_case (the Google SDKs and Vertex send either), so every
+lookup goes through `_get`. A stream is SSE with `alt=sse`, else one JSON array
+whose elements arrive one by one; either way each event is one response object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote, unquote
+
+from addon.protocols.base import (
+    StreamEvent,
+    StreamState,
+    WireProtocol,
+    add_tool_delta,
+    append_parts,
+    as_int,
+    as_str,
+    build_request,
+    error_summary,
+    lenient_parts,
+    load_event,
+    merge_raw_usage,
+    require_object,
+    stop_list,
+)
+from addon.protocols.canonical import (
+    CanonicalRequest,
+    CanonicalResponse,
+    ContentPart,
+    ImagePart,
+    Message,
+    ProtocolError,
+    Role,
+    TextPart,
+    ThinkingPart,
+    Tool,
+    ToolResultPart,
+    ToolUsePart,
+    Usage,
+)
+
+_MODEL_IN_PATH = re.compile(r"/models/(?P<model>[^/:?]+):(?P<method>[A-Za-z]+)")
+_ROLES: dict[Any, Role] = {"model": "assistant", "function": "tool", "tool": "tool"}
+_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_CAMEL_HUMP = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def _get(obj: Any, camel: str) -> Any:
+    """obj[camelCase], falling back to obj[snake_case]; None if obj is not an object."""
+    if not isinstance(obj, dict):
+        return None
+    if camel in obj:
+        return obj[camel]
+    return obj.get(_CAMEL_HUMP.sub("_", camel).lower())
+
+
+def _get_dict(obj: Any, camel: str) -> dict[str, Any]:
+    value = _get(obj, camel)
+    return value if isinstance(value, dict) else {}
+
+
+def gemini_usage(raw: Any) -> Usage | None:
+    prompt = as_int(_get(raw, "promptTokenCount"))
+    candidates = as_int(_get(raw, "candidatesTokenCount"))
+    thoughts = as_int(_get(raw, "thoughtsTokenCount"))
+    if prompt is None and candidates is None and thoughts is None:
+        return None
+    # Tool-use prompt tokens (e.g. search results fed back) are billed as input
+    # but counted apart from the prompt; cached tokens are counted inside it.
+    tool_prompt = as_int(_get(raw, "toolUsePromptTokenCount")) or 0
+    return Usage(
+        input_tokens=(prompt or 0) + tool_prompt,
+        output_tokens=(candidates or 0) + (thoughts or 0),
+        cache_read_tokens=as_int(_get(raw, "cachedContentTokenCount")) or 0,
+        reasoning_tokens=thoughts or 0,
+    )
+
+
+def _media(data: dict[str, Any], *, inline: bool) -> ImagePart | None:
+    mime = as_str(_get(data, "mimeType"))
+    if not (mime or "").startswith("image/"):
+        # Audio, video and documents have no canonical part; skip them.
+        return None
+    if inline:
+        return ImagePart(media_type=mime, has_inline_data=True)
+    return ImagePart(media_type=mime, url=as_str(_get(data, "fileUri")))
+
+
+def _function_response(data: dict[str, Any]) -> ToolResultPart:
+    response = _get(data, "response")
+    content: list[TextPart | ImagePart] = []
+    if response:
+        content.append(TextPart(text=json.dumps(response, ensure_ascii=False)))
+    content += [
+        p for p in _parts(_get(data, "parts"), "functionResponse") if isinstance(p, ImagePart)
+    ]
+    # By convention a failed call answers {"error": ...} instead of {"output": ...}.
+    failed = isinstance(response, dict) and "error" in response and "output" not in response
+    return ToolResultPart(
+        tool_use_id=as_str(_get(data, "id")),
+        name=as_str(_get(data, "name")),
+        content=content,
+        is_error=failed,
+    )
+
+
+def _part(part: dict[str, Any]) -> ContentPart | None:
+    text = _get(part, "text")
+    if isinstance(text, str):
+        if _get(part, "thought") is True:
+            return ThinkingPart(text=text)
+        return TextPart(text=text) if text else None
+    call = _get(part, "functionCall")
+    if isinstance(call, dict):
+        return ToolUsePart(
+            id=as_str(_get(call, "id")),
+            name=as_str(_get(call, "name")) or "",
+            arguments=_get(call, "args"),
+        )
+    response = _get(part, "functionResponse")
+    if isinstance(response, dict):
+        return _function_response(response)
+    for key, inline in (("inlineData", True), ("fileData", False)):
+        data = _get(part, key)
+        if isinstance(data, dict):
+            return _media(data, inline=inline)
+    # Code the model wrote and what running it printed are conversation text.
+    code = as_str(_get(_get_dict(part, "executableCode"), "code"))
+    output = as_str(_get(_get_dict(part, "codeExecutionResult"), "output"))
+    return TextPart(text=code or output) if code or output else None
+
+
+def _parts(parts: Any, where: str) -> list[ContentPart]:
+    if parts is None:
+        return []
+    if not isinstance(parts, list):
+        raise ProtocolError(f"'{where}.parts' must be a list")
+    out: list[ContentPart] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            raise ProtocolError(f"'{where}.parts' has a part that is not an object")
+        converted = _part(part)
+        if converted is not None:
+            out.append(converted)
+    return out
+
+
+def _system(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    if not isinstance(value, dict):
+        raise ProtocolError("'systemInstruction' must be an object with parts")
+    texts = [
+        p.text for p in _parts(_get(value, "parts"), "systemInstruction") if isinstance(p, TextPart)
+    ]
+    return "\n\n".join(texts) if texts else None
+
+
+def _tools(value: Any) -> list[Tool]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ProtocolError("'tools' must be a list")
+    tools: list[Tool] = []
+    for spec in value:
+        if not isinstance(spec, dict):
+            continue
+        for decl in _get(spec, "functionDeclarations") or []:
+            if not isinstance(decl, dict) or not as_str(_get(decl, "name")):
+                continue
+            params = _get(decl, "parameters") or _get(decl, "parametersJsonSchema")
+            tools.append(
+                Tool(
+                    name=_get(decl, "name"),
+                    description=as_str(_get(decl, "description")),
+                    parameters=params if isinstance(params, dict) else None,
+                )
+            )
+        # Built-in tools (googleSearch, codeExecution, urlContext, ...) by their key.
+        tools += [
+            Tool(name=key)
+            for key in spec
+            if key not in ("functionDeclarations", "function_declarations")
+        ]
+    return tools
+
+
+def _number(config: dict[str, Any], camel: str, *, integer: bool = False) -> Any:
+    value = _get(config, camel)
+    if value is None:
+        return None
+    valid = as_int(value) is not None if integer else isinstance(value, int | float)
+    if not valid or isinstance(value, bool):
+        raise ProtocolError(f"'generationConfig.{camel}' must be a number")
+    return value
+
+
+def _candidate(body: dict[str, Any]) -> dict[str, Any]:
+    """Candidate 0: with candidateCount > 1 the others are alternatives."""
+    for candidate in _get(body, "candidates") or []:
+        if isinstance(candidate, dict) and candidate.get("index", 0) == 0:
+            return candidate
+    return {}
+
+
+class Gemini(WireProtocol):
+    name = "gemini"
+    provider = "gemini"
+    credential_header = "x-goog-api-key"
+
+    # --- requests -----------------------------------------------------------------
+    def model_from_path(self, path: str) -> str | None:
+        match = _MODEL_IN_PATH.search(path.split("?", 1)[0])
+        return unquote(match["model"]) if match else None
+
+    def path_with_model(self, path: str, model: str) -> str:
+        bare, sep, query = path.partition("?")
+        match = _MODEL_IN_PATH.search(bare)
+        if match is None:
+            return path
+        # Callers name models "gemini-x" or "models/gemini-x"; the path wants the former.
+        segment = quote(model.removeprefix("models/"), safe="-._~@")
+        start, end = match.span("model")
+        return bare[:start] + segment + bare[end:] + sep + query
+
+    def is_stream_request(self, body: Any, path: str) -> bool:
+        match = _MODEL_IN_PATH.search(path.split("?", 1)[0])
+        return match is not None and match["method"] == "streamGenerateContent"
+
+    def edit_request(self, raw: bytes, *, model: str | None) -> tuple[bytes, bool]:
+        # The model is swapped in the path; a `model` key would be an unknown field.
+        return raw, False
+
+    def parse_request(self, body: Any, path: str) -> CanonicalRequest:
+        body = require_object(body)
+        model = self.model_from_path(path)
+        if not model:
+            raise ProtocolError(
+                "the URL path must name the model: .../models/{model}:generateContent"
+            )
+        contents = _get(body, "contents")
+        if not isinstance(contents, list):
+            raise ProtocolError("'contents' is required and must be a list")
+        messages: list[Message] = []
+        for i, content in enumerate(contents):
+            where = f"contents[{i}]"
+            if not isinstance(content, dict):
+                raise ProtocolError(f"'{where}' must be an object")
+            role = _ROLES.get(content.get("role"), "user")
+            append_parts(messages, role, _parts(_get(content, "parts"), where))
+        config = _get(body, "generationConfig")
+        if config is not None and not isinstance(config, dict):
+            raise ProtocolError("'generationConfig' must be an object")
+        config = config or {}
+        labels = _get(body, "labels")
+        return build_request(
+            protocol=self.name,
+            model=model,
+            system=_system(_get(body, "systemInstruction")),
+            messages=messages,
+            tools=_tools(_get(body, "tools")),
+            tool_choice=_get(body, "toolConfig"),
+            max_tokens=_number(config, "maxOutputTokens", integer=True),
+            temperature=_number(config, "temperature"),
+            top_p=_number(config, "topP"),
+            stop=stop_list(_get(config, "stopSequences"), "generationConfig.stopSequences"),
+            stream=self.is_stream_request(body, path),
+            metadata=labels if isinstance(labels, dict) else {},
+        )
+
+    # --- responses ----------------------------------------------------------------
+    def parse_response(self, body: Any) -> CanonicalResponse:
+        body = require_object(body, "response body")
+        candidate = _candidate(body)
+        content = _get_dict(candidate, "content")
+        return CanonicalResponse(
+            model=as_str(_get(body, "modelVersion")),
+            content=lenient_parts(_parts, _get(content, "parts"), "content"),
+            stop_reason=as_str(_get(candidate, "finishReason"))
+            or as_str(_get(_get_dict(body, "promptFeedback"), "blockReason")),
+            usage=gemini_usage(_get(body, "usageMetadata")),
+        )
+
+    def feed_event(self, state: StreamState, event: StreamEvent) -> bool:
+        data = load_event(event)
+        # Be forgiving if a whole JSON-array stream arrives as one event.
+        chunks = data if isinstance(data, list) else [data]
+        carried = False
+        for chunk in chunks:
+            if isinstance(chunk, dict):
+                carried = self._feed_chunk(state, chunk) or carried
+        return carried
+
+    @staticmethod
+    def _feed_chunk(state: StreamState, chunk: dict[str, Any]) -> bool:
+        if chunk.get("error"):
+            state.error = error_summary(chunk)
+            return False
+        state.model = as_str(_get(chunk, "modelVersion")) or state.model
+        raw_usage = _get(chunk, "usageMetadata")
+        if isinstance(raw_usage, dict):
+            # Cumulative counts; a later chunk may omit a field an earlier one had.
+            state.usage = gemini_usage(merge_raw_usage(state, raw_usage)) or state.usage
+        blocked = as_str(_get(_get_dict(chunk, "promptFeedback"), "blockReason"))
+        candidate = _candidate(chunk)
+        state.stop_reason = as_str(_get(candidate, "finishReason")) or blocked or state.stop_reason
+        carried = False
+        for part in _get(_get_dict(candidate, "content"), "parts") or []:
+            converted = _part(part) if isinstance(part, dict) else None
+            if isinstance(converted, ThinkingPart) and converted.text:
+                state.thinking.append(converted.text)
+            elif isinstance(converted, TextPart):
+                state.text.append(converted.text)
+            elif isinstance(converted, ToolUsePart):
+                # Gemini streams each function call whole, never in pieces.
+                key = converted.id or str(len(state.tool_calls))
+                args = json.dumps(converted.arguments or {}, ensure_ascii=False)
+                add_tool_delta(
+                    state,
+                    key,
+                    call_id=converted.id,
+                    name=converted.name,
+                    arguments=args,
+                    complete=True,
+                )
+            else:
+                continue
+            carried = True
+        return carried
+
+    # --- errors -------------------------------------------------------------------
+    def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
+        code = _STATUSES.get(status)
+        if code is None:
+            code = "INTERNAL" if status >= 500 else "INVALID_ARGUMENT"
+        return {
+            "error": {
+                "code": status,
+                "message": message,
+                "status": code,
+                # google.rpc.ErrorInfo is where Google APIs put a machine-readable reason.
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": kind,
+                        "domain": "llmgate",
+                    }
+                ],
+            }
+        }

@@ -1,0 +1,290 @@
+"""OpenAI Responses (`POST /v1/responses`).
+
+The input is a list of typed items rather than chat messages, and a stream is a
+sequence of named events that ends with `response.completed` (or `.incomplete`
+/ `.failed`) carrying the whole response, usage included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from addon.protocols.base import (
+    StreamEvent,
+    StreamState,
+    WireProtocol,
+    add_tool_delta,
+    append_parts,
+    as_str,
+    build_request,
+    dig,
+    error_summary,
+    image_from_url,
+    json_arguments,
+    lenient_parts,
+    load_event,
+    optional_dict,
+    optional_int,
+    optional_list,
+    optional_number,
+    require_model,
+    require_object,
+)
+from addon.protocols.canonical import (
+    CanonicalRequest,
+    CanonicalResponse,
+    ContentPart,
+    ImagePart,
+    Message,
+    ProtocolError,
+    TextPart,
+    ThinkingPart,
+    Tool,
+    ToolResultPart,
+    ToolUsePart,
+    Usage,
+)
+from addon.protocols.openai_chat import openai_error_body, openai_usage
+
+_TOOL_CALLS = ("function_call", "custom_tool_call")
+_TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
+_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+_TEXT_DELTAS = ("response.output_text.delta", "response.refusal.delta")
+_THINKING_DELTAS = ("response.reasoning_summary_text.delta", "response.reasoning_text.delta")
+_ARGUMENT_DELTAS = (
+    "response.function_call_arguments.delta",
+    "response.custom_tool_call_input.delta",
+)
+
+
+def responses_usage(raw: Any) -> Usage | None:
+    return openai_usage(
+        raw, "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details"
+    )
+
+
+def _content_parts(content: Any, where: str) -> list[ContentPart]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [TextPart(text=content)] if content else []
+    if not isinstance(content, list):
+        raise ProtocolError(f"'{where}.content' must be a string or a list of parts")
+    parts: list[ContentPart] = []
+    for item in content:
+        if not isinstance(item, dict):
+            raise ProtocolError(f"'{where}.content' has a part that is not an object")
+        kind = item.get("type")
+        if kind == "input_image":
+            parts.append(image_from_url(item.get("image_url")))
+        elif kind == "refusal" and isinstance(item.get("refusal"), str):
+            parts.append(TextPart(text=item["refusal"]))
+        elif isinstance(item.get("text"), str):
+            # input_text, output_text, and any newer text-bearing part.
+            parts.append(TextPart(text=item["text"]))
+    return parts
+
+
+def _reasoning_text(item: dict[str, Any]) -> str:
+    pieces = [
+        part["text"]
+        for key in ("summary", "content")
+        for part in item.get(key) or []
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
+    ]
+    return "\n\n".join(pieces)
+
+
+def _reasoning_part(item: dict[str, Any]) -> ThinkingPart:
+    text = _reasoning_text(item)
+    # Reasoning that only came back encrypted is there but unreadable.
+    return ThinkingPart(text=text, redacted=not text and bool(item.get("encrypted_content")))
+
+
+def _tool_use(item: dict[str, Any]) -> ToolUsePart:
+    raw = item.get("arguments", item.get("input"))
+    return ToolUsePart(
+        id=as_str(item.get("call_id")) or as_str(item.get("id")),
+        name=as_str(item.get("name")) or "",
+        arguments=json_arguments(raw),
+    )
+
+
+def _tool(spec: Any) -> Tool | None:
+    if not isinstance(spec, dict):
+        return None
+    # Built-in tools (web_search, file_search, mcp, ...) are named by their type.
+    name = as_str(spec.get("name")) or as_str(spec.get("server_label")) or as_str(spec.get("type"))
+    if not name:
+        return None
+    params = spec.get("parameters")
+    return Tool(
+        name=name,
+        description=as_str(spec.get("description")),
+        parameters=params if isinstance(params, dict) else None,
+    )
+
+
+def _input_messages(items: list[Any], system: list[str]) -> list[Message]:
+    messages: list[Message] = []
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise ProtocolError(f"'{where}' must be an object")
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            if role in ("system", "developer"):
+                system.extend(
+                    p.text
+                    for p in _content_parts(item.get("content"), where)
+                    if isinstance(p, TextPart)
+                )
+                continue
+            role = "assistant" if role == "assistant" else "user"
+            append_parts(messages, role, _content_parts(item.get("content"), where))
+        elif kind in _TOOL_CALLS:
+            append_parts(messages, "assistant", [_tool_use(item)])
+        elif kind in _TOOL_OUTPUTS:
+            output = item.get("output")
+            content = [
+                p for p in _content_parts(output, where) if isinstance(p, TextPart | ImagePart)
+            ]
+            result = ToolResultPart(tool_use_id=as_str(item.get("call_id")), content=content)
+            append_parts(messages, "tool", [result])
+        elif kind == "reasoning":
+            append_parts(messages, "assistant", [_reasoning_part(item)])
+        # item_reference, built-in tool calls and newer item types carry no prompt text.
+    return messages
+
+
+def _output_parts(output: Any) -> list[ContentPart]:
+    parts: list[ContentPart] = []
+    for item in output if isinstance(output, list) else []:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "message":
+            parts.extend(_content_parts(item.get("content"), "output"))
+        elif kind == "reasoning":
+            parts.append(_reasoning_part(item))
+        elif kind in _TOOL_CALLS:
+            parts.append(_tool_use(item))
+    return parts
+
+
+def _stop_reason(response: dict[str, Any]) -> str | None:
+    reason = as_str(dig(response, "incomplete_details", "reason"))
+    return reason or as_str(response.get("status"))
+
+
+class OpenAIResponses(WireProtocol):
+    name = "openai_responses"
+    provider = "openai"
+    credential_header = "authorization"
+
+    # --- requests -----------------------------------------------------------------
+    def parse_request(self, body: Any, path: str) -> CanonicalRequest:
+        body = require_object(body)
+        model = require_model(body)
+        instructions = body.get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            raise ProtocolError("'instructions' must be a string")
+        system = [instructions] if instructions else []
+        raw_input = body.get("input")
+        if isinstance(raw_input, str):
+            messages = [Message(role="user", content=[TextPart(text=raw_input)])]
+        elif isinstance(raw_input, list):
+            messages = _input_messages(raw_input, system)
+        elif raw_input is None:
+            # Legal: the conversation may live server-side (previous_response_id, prompt).
+            messages = []
+        else:
+            raise ProtocolError("'input' must be a string or a list of items")
+        return build_request(
+            protocol=self.name,
+            model=model,
+            system="\n\n".join(system) if system else None,
+            messages=messages,
+            tools=[t for t in map(_tool, optional_list(body, "tools")) if t],
+            tool_choice=body.get("tool_choice"),
+            max_tokens=optional_int(body, "max_output_tokens"),
+            temperature=optional_number(body, "temperature"),
+            top_p=optional_number(body, "top_p"),
+            stream=body.get("stream") is True,
+            metadata=optional_dict(body, "metadata"),
+        )
+
+    # --- responses ----------------------------------------------------------------
+    def parse_response(self, body: Any) -> CanonicalResponse:
+        body = require_object(body, "response body")
+        return CanonicalResponse(
+            model=as_str(body.get("model")),
+            content=lenient_parts(_output_parts, body.get("output")),
+            stop_reason=_stop_reason(body),
+            usage=responses_usage(body.get("usage")),
+        )
+
+    def feed_event(self, state: StreamState, event: StreamEvent) -> bool:
+        data = load_event(event)
+        kind = data.get("type") if isinstance(data, dict) else None
+        kind = kind or event.event
+        if kind == "error":
+            state.error = error_summary(data, fallback=event.data.strip())
+            return False
+        if not isinstance(data, dict):
+            return False
+        response = data.get("response")
+        if isinstance(response, dict):
+            self._read_response(state, kind, response)
+            return False
+        delta = data.get("delta")
+        if kind in _TEXT_DELTAS and isinstance(delta, str) and delta:
+            state.text.append(delta)
+            return True
+        if kind in _THINKING_DELTAS and isinstance(delta, str) and delta:
+            state.thinking.append(delta)
+            return True
+        item_id = as_str(data.get("item_id")) or str(data.get("output_index"))
+        if kind in _ARGUMENT_DELTAS:
+            add_tool_delta(state, item_id, arguments=delta)
+            return bool(delta)
+        if kind == "response.function_call_arguments.done":
+            # Only fills in arguments no delta delivered.
+            if not state.tool_call(item_id).arguments:
+                add_tool_delta(state, item_id, arguments=data.get("arguments"), complete=True)
+            return False
+        item = data.get("item")
+        if (
+            kind == "response.output_item.added"
+            and isinstance(item, dict)
+            and item.get("type") in _TOOL_CALLS
+        ):
+            key = as_str(item.get("id")) or str(data.get("output_index"))
+            add_tool_delta(
+                state,
+                key,
+                call_id=item.get("call_id"),
+                name=item.get("name"),
+                arguments=item.get("arguments", item.get("input")),
+                complete=True,
+            )
+            return True
+        return False
+
+    @staticmethod
+    def _read_response(state: StreamState, kind: str | None, response: dict[str, Any]) -> None:
+        if isinstance(response.get("model"), str):
+            state.model = response["model"]
+        if kind not in _FINAL_EVENTS:
+            return
+        state.stop_reason = _stop_reason(response)
+        usage = responses_usage(response.get("usage"))
+        if usage is not None:
+            state.usage = usage
+        if kind == "response.failed":
+            state.error = error_summary(response.get("error"), fallback="response failed")
+
+    # --- errors -------------------------------------------------------------------
+    def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
+        return openai_error_body(status, kind, message)

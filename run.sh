@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# llmgate: set up the virtualenv when needed, then start the proxy, the tests,
+# mitmweb or the benchmark.
+#   ./run.sh            start mitmdump with llmgate on 127.0.0.1:${LLMGATE_PORT:-8080}
+#   ./run.sh test [...] run the test suite (extra args go to pytest)
+#   ./run.sh web        start mitmweb with llmgate
+#   ./run.sh bench      run the benchmark (bare mitmproxy against llmgate)
+#   ./run.sh llmgate …  run the llmgate command line (report, tail, show, keys, quota)
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+
+python_ok() { "$@" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; }
+
+find_python() {
+  local cmd v root
+  for cmd in python3.14 python3.13 python3.12 python3 python; do
+    if command -v "$cmd" >/dev/null 2>&1 && python_ok "$cmd"; then
+      command -v "$cmd"; return 0
+    fi
+  done
+  if command -v pyenv >/dev/null 2>&1; then
+    root=$(pyenv root)
+    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9]|[2-9][0-9])' | sort -rV); do
+      if python_ok "$root/versions/$v/bin/python"; then
+        echo "$root/versions/$v/bin/python"; return 0
+      fi
+    done
+  fi
+  return 1
+}
+
+ensure_venv() {
+  local stamp="$VENV/.llmgate-stamp" want
+  want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ -x "$VENV/bin/python" ] && python_ok "$VENV/bin/python" && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  local py
+  if ! py=$(find_python); then
+    echo "llmgate needs Python >= 3.12 (mitmproxy 12 does). None was found on PATH or in pyenv." >&2
+    echo "Install one (e.g. 'pyenv install 3.12') and run ./run.sh again." >&2
+    exit 1
+  fi
+  echo "Setting up $VENV with $py ..." >&2
+  rm -rf "$VENV"
+  "$py" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
+  "$VENV/bin/python" -m pip install --quiet -e ".[dev]" >&2
+  echo "$want" > "$stamp"
+}
+
+export LLMGATE_PORT="${LLMGATE_PORT:-8080}"
+export LLMGATE_POLICIES="${LLMGATE_POLICIES:-$ROOT/policies}"
+export LLMGATE_CONFDIR="${LLMGATE_CONFDIR:-$HOME/.mitmproxy}"
+if [ -z "${LLMGATE_DB:-}" ]; then
+  export LLMGATE_DB="${XDG_STATE_HOME:-$HOME/.local/state}/llmgate/audit.db"
+fi
+
+proxy_args() {
+  echo --listen-host "${LLMGATE_LISTEN_HOST:-127.0.0.1}" --listen-port "$LLMGATE_PORT" \
+    --set "confdir=$LLMGATE_CONFDIR" --set connection_strategy=lazy \
+    -s "$ROOT/scripts/llmgate_addon.py"
+}
+
+print_banner() {
+  local ca="$LLMGATE_CONFDIR/mitmproxy-ca-cert.pem" addr="http://${LLMGATE_LISTEN_HOST:-127.0.0.1}:$LLMGATE_PORT"
+  cat <<TXT
+llmgate proxy  : $addr
+policies       : $LLMGATE_POLICIES
+audit database : $LLMGATE_DB
+CA certificate : $ca  (created on first start)
+
+Point a client at it:
+  export HTTPS_PROXY=$addr
+  export SSL_CERT_FILE=$ca
+  export REQUESTS_CA_BUNDLE=$ca
+  export NODE_EXTRA_CA_CERTS=$ca
+
+TXT
+}
+
+cmd="${1:-proxy}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  proxy)
+    ensure_venv
+    print_banner
+    # shellcheck disable=SC2046
+    exec "$VENV/bin/mitmdump" $(proxy_args) "$@"
+    ;;
+  web)
+    ensure_venv
+    print_banner
+    # shellcheck disable=SC2046
+    exec "$VENV/bin/mitmweb" $(proxy_args) "$@"
+    ;;
+  test)
+    ensure_venv
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  bench)
+    ensure_venv
+    exec "$VENV/bin/python" "$ROOT/bench/run.py" "$@"
+    ;;
+  llmgate)
+    ensure_venv
+    exec "$VENV/bin/llmgate" "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh [test|web|bench|llmgate ...]  (no argument starts the proxy)" >&2
+    exit 2
+    ;;
+esac

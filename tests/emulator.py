@@ -1,0 +1,1052 @@
+"""A local HTTPS upstream that speaks the OpenAI, Anthropic and Gemini wire protocols.
+
+End-to-end tests point llmgate's routes at this emulator, so real SDK calls travel
+client -> mitmproxy + llmgate -> emulator. The emulator:
+
+* serves HTTPS on 127.0.0.1 (a free port) with a throwaway CA it generates; ``ca_path``
+  is that CA's PEM, for mitmproxy's ``ssl_verify_upstream_trusted_ca`` option;
+* records every request in ``hits`` (with the monotonic time each stream event was sent);
+* replays recorded fixtures byte for byte (``x-emulator-fixture``) or synthesizes replies
+  in each provider's wire format, buffered or streamed;
+* injects faults on request: pauses between events, a TCP reset mid-stream, gzip,
+  error statuses, missing usage.
+
+Control headers (all optional, case-insensitive names):
+
+``x-emulator-fixture: <stem>``   replay ``<fixtures_dir>/<stem>.json``
+``x-emulator-status: N``         reply with an error of status N in the protocol's format
+``x-emulator-reply: <text>``     synthetic reply text, percent-decoded (urllib unquote)
+``x-emulator-chunks: N``         synthetic streams split the text into N deltas (default 3)
+``x-emulator-no-usage: 1``       synthetic replies carry no usage at all
+``x-emulator-pause-ms: N``       sleep N ms before every body event after the first
+``x-emulator-reset-after: K``    after K body events, abort the connection with a TCP RST
+``x-emulator-gzip: 1``           gzip the body, flushed (Z_SYNC_FLUSH) after every event
+
+Precedence: ``x-emulator-status`` > ``x-emulator-fixture`` > synthetic reply. The delivery
+controls (pause, reset, gzip) apply to all three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import ipaddress
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import socketserver
+import ssl
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "DEFAULT_CHUNKS",
+    "DEFAULT_FIXTURES_DIR",
+    "DEFAULT_REPLY",
+    "HEADER_CHUNKS",
+    "HEADER_FIXTURE",
+    "HEADER_GZIP",
+    "HEADER_NO_USAGE",
+    "HEADER_PAUSE_MS",
+    "HEADER_REPLY",
+    "HEADER_RESET_AFTER",
+    "HEADER_STATUS",
+    "Emulator",
+    "Hit",
+    "Usage",
+    "detect_protocol",
+    "expected_usage",
+    "fixture_names",
+    "input_tokens_for",
+    "load_fixture",
+    "output_tokens_for",
+    "split_events",
+    "split_text",
+]
+
+DEFAULT_REPLY = "Hello from the llmgate emulator."
+DEFAULT_CHUNKS = 3
+
+HEADER_FIXTURE = "x-emulator-fixture"
+HEADER_STATUS = "x-emulator-status"
+HEADER_REPLY = "x-emulator-reply"
+HEADER_CHUNKS = "x-emulator-chunks"
+HEADER_NO_USAGE = "x-emulator-no-usage"
+HEADER_PAUSE_MS = "x-emulator-pause-ms"
+HEADER_RESET_AFTER = "x-emulator-reset-after"
+HEADER_GZIP = "x-emulator-gzip"
+
+_HERE = Path(__file__).resolve().parent
+DEFAULT_FIXTURES_DIR = Path(
+    os.environ.get("LLMGATE_FIXTURES")
+    or os.environ.get("LLMGATE_FIXTURES_DIR")
+    or next(
+        (
+            p
+            for p in (_HERE / "fixtures" / "recorded", _HERE.parent / "fixtures" / "recorded")
+            if p.is_dir()
+        ),
+        _HERE.parent.parent / "shared" / "fixtures" / "recorded",
+    )
+)
+
+IO_TIMEOUT = 60.0  # seconds a connection may sit idle / blocked before the emulator drops it
+RESET_GRACE = 0.05  # seconds between the last event sent and the RST, so it is delivered first
+
+# Headers the emulator computes itself (or that are hop-by-hop) and never replays.
+_NOT_REPLAYED = frozenset(
+    {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive"}
+)
+
+_GEMINI_PATH = re.compile(r"models/([^/:]+):(generateContent|streamGenerateContent)$")
+_FIXTURE_STEM = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Usage(NamedTuple):
+    """Token counts the emulator reports for a synthetic reply."""
+
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def input_tokens_for(body: bytes) -> int:
+    """Input tokens the emulator reports for a request body: ``len(body) // 4 + 1``.
+
+    ``body`` is the body as the emulator received it (``Hit.body``), i.e. after any
+    rewriting by the gateway.
+    """
+    return len(body) // 4 + 1
+
+
+def output_tokens_for(reply: str = DEFAULT_REPLY) -> int:
+    """Output tokens the emulator reports for a reply: whitespace-separated words + 1."""
+    return len(reply.split()) + 1
+
+
+def expected_usage(body: bytes, reply: str = DEFAULT_REPLY) -> Usage:
+    """The usage a synthetic reply to ``body`` carries (unless ``x-emulator-no-usage``)."""
+    return Usage(input_tokens_for(body), output_tokens_for(reply))
+
+
+def split_events(body_text: str) -> list[str]:
+    """Split an SSE body into events, each ending with its ``\\n\\n`` or ``\\r\\n\\r\\n``.
+
+    Lossless: ``"".join(split_events(t)) == t``. A trailing fragment without a separator
+    is its own last event. A body without separators is a single event.
+    """
+    events: list[str] = []
+    pos = 0
+    while pos < len(body_text):
+        ends = [
+            i + len(sep) for sep in ("\n\n", "\r\n\r\n") if (i := body_text.find(sep, pos)) >= 0
+        ]
+        end = min(ends) if ends else len(body_text)
+        events.append(body_text[pos:end])
+        pos = end
+    return events
+
+
+def split_text(text: str, n: int = DEFAULT_CHUNKS) -> list[str]:
+    """Split ``text`` into ``n`` roughly equal consecutive pieces (fewer if text is short).
+
+    Always returns at least one piece (``[""]`` for empty text); ``"".join`` gives ``text``.
+    """
+    n = max(1, min(n, len(text)))
+    size, extra = divmod(len(text), n)
+    pieces: list[str] = []
+    pos = 0
+    for i in range(n):
+        step = size + (1 if i < extra else 0)
+        pieces.append(text[pos : pos + step])
+        pos += step
+    return pieces
+
+
+def detect_protocol(path: str) -> str | None:
+    """Protocol for a request path: openai_chat, openai_responses, anthropic_messages,
+    gemini, or None (unknown path -> 404)."""
+    bare = urlsplit(path).path.rstrip("/")
+    if bare.endswith("/chat/completions"):
+        return "openai_chat"
+    if bare.endswith("/responses"):
+        return "openai_responses"
+    if bare.endswith("/messages"):
+        return "anthropic_messages"
+    if _GEMINI_PATH.search(bare):
+        return "gemini"
+    return None
+
+
+def fixture_names(fixtures_dir: Path | str | None = None) -> list[str]:
+    """Sorted stems of all fixture files (the values ``x-emulator-fixture`` accepts)."""
+    folder = Path(fixtures_dir) if fixtures_dir is not None else DEFAULT_FIXTURES_DIR
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+@functools.lru_cache(maxsize=256)
+def _load_fixture_file(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
+
+
+def load_fixture(stem: str, fixtures_dir: Path | str | None = None) -> dict[str, Any]:
+    """The parsed fixture ``<fixtures_dir>/<stem>.json`` (cached; do not mutate)."""
+    if not _FIXTURE_STEM.match(stem):
+        raise FileNotFoundError(f"bad fixture name {stem!r}")
+    folder = Path(fixtures_dir) if fixtures_dir is not None else DEFAULT_FIXTURES_DIR
+    return _load_fixture_file(str(folder / f"{stem}.json"))
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
+    """Write ca.pem, server.pem and server.key into ``folder``; return their paths."""
+    now = dt.datetime.now(dt.UTC)
+    not_before, not_after = now - dt.timedelta(days=1), now + dt.timedelta(days=30)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmgate emulator test CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Hit:
+    """One request the emulator received.
+
+    ``headers`` has lower-cased names (repeated headers joined with ", "). ``path``
+    includes the query string. ``events_sent`` holds ``time.monotonic()`` right after
+    each body event was written to the socket: one entry per stream event, a single
+    entry for a buffered body, none if the connection was reset before any event.
+    It fills in while the response is being sent.
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    events_sent: list[float] = field(default_factory=list)
+
+    def json(self) -> Any:
+        """The request body parsed as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass
+class _Controls:
+    status: int | None = None
+    fixture: str | None = None
+    reply: str = DEFAULT_REPLY
+    chunks: int = DEFAULT_CHUNKS
+    no_usage: bool = False
+    pause_s: float = 0.0
+    reset_after: int | None = None
+    gzip: bool = False
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str]) -> _Controls:
+        def num(name: str) -> int | None:
+            raw = headers.get(name, "").strip()
+            try:
+                return int(raw) if raw else None
+            except ValueError:
+                return None
+
+        def flag(name: str) -> bool:
+            return headers.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+        reply = headers.get(HEADER_REPLY)
+        return cls(
+            status=num(HEADER_STATUS),
+            fixture=headers.get(HEADER_FIXTURE, "").strip() or None,
+            reply=DEFAULT_REPLY if reply is None else unquote(reply),
+            chunks=max(1, num(HEADER_CHUNKS) or DEFAULT_CHUNKS),
+            no_usage=flag(HEADER_NO_USAGE),
+            pause_s=max(0, num(HEADER_PAUSE_MS) or 0) / 1000.0,
+            reset_after=None if (k := num(HEADER_RESET_AFTER)) is None else max(0, k),
+            gzip=flag(HEADER_GZIP),
+        )
+
+
+@dataclass
+class _Reply:
+    """A response to send: ``chunked`` bodies go out event by event."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    events: list[bytes]
+    chunked: bool = False
+
+
+def _json_reply(status: int, obj: Any, content_type: str = "application/json") -> _Reply:
+    return _Reply(status, [("content-type", content_type)], [_dumps(obj).encode()])
+
+
+def _sse_reply(events: list[str], content_type: str = "text/event-stream; charset=utf-8") -> _Reply:
+    headers = [("content-type", content_type), ("cache-control", "no-cache")]
+    return _Reply(200, headers, [e.encode() for e in events], chunked=True)
+
+
+# --------------------------------------------------------------------------- error bodies
+
+_OPENAI_ERRORS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    503: ("server_error", None),
+}
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+_GEMINI_ERRORS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _error_reply(protocol: str | None, status: int, message: str, req_id: str) -> _Reply:
+    if protocol in ("openai_chat", "openai_responses"):
+        etype, code = _OPENAI_ERRORS.get(
+            status, ("server_error" if status >= 500 else "invalid_request_error", None)
+        )
+        body: Any = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+        reply = _json_reply(status, body)
+        reply.headers.append(("x-request-id", req_id))
+        return reply
+    if protocol == "anthropic_messages":
+        etype = _ANTHROPIC_ERRORS.get(
+            status, "api_error" if status >= 500 else "invalid_request_error"
+        )
+        body = {"type": "error", "error": {"type": etype, "message": message}, "request_id": req_id}
+        reply = _json_reply(status, body)
+        reply.headers.append(("request-id", req_id))
+        return reply
+    if protocol == "gemini":
+        gstatus = _GEMINI_ERRORS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+        body = {"error": {"code": status, "message": message, "status": gstatus}}
+        return _json_reply(status, body, "application/json; charset=UTF-8")
+    return _json_reply(status, {"error": {"message": message, "type": "emulator", "code": status}})
+
+
+# --------------------------------------------------------------------------- synthetic replies
+
+
+@dataclass
+class _Synth:
+    """Everything a synthetic reply builder needs."""
+
+    body: dict[str, Any]
+    path: str
+    model: str
+    reply: str
+    pieces: list[str]
+    usage: Usage | None
+    serial: str
+    created: int
+
+
+def _chat_usage(u: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _openai_chat(s: _Synth) -> _Reply:
+    cid = f"chatcmpl-emu{s.serial}"
+    kind = "chat.completion.chunk" if s.body.get("stream") else "chat.completion"
+    base = {
+        "id": cid,
+        "object": kind,
+        "created": s.created,
+        "model": s.model,
+        "service_tier": "default",
+        "system_fingerprint": "fp_emulator",
+    }
+    if not s.body.get("stream"):
+        obj: dict[str, Any] = {
+            **base,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": s.reply,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        if s.usage is not None:
+            obj["usage"] = _chat_usage(s.usage)
+        reply = _json_reply(200, obj)
+        reply.headers.append(("x-request-id", f"req_emu{s.serial}"))
+        return reply
+
+    stream_options = s.body.get("stream_options")
+    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
+        obj = {**base, "choices": choices}
+        if include_usage:
+            obj["usage"] = usage
+        return f"data: {_dumps(obj)}\n\n"
+
+    def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+    events = [chunk(choice({"role": "assistant", "content": "", "refusal": None}))]
+    events += [chunk(choice({"content": piece})) for piece in s.pieces]
+    events.append(chunk(choice({}, "stop")))
+    if include_usage and s.usage is not None:
+        events.append(chunk([], _chat_usage(s.usage)))
+    events.append("data: [DONE]\n\n")
+    reply = _sse_reply(events)
+    reply.headers.append(("x-request-id", f"req_emu{s.serial}"))
+    return reply
+
+
+def _openai_responses(s: _Synth) -> _Reply:
+    resp_id, msg_id = f"resp_emu{s.serial}", f"msg_emu{s.serial}"
+    usage = None
+    if s.usage is not None:
+        usage = {
+            "input_tokens": s.usage.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": s.usage.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": s.usage.total_tokens,
+        }
+    part_done = {"type": "output_text", "annotations": [], "logprobs": [], "text": s.reply}
+    item_done = {
+        "id": msg_id,
+        "type": "message",
+        "status": "completed",
+        "content": [part_done],
+        "role": "assistant",
+    }
+
+    def response(done: bool) -> dict[str, Any]:
+        return {
+            "id": resp_id,
+            "object": "response",
+            "created_at": s.created,
+            "status": "completed" if done else "in_progress",
+            "background": False,
+            "completed_at": s.created if done else None,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": s.body.get("instructions"),
+            "max_output_tokens": s.body.get("max_output_tokens"),
+            "max_tool_calls": None,
+            "model": s.model,
+            "output": [item_done] if done else [],
+            "parallel_tool_calls": True,
+            "previous_response_id": s.body.get("previous_response_id"),
+            "prompt_cache_key": None,
+            "reasoning": {"effort": None, "summary": None},
+            "safety_identifier": None,
+            "service_tier": "default",
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_logprobs": 0,
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": usage if done else None,
+            "user": None,
+            "metadata": {},
+        }
+
+    if not s.body.get("stream"):
+        reply = _json_reply(200, response(done=True))
+        reply.headers.append(("x-request-id", f"req_emu{s.serial}"))
+        return reply
+
+    at = {"item_id": msg_id, "output_index": 0, "content_index": 0}
+    payloads: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response(done=False)},
+        {"type": "response.in_progress", "response": response(done=False)},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {**item_done, "status": "in_progress", "content": []},
+        },
+        {"type": "response.content_part.added", **at, "part": {**part_done, "text": ""}},
+        *(
+            {"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
+            for piece in s.pieces
+        ),
+        {"type": "response.output_text.done", **at, "text": s.reply, "logprobs": []},
+        {"type": "response.content_part.done", **at, "part": part_done},
+        {"type": "response.output_item.done", "output_index": 0, "item": item_done},
+        {"type": "response.completed", "response": response(done=True)},
+    ]
+    events = [
+        f"event: {p['type']}\ndata: {_dumps({**p, 'sequence_number': n})}\n\n"
+        for n, p in enumerate(payloads)
+    ]
+    reply = _sse_reply(events)
+    reply.headers.append(("x-request-id", f"req_emu{s.serial}"))
+    return reply
+
+
+def _anthropic_messages(s: _Synth) -> _Reply:
+    msg_id = f"msg_emu{s.serial}"
+
+    def usage(output_tokens: int) -> dict[str, Any] | None:
+        if s.usage is None:
+            return None
+        return {
+            "input_tokens": s.usage.input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
+
+    def message(content: list[dict[str, Any]], stop: str | None, out: int) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": s.model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+        }
+        if (u := usage(out)) is not None:
+            msg["usage"] = u
+        return msg
+
+    if not s.body.get("stream"):
+        out = s.usage.output_tokens if s.usage else 0
+        msg = message([{"type": "text", "text": s.reply}], "end_turn", out)
+        reply = _json_reply(200, msg)
+        reply.headers.append(("request-id", f"req_emu{s.serial}"))
+        return reply
+
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    }
+    if s.usage is not None:
+        delta["usage"] = {
+            "input_tokens": s.usage.input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": s.usage.output_tokens,
+        }
+    payloads: list[dict[str, Any]] = [
+        {"type": "message_start", "message": message([], None, 1)},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        *(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+            for p in s.pieces
+        ),
+        {"type": "content_block_stop", "index": 0},
+        delta,
+        {"type": "message_stop"},
+    ]
+    events = [f"event: {p['type']}\ndata: {_dumps(p)}\n\n" for p in payloads]
+    reply = _sse_reply(events)
+    reply.headers.append(("request-id", f"req_emu{s.serial}"))
+    return reply
+
+
+def _gemini(s: _Synth) -> _Reply:
+    response_id = f"emu{s.serial}"
+
+    def chunk(text: str, final: bool) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+        if final:
+            candidate["finishReason"] = "STOP"
+        candidate["index"] = 0
+        obj: dict[str, Any] = {"candidates": [candidate]}
+        if s.usage is not None:
+            u = s.usage
+            meta: dict[str, Any] = {"promptTokenCount": u.input_tokens}
+            if final:
+                meta["candidatesTokenCount"] = u.output_tokens
+            meta["totalTokenCount"] = u.total_tokens if final else u.input_tokens
+            meta["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": u.input_tokens}]
+            obj["usageMetadata"] = meta
+        obj["modelVersion"] = s.model
+        obj["responseId"] = response_id
+        return obj
+
+    json_type = "application/json; charset=UTF-8"
+    if not s.path.split("?", 1)[0].endswith(":streamGenerateContent"):
+        return _json_reply(200, chunk(s.reply, final=True), json_type)
+
+    last = len(s.pieces) - 1
+    chunks = [_dumps(chunk(p, final=i == last)) for i, p in enumerate(s.pieces)]
+    query = parse_qs(urlsplit(s.path).query)
+    if "sse" in query.get("alt", []):
+        headers = [("content-type", "text/event-stream"), ("content-disposition", "attachment")]
+        return _Reply(200, headers, [f"data: {c}\r\n\r\n".encode() for c in chunks], True)
+    # Without alt=sse Gemini streams one JSON array, written element by element.
+    pieces = [("[" if i == 0 else "\n,\r\n") + c for i, c in enumerate(chunks)]
+    pieces[-1] += "\n]"
+    return _Reply(200, [("content-type", json_type)], [p.encode() for p in pieces], chunked=True)
+
+
+_BUILDERS: dict[str, Callable[[_Synth], _Reply]] = {
+    "openai_chat": _openai_chat,
+    "openai_responses": _openai_responses,
+    "anthropic_messages": _anthropic_messages,
+    "gemini": _gemini,
+}
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+class _ResetDone(Exception):
+    """The handler aborted the connection on purpose."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "llmgate-emulator/1"
+    sys_version = ""
+    timeout = IO_TIMEOUT
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            parts: list[bytes] = []
+            while True:
+                size_line = self.rfile.readline(65537)
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self) -> None:
+        body = self._read_body()
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        hit = Hit(self.command, self.path, headers, body)
+        emulator = self.server.emulator
+        emulator._record(hit)
+        controls = _Controls.from_headers(headers)
+        try:
+            reply = emulator._build_reply(self.command, self.path, body, controls)
+        except Exception as exc:  # an emulator bug: say so instead of dropping the connection
+            error = {"message": f"emulator failure: {exc!r}", "type": "emulator_error"}
+            reply = _json_reply(500, {"error": error})
+        try:
+            self._send(reply, controls, hit)
+        except _ResetDone:
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+
+    def _send(self, reply: _Reply, c: _Controls, hit: Hit) -> None:
+        comp = zlib.compressobj(wbits=31) if c.gzip else None
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            if name.lower() not in _NOT_REPLAYED:
+                self.send_header(name, value)
+        if comp is not None:
+            self.send_header("content-encoding", "gzip")
+
+        if not reply.chunked:
+            payload = b"".join(reply.events)
+            if comp is not None:
+                payload = comp.compress(payload) + comp.flush()
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            if c.reset_after == 0:
+                self._abort()
+            self.wfile.write(payload)
+            hit.events_sent.append(time.monotonic())
+            if c.reset_after is not None:
+                self._abort()
+            return
+
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for index, event in enumerate(reply.events):
+            if c.reset_after is not None and index >= c.reset_after:
+                self._abort()
+            if index > 0 and c.pause_s > 0:
+                time.sleep(c.pause_s)
+            data = event if comp is None else comp.compress(event) + comp.flush(zlib.Z_SYNC_FLUSH)
+            if data:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            hit.events_sent.append(time.monotonic())
+        if c.reset_after is not None:
+            self._abort()
+        if comp is not None and (tail := comp.flush()):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(tail), tail))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _abort(self) -> None:
+        """Drop the connection with a TCP RST (SO_LINGER on, timeout 0), no terminator."""
+        time.sleep(RESET_GRACE)
+        conn = self.connection
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            conn.close()
+        with contextlib.suppress(OSError):
+            self.rfile.close()  # drops the last reference, so the fd really closes now
+        raise _ResetDone
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, emulator: Emulator, ssl_context: ssl.SSLContext) -> None:
+        self.emulator = emulator
+        self.ssl_context = ssl_context
+        super().__init__((emulator.host, 0), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), which can stall on DNS.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # TLS handshake per connection thread, so a slow client never blocks accept().
+        request.settimeout(IO_TIMEOUT)
+        try:
+            conn = self.ssl_context.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError):
+                request.close()
+            return
+        self.emulator._track(conn, True)
+        try:
+            self.RequestHandlerClass(conn, client_address, self)
+        except (OSError, ValueError):
+            pass  # client went away
+        finally:
+            self.emulator._track(conn, False)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- public class
+
+
+class Emulator:
+    """HTTPS upstream emulator; see the module docstring for the control headers.
+
+    >>> with Emulator() as emu:
+    ...     emu.url, emu.ca_path, emu.hits
+    """
+
+    def __init__(self, host: str = "127.0.0.1", fixtures_dir: Path | str | None = None) -> None:
+        self.host = host
+        self.fixtures_dir = Path(fixtures_dir) if fixtures_dir is not None else DEFAULT_FIXTURES_DIR
+        self.port = 0
+        self.url = ""
+        self.ca_path = ""
+        self._tmpdir: str | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._hits: list[Hit] = []
+        self._conns: set[ssl.SSLSocket] = set()
+        self._serial = itertools.count(1)
+
+    # lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        self._tmpdir = tempfile.mkdtemp(prefix="llmgate-emulator-")
+        ca_path, cert_path, key_path = _make_certs(Path(self._tmpdir))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path, key_path)
+        ctx.set_alpn_protocols(["http/1.1"])
+        self._server = _Server(self, ctx)
+        self.port = int(self._server.server_address[1])
+        self.url = f"https://{self.host}:{self.port}"
+        self.ca_path = str(ca_path)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"llmgate-emulator-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:  # unblock handler threads waiting on idle keep-alive sockets
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # records -----------------------------------------------------------------------
+
+    @property
+    def hits(self) -> list[Hit]:
+        """A snapshot (new list) of the requests received so far, oldest first."""
+        with self._lock:
+            return list(self._hits)
+
+    def reset(self) -> None:
+        """Forget all recorded hits."""
+        with self._lock:
+            self._hits.clear()
+
+    def wait_for_hits(self, count: int, timeout: float = 5.0) -> list[Hit]:
+        """Wait until at least ``count`` hits are recorded; return them (raise on timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = self.hits
+            if len(hits) >= count:
+                return hits
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"emulator saw {len(hits)} hits, expected {count}")
+            time.sleep(0.01)
+
+    def _record(self, hit: Hit) -> None:
+        with self._lock:
+            self._hits.append(hit)
+
+    def _track(self, conn: ssl.SSLSocket, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
+
+    # replies -----------------------------------------------------------------------
+
+    def _build_reply(self, method: str, path: str, body: bytes, c: _Controls) -> _Reply:
+        protocol = detect_protocol(path)
+        serial = f"{next(self._serial):08d}"
+        if c.status is not None:
+            message = f"Emulated error {c.status}"
+            return _error_reply(protocol, c.status, message, f"req_emu{serial}")
+        if c.fixture is not None:
+            return self._fixture_reply(c.fixture)
+        if protocol is None or method != "POST":
+            message = f"emulator: no route for {method} {urlsplit(path).path}"
+            return _json_reply(404, {"error": {"message": message, "type": "not_found"}})
+        try:
+            request = json.loads(body) if body else {}
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            return _error_reply(protocol, 400, "Request body is not a JSON object.", serial)
+        if protocol == "gemini":
+            match = _GEMINI_PATH.search(urlsplit(path).path)
+            model = match.group(1) if match else "gemini"
+        else:
+            model = str(request.get("model") or "emulator-model")
+        synth = _Synth(
+            body=request,
+            path=path,
+            model=model,
+            reply=c.reply,
+            pieces=split_text(c.reply, c.chunks),
+            usage=None if c.no_usage else expected_usage(body, c.reply),
+            serial=serial,
+            created=int(time.time()),
+        )
+        return _BUILDERS[protocol](synth)
+
+    def _fixture_reply(self, stem: str) -> _Reply:
+        try:
+            fixture = load_fixture(stem, self.fixtures_dir)
+        except (OSError, ValueError) as exc:
+            message = f"emulator: cannot load fixture {stem!r}: {exc}"
+            return _json_reply(500, {"error": {"message": message, "type": "emulator_error"}})
+        response = fixture["response"]
+        headers = [(k, str(v)) for k, v in response.get("headers", {}).items()]
+        text: str = response.get("body_text", "")
+        if fixture.get("stream"):
+            return _Reply(
+                int(response["status"]), headers, [e.encode() for e in split_events(text)], True
+            )
+        return _Reply(int(response["status"]), headers, [text.encode()])

@@ -1,0 +1,139 @@
+"""A real llmgate proxy for end-to-end tests: `mitmdump -s scripts/llmgate_addon.py`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRY = ROOT / "scripts" / "llmgate_addon.py"
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Proxy:
+    def __init__(
+        self,
+        policies: Path,
+        db: Path,
+        confdir: Path,
+        *,
+        upstream_ca: str | None = None,
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        addon: bool = True,
+    ) -> None:
+        self.policies, self.db, self.confdir = policies, db, confdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca_path = str(confdir / "mitmproxy-ca-cert.pem")
+        self.log_path = db.with_suffix(".log")
+        args = [
+            str(MITMDUMP),
+            "--listen-host", "127.0.0.1",
+            "--listen-port", str(self.port),
+            "--set", f"confdir={confdir}",
+            "--set", "connection_strategy=lazy",
+        ]  # fmt: skip
+        if addon:
+            args += ["-s", str(ENTRY), "--set", f"llmgate_policies={policies}"]
+            args += ["--set", f"llmgate_db={db}"]
+        if upstream_ca:
+            args += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
+        args += extra_args or []
+        self._args = args
+        self._env = {**os.environ, "LLMGATE_SECRETS": "", **(env or {})}
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proxy:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._proc = subprocess.Popen(
+            self._args, env=self._env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited: {self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            if "error" in self.log().lower():
+                # mitmdump listens before it notices a broken script, then exits.
+                self.stop()
+                raise RuntimeError(f"mitmdump failed to start: {self.log()}")
+            if Path(self.ca_path).exists():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"mitmdump did not start: {self.log()}")
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._log.close()
+
+    def __enter__(self) -> Proxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # --- clients -----------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_path)
+
+    def http_client(self, **kwargs: Any) -> httpx2.Client:
+        return httpx2.Client(proxy=self.url, verify=self.ssl_context(), **kwargs)
+
+    def async_http_client(self, **kwargs: Any) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(proxy=self.url, verify=self.ssl_context(), **kwargs)
+
+    # --- the audit ledger ----------------------------------------------------------
+    def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        if not self.db.exists():
+            return []
+        conn = sqlite3.connect(self.db, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(sql, params)]
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+
+    def row(self, request_id: str, timeout: float = 10) -> dict[str, Any]:
+        """The closed audit row for a request id (waits for the writer thread)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.query("select * from requests where id = ?", request_id)
+            if rows and rows[0]["status"] != "pending":
+                return rows[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no closed audit row for {request_id}: {rows}")
+            time.sleep(0.05)
+
+    def payload(self, request_id: str) -> dict[str, Any]:
+        self.row(request_id)
+        return self.query("select * from payloads where request_id = ?", request_id)[0]

@@ -1,0 +1,630 @@
+"""Tests for the HTTPS upstream emulator (tests/emulator.py), talking to it directly."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import anthropic
+import httpx2
+import openai
+import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
+
+from tests.emulator import (
+    DEFAULT_REPLY,
+    Emulator,
+    Hit,
+    expected_usage,
+    fixture_names,
+    input_tokens_for,
+    load_fixture,
+    output_tokens_for,
+    split_events,
+    split_text,
+)
+
+FIXTURES = fixture_names()
+CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+MESSAGES = "/v1/messages"
+GEMINI = "/v1beta/models/gemini-test:generateContent"
+GEMINI_STREAM = "/v1beta/models/gemini-test:streamGenerateContent"
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emulator]:
+    with Emulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture(autouse=True)
+def _clean(emu: Emulator) -> None:
+    emu.reset()
+
+
+@pytest.fixture(scope="module")
+def tls(emu: Emulator) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=emu.ca_path)
+
+
+@pytest.fixture
+def http(tls: ssl.SSLContext) -> Iterator[httpx2.Client]:
+    with httpx2.Client(verify=tls, timeout=10) as client:
+        yield client
+
+
+def _only_hit(emu: Emulator) -> Hit:
+    hits = emu.hits
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def _sse_data(raw: bytes) -> list[Any]:
+    """The JSON payloads of an SSE body (``[DONE]`` kept as a string)."""
+    out: list[Any] = []
+    for event in split_events(raw.decode()):
+        for line in event.splitlines():
+            if line.startswith("data: "):
+                data = line[len("data: ") :]
+                out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_attributes_and_certificate(emu: Emulator, http: httpx2.Client) -> None:
+    assert emu.url == f"https://127.0.0.1:{emu.port}"
+    with open(emu.ca_path) as fh:
+        assert fh.read().startswith("-----BEGIN CERTIFICATE-----")
+    # The leaf also verifies under the DNS name.
+    ctx = ssl.create_default_context(cafile=emu.ca_path)
+    with httpx2.Client(verify=ctx) as client:
+        response = client.post(f"https://localhost:{emu.port}{CHAT}", json={"model": "m"})
+    assert response.status_code == 200
+
+
+def test_start_stop_and_context_manager() -> None:
+    emulator = Emulator().start()
+    try:
+        assert emulator.port > 0
+        ctx = ssl.create_default_context(cafile=emulator.ca_path)
+        assert httpx2.post(emulator.url + CHAT, json={}, verify=ctx).status_code == 200
+    finally:
+        emulator.stop()
+    emulator.stop()  # idempotent
+    with pytest.raises(httpx2.TransportError):
+        httpx2.post(emulator.url + CHAT, json={}, verify=False, timeout=2)
+
+
+def test_unknown_path_is_404_json(emu: Emulator, http: httpx2.Client) -> None:
+    response = http.post(emu.url + "/v1/nothing-here", json={})
+    assert response.status_code == 404
+    assert "error" in response.json()
+    assert http.get(emu.url + CHAT).status_code == 404
+
+
+def test_hits_record_requests(emu: Emulator, http: httpx2.Client) -> None:
+    body = b'{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}'
+    http.post(
+        emu.url + CHAT + "?x=1",
+        content=body,
+        headers={"Content-Type": "application/json", "X-Custom-Thing": "abc"},
+    )
+    hit = _only_hit(emu)
+    assert hit.method == "POST"
+    assert hit.path == CHAT + "?x=1"
+    assert hit.body == body
+    assert hit.json()["model"] == "gpt-test"
+    assert hit.headers["x-custom-thing"] == "abc"
+    assert hit.headers["content-type"] == "application/json"
+    assert all(name == name.lower() for name in hit.headers)
+    assert len(hit.events_sent) == 1
+    emu.reset()
+    assert emu.hits == []
+
+
+def test_split_helpers() -> None:
+    assert split_events("a\n\nb\r\n\r\nc") == ["a\n\n", "b\r\n\r\n", "c"]
+    assert split_events("") == []
+    assert split_text("abcdefg", 3) == ["abc", "de", "fg"]
+    assert split_text("ab", 5) == ["a", "b"]
+    assert split_text("", 3) == [""]
+    assert input_tokens_for(b"x" * 40) == 11
+    assert output_tokens_for(DEFAULT_REPLY) == 6
+    assert expected_usage(b"x" * 8, "a b").total_tokens == 3 + 3
+
+
+@pytest.mark.parametrize("stem", FIXTURES)
+def test_split_events_is_lossless(stem: str) -> None:
+    fixture = load_fixture(stem)
+    text = fixture["response"]["body_text"]
+    events = split_events(text)
+    assert "".join(events) == text
+    if fixture["stream"]:
+        assert len(events) >= 1
+        if fixture["protocol"] == "gemini":
+            assert all(event.endswith("\r\n\r\n") for event in events)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def test_there_are_48_fixtures() -> None:
+    assert len(FIXTURES) == 48
+
+
+@pytest.mark.parametrize("stem", FIXTURES)
+def test_fixture_replay_is_byte_exact(emu: Emulator, http: httpx2.Client, stem: str) -> None:
+    fixture = load_fixture(stem)
+    url = urlsplit(fixture["request"]["url"])
+    path = url.path + (f"?{url.query}" if url.query else "")
+    expected = fixture["response"]["body_text"].encode()
+    headers = {"x-emulator-fixture": stem}
+    body = fixture["request"]["body"]
+    with http.stream("POST", emu.url + path, json=body, headers=headers) as response:
+        raw = b"".join(response.iter_raw())
+    assert raw == expected
+    assert response.status_code == fixture["response"]["status"]
+    recorded = fixture["response"]["headers"]
+    assert response.headers["content-type"] == recorded["content-type"]
+    assert "content-encoding" not in response.headers
+    hit = _only_hit(emu)
+    if fixture["stream"]:
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert "content-length" not in response.headers
+        assert len(hit.events_sent) == len(split_events(fixture["response"]["body_text"]))
+    else:
+        assert response.headers["content-length"] == str(len(expected))
+        assert len(hit.events_sent) == 1
+
+
+def test_unknown_fixture_is_an_emulator_error(emu: Emulator, http: httpx2.Client) -> None:
+    response = http.post(emu.url + CHAT, json={}, headers={"x-emulator-fixture": "nope"})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "emulator_error"
+
+
+# --------------------------------------------------------------------------- delivery controls
+
+
+def test_pause_and_no_buffering(emu: Emulator, http: httpx2.Client) -> None:
+    stem = "anthropic_messages__text_stream"
+    events = split_events(load_fixture(stem)["response"]["body_text"])
+    headers = {"x-emulator-fixture": stem, "x-emulator-pause-ms": "80"}
+    received: list[float] = []
+    buffer = b""
+    start = time.monotonic()
+    with http.stream("POST", emu.url + MESSAGES, json={}, headers=headers) as response:
+        for piece in response.iter_raw():
+            buffer += piece
+            # Record the arrival time of every event completed by this read.
+            while len(received) < len(events) and buffer.startswith(
+                "".join(events[: len(received) + 1]).encode()
+            ):
+                received.append(time.monotonic())
+    elapsed = time.monotonic() - start
+    assert buffer == "".join(events).encode()
+    assert len(received) == len(events)
+    sent = _only_hit(emu).events_sent
+    assert len(sent) == len(events)
+    gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    assert min(gaps) >= 0.075
+    assert elapsed >= 0.08 * (len(events) - 1)
+    # Event k reached the client before the emulator even sent event k+1.
+    for k in range(len(events) - 1):
+        assert received[k] < sent[k + 1]
+
+
+def test_reset_after_k_events(emu: Emulator, http: httpx2.Client) -> None:
+    stem = "openai_chat__text_stream"
+    events = split_events(load_fixture(stem)["response"]["body_text"])
+    headers = {"x-emulator-fixture": stem, "x-emulator-reset-after": "3"}
+    got = b""
+    with (
+        pytest.raises(httpx2.TransportError),
+        http.stream("POST", emu.url + CHAT, json={}, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        for piece in response.iter_raw():
+            got += piece
+    assert got == "".join(events[:3]).encode()
+    assert len(_only_hit(emu).events_sent) == 3
+
+
+def test_reset_before_any_event(emu: Emulator, http: httpx2.Client) -> None:
+    headers = {"x-emulator-reset-after": "0"}
+    with pytest.raises(httpx2.TransportError):
+        http.post(emu.url + CHAT, json={"model": "m"}, headers=headers)
+    # A fresh connection works afterwards.
+    assert http.post(emu.url + CHAT, json={"model": "m"}).status_code == 200
+
+
+def test_gzip_stream_is_decodable_per_event(emu: Emulator, http: httpx2.Client) -> None:
+    stem = "gemini__text_stream"
+    text = load_fixture(stem)["response"]["body_text"]
+    events = split_events(text)
+    headers = {"x-emulator-fixture": stem, "x-emulator-gzip": "1", "x-emulator-pause-ms": "40"}
+    decoder = zlib.decompressobj(wbits=31)
+    decoded_per_read: list[bytes] = []
+    with http.stream(
+        "POST", emu.url + GEMINI_STREAM + "?alt=sse", json={}, headers=headers
+    ) as response:
+        assert response.headers["content-encoding"] == "gzip"
+        for piece in response.iter_raw():
+            decoded_per_read.append(decoder.decompress(piece))
+    decoded = b"".join(decoded_per_read) + decoder.flush()
+    assert decoded == text.encode()
+    assert decoder.eof
+    # Thanks to the pause every event arrives in its own read, fully decodable on arrival.
+    non_empty = [d for d in decoded_per_read if d]
+    assert non_empty[: len(events)] == [e.encode() for e in events]
+    # And the client's own decoding agrees.
+    with http.stream("POST", emu.url + GEMINI_STREAM, json={}, headers=headers) as response:
+        assert b"".join(response.iter_bytes()) == text.encode()
+
+
+def test_gzip_buffered(emu: Emulator, http: httpx2.Client) -> None:
+    headers = {"x-emulator-gzip": "1"}
+    response = http.post(emu.url + MESSAGES, json={"model": "claude-test"}, headers=headers)
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.json()["content"][0]["text"] == DEFAULT_REPLY
+    assert int(response.headers["content-length"]) < len(response.content)
+
+
+def test_200_concurrent_requests(emu: Emulator, tls: ssl.SSLContext) -> None:
+    limits = httpx2.Limits(max_connections=250, max_keepalive_connections=250)
+    headers = {"x-emulator-pause-ms": "100", "x-emulator-chunks": "2"}
+
+    def one(i: int) -> bytes:
+        body = {"model": f"m{i}", "stream": True}
+        with client.stream("POST", emu.url + CHAT, json=body, headers=headers) as response:
+            assert response.status_code == 200
+            return b"".join(response.iter_raw())
+
+    with httpx2.Client(verify=tls, limits=limits, timeout=30) as client:
+        start = time.monotonic()
+        with ThreadPoolExecutor(max_workers=200) as pool:
+            bodies = list(pool.map(one, range(200)))
+        elapsed = time.monotonic() - start
+    assert all(body.endswith(b"data: [DONE]\n\n") for body in bodies)
+    assert len(emu.hits) == 200
+    # Each stream pauses 4 x 100 ms; serialised handling would take 80 s.
+    assert elapsed < 20
+
+
+# --------------------------------------------------------------------------- synthetic wire formats
+
+
+def test_chat_stream_usage_only_with_include_usage(emu: Emulator, http: httpx2.Client) -> None:
+    body = {"model": "gpt-test", "stream": True}
+    chunks = _sse_data(http.post(emu.url + CHAT, json=body).content)
+    assert chunks[-1] == "[DONE]"
+    assert all("usage" not in c and c["choices"] for c in chunks[:-1])
+
+    body["stream_options"] = {"include_usage": True}
+    chunks = _sse_data(http.post(emu.url + CHAT, json=body).content)
+    usage_chunk = chunks[-2]
+    assert usage_chunk["choices"] == []
+    hit = emu.hits[-1]
+    assert usage_chunk["usage"]["prompt_tokens"] == input_tokens_for(hit.body)
+    assert usage_chunk["usage"]["completion_tokens"] == output_tokens_for(DEFAULT_REPLY)
+
+
+def test_no_usage(emu: Emulator, http: httpx2.Client) -> None:
+    headers = {"x-emulator-no-usage": "1"}
+    chat = http.post(emu.url + CHAT, json={"model": "m"}, headers=headers).json()
+    assert "usage" not in chat
+    stream = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+    chunks = _sse_data(http.post(emu.url + CHAT, json=stream, headers=headers).content)
+    assert all(c == "[DONE]" or (c["choices"] and c.get("usage") is None) for c in chunks)
+
+    responses = http.post(emu.url + RESPONSES, json={"model": "m"}, headers=headers).json()
+    assert responses["usage"] is None
+    events = _sse_data(
+        http.post(emu.url + RESPONSES, json={"model": "m", "stream": True}, headers=headers).content
+    )
+    assert events[-1]["response"]["usage"] is None
+
+    message = http.post(emu.url + MESSAGES, json={"model": "m"}, headers=headers).json()
+    assert "usage" not in message
+    events = _sse_data(
+        http.post(emu.url + MESSAGES, json={"model": "m", "stream": True}, headers=headers).content
+    )
+    assert all("usage" not in e and "usage" not in e.get("message", {}) for e in events)
+
+    gemini = http.post(emu.url + GEMINI, json={}, headers=headers).json()
+    assert "usageMetadata" not in gemini
+    events = _sse_data(
+        http.post(emu.url + GEMINI_STREAM + "?alt=sse", json={}, headers=headers).content
+    )
+    assert events and all("usageMetadata" not in e for e in events)
+
+
+def test_responses_stream_event_sequence(emu: Emulator, http: httpx2.Client) -> None:
+    raw = http.post(
+        emu.url + RESPONSES,
+        json={"model": "gpt-test", "stream": True},
+        headers={"x-emulator-chunks": "2"},
+    ).content.decode()
+    events = split_events(raw)
+    names = [e.split("\n", 1)[0].removeprefix("event: ") for e in events]
+    assert names == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    payloads = _sse_data(raw.encode())
+    assert [p["sequence_number"] for p in payloads] == list(range(len(payloads)))
+    assert [p["type"] for p in payloads] == names
+
+
+def test_anthropic_stream_event_sequence(emu: Emulator, http: httpx2.Client) -> None:
+    raw = http.post(
+        emu.url + MESSAGES + "?beta=true", json={"model": "claude-test", "stream": True}
+    ).content
+    payloads = _sse_data(raw)
+    assert [p["type"] for p in payloads] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    usage = expected_usage(_only_hit(emu).body)
+    assert payloads[0]["message"]["usage"]["input_tokens"] == usage.input_tokens
+    assert payloads[0]["message"]["usage"]["output_tokens"] == 1
+    assert payloads[-2]["usage"]["output_tokens"] == usage.output_tokens
+    assert payloads[-2]["delta"]["stop_reason"] == "end_turn"
+
+
+def test_gemini_stream_formats(emu: Emulator, http: httpx2.Client) -> None:
+    sse = http.post(emu.url + GEMINI_STREAM + "?alt=sse", json={"contents": []})
+    assert sse.headers["content-type"].startswith("text/event-stream")
+    events = split_events(sse.text)
+    assert len(events) == 3
+    assert all(e.startswith("data: {") and e.endswith("}\r\n\r\n") for e in events)
+
+    array = http.post(emu.url + GEMINI_STREAM, json={"contents": []})
+    assert array.headers["content-type"].startswith("application/json")
+    assert array.text.startswith("[{") and array.text.endswith("}\n]")
+    assert "\n,\r\n{" in array.text
+    items = array.json()
+    assert len(items) == 3
+    assert "".join(i["candidates"][0]["content"]["parts"][0]["text"] for i in items) == (
+        DEFAULT_REPLY
+    )
+    assert items[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert items[-1]["modelVersion"] == "gemini-test"
+    assert len(emu.hits[-1].events_sent) == 3
+
+
+def test_custom_reply_and_chunks(emu: Emulator, http: httpx2.Client) -> None:
+    text = "Line one\nline two — ünïcode"
+    headers = {"x-emulator-reply": quote(text), "x-emulator-chunks": "5"}
+    chunks = _sse_data(
+        http.post(emu.url + CHAT, json={"model": "m", "stream": True}, headers=headers).content
+    )
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
+    assert len(deltas) == 5
+    assert "".join(deltas) == text
+    buffered = http.post(emu.url + MESSAGES, json={"model": "m"}, headers=headers).json()
+    assert buffered["content"][0]["text"] == text
+    assert buffered["usage"]["output_tokens"] == output_tokens_for(text) == 7
+
+
+def test_invalid_json_body_is_400(emu: Emulator, http: httpx2.Client) -> None:
+    response = http.post(emu.url + MESSAGES, content=b"{not json")
+    assert response.status_code == 400
+    assert response.json()["type"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("path", "check"),
+    [
+        (CHAT, lambda b: b["error"]["type"] == "requests"),
+        (RESPONSES, lambda b: b["error"]["code"] == "rate_limit_exceeded"),
+        (MESSAGES, lambda b: b["type"] == "error" and b["error"]["type"] == "rate_limit_error"),
+        (GEMINI, lambda b: b["error"]["status"] == "RESOURCE_EXHAUSTED"),
+        (GEMINI_STREAM + "?alt=sse", lambda b: b["error"]["code"] == 429),
+    ],
+)
+def test_status_error_shapes(emu: Emulator, http: httpx2.Client, path: str, check: Any) -> None:
+    response = http.post(
+        emu.url + path, json={"model": "m", "stream": True}, headers={"x-emulator-status": "429"}
+    )
+    assert response.status_code == 429
+    assert check(response.json())
+
+
+# --------------------------------------------------------------------------- official SDKs
+
+
+def _openai(emu: Emulator, tls: ssl.SSLContext, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key="x",
+        base_url=emu.url + "/v1",
+        http_client=httpx2.Client(verify=tls),
+        max_retries=0,
+        default_headers=headers,
+    )
+
+
+def _anthropic(emu: Emulator, tls: ssl.SSLContext, **headers: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        api_key="x",
+        base_url=emu.url,
+        http_client=httpx2.Client(verify=tls),
+        max_retries=0,
+        default_headers=headers,
+    )
+
+
+def _genai(emu: Emulator, tls: ssl.SSLContext, **headers: str) -> genai.Client:
+    return genai.Client(
+        api_key="x",
+        http_options=genai_types.HttpOptions(
+            base_url=emu.url,
+            httpx_client=httpx2.Client(verify=tls),
+            headers=headers,
+            retry_options=genai_types.HttpRetryOptions(attempts=1),
+        ),
+    )
+
+
+MSGS: Any = [{"role": "user", "content": "Say hello"}]
+
+
+def test_openai_chat_sdk(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _openai(emu, tls)
+    completion = client.chat.completions.create(model="gpt-test", messages=MSGS)
+    assert completion.model == "gpt-test"
+    assert completion.choices[0].message.content == DEFAULT_REPLY
+    assert completion.choices[0].finish_reason == "stop"
+    usage = expected_usage(emu.hits[-1].body)
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == usage.input_tokens
+    assert completion.usage.completion_tokens == usage.output_tokens
+    assert completion.usage.total_tokens == usage.total_tokens
+
+    stream = client.chat.completions.create(
+        model="gpt-test", messages=MSGS, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == DEFAULT_REPLY
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == input_tokens_for(emu.hits[-1].body)
+
+    with client.chat.completions.stream(model="gpt-test", messages=MSGS) as helper:
+        final = helper.get_final_completion()
+    assert final.choices[0].message.content == DEFAULT_REPLY
+
+
+def test_openai_responses_sdk(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _openai(emu, tls)
+    response = client.responses.create(model="gpt-test", input="Say hello")
+    assert response.output_text == DEFAULT_REPLY
+    assert response.model == "gpt-test"
+    usage = expected_usage(emu.hits[-1].body)
+    assert response.usage is not None
+    assert response.usage.input_tokens == usage.input_tokens
+    assert response.usage.output_tokens == usage.output_tokens
+
+    deltas = []
+    completed = None
+    for event in client.responses.create(model="gpt-test", input="Say hello", stream=True):
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type == "response.completed":
+            completed = event.response
+    assert "".join(deltas) == DEFAULT_REPLY
+    assert completed is not None and completed.usage is not None
+    assert completed.usage.output_tokens == usage.output_tokens
+
+    with client.responses.stream(model="gpt-test", input="Say hello") as helper:
+        final = helper.get_final_response()
+    assert final.output_text == DEFAULT_REPLY
+    assert final.usage is not None
+    assert final.usage.input_tokens == input_tokens_for(emu.hits[-1].body)
+
+
+def test_anthropic_sdk(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _anthropic(emu, tls)
+    message = client.messages.create(model="claude-test", max_tokens=100, messages=MSGS)
+    assert message.model == "claude-test"
+    assert message.content[0].type == "text"
+    assert message.content[0].text == DEFAULT_REPLY
+    assert message.stop_reason == "end_turn"
+    usage = expected_usage(emu.hits[-1].body)
+    assert message.usage.input_tokens == usage.input_tokens
+    assert message.usage.output_tokens == usage.output_tokens
+
+    with client.messages.stream(model="claude-test", max_tokens=100, messages=MSGS) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == DEFAULT_REPLY
+    assert final.usage.output_tokens == usage.output_tokens
+    assert final.usage.input_tokens == input_tokens_for(emu.hits[-1].body)
+    assert final.stop_reason == "end_turn"
+
+
+def test_genai_sdk(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _genai(emu, tls)
+    response = client.models.generate_content(model="gemini-test", contents="Say hello")
+    assert response.text == DEFAULT_REPLY
+    assert response.model_version == "gemini-test"
+    hit = emu.hits[-1]
+    assert hit.path.endswith("/models/gemini-test:generateContent")
+    usage = expected_usage(hit.body)
+    assert response.usage_metadata is not None
+    assert response.usage_metadata.prompt_token_count == usage.input_tokens
+    assert response.usage_metadata.candidates_token_count == usage.output_tokens
+    assert response.usage_metadata.total_token_count == usage.total_tokens
+
+    chunks = list(client.models.generate_content_stream(model="gemini-test", contents="Say hello"))
+    assert "".join(c.text or "" for c in chunks) == DEFAULT_REPLY
+    assert len(chunks) == 3
+    hit = emu.hits[-1]
+    assert hit.path.endswith("/models/gemini-test:streamGenerateContent?alt=sse")
+    last = chunks[-1].usage_metadata
+    assert last is not None
+    assert last.candidates_token_count == output_tokens_for(DEFAULT_REPLY)
+    assert last.prompt_token_count == input_tokens_for(hit.body)
+
+
+def test_sdks_parse_fixture_streams(emu: Emulator, tls: ssl.SSLContext) -> None:
+    chat = _openai(emu, tls, **{"x-emulator-fixture": "openai_chat__text_stream"})
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in chat.chat.completions.create(model="m", messages=MSGS, stream=True)
+        if c.choices
+    )
+    assert text == "The capital of Mexico is Mexico City."
+    claude = _anthropic(emu, tls, **{"x-emulator-fixture": "anthropic_messages__text_stream"})
+    with claude.messages.stream(model="m", max_tokens=10, messages=MSGS) as stream:
+        assert stream.get_final_message().usage.output_tokens == 5
+    gemini = _genai(emu, tls, **{"x-emulator-fixture": "gemini__text_stream"})
+    chunks = gemini.models.generate_content_stream(model="gemini-2.0-flash-exp", contents="x")
+    assert "".join(c.text or "" for c in chunks) == "The capital of France is Paris.\n"
+
+
+def test_sdk_errors(emu: Emulator, tls: ssl.SSLContext) -> None:
+    with pytest.raises(openai.RateLimitError):
+        _openai(emu, tls, **{"x-emulator-status": "429"}).chat.completions.create(
+            model="m", messages=MSGS
+        )
+    with pytest.raises(openai.InternalServerError):
+        _openai(emu, tls, **{"x-emulator-status": "500"}).responses.create(model="m", input="x")
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        _anthropic(emu, tls, **{"x-emulator-status": "429"}).messages.create(
+            model="m", max_tokens=5, messages=MSGS
+        )
+    assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    with pytest.raises(genai_errors.ClientError) as gcaught:
+        _genai(emu, tls, **{"x-emulator-status": "429"}).models.generate_content(
+            model="gemini-test", contents="x"
+        )
+    assert gcaught.value.code == 429
+    assert gcaught.value.status == "RESOURCE_EXHAUSTED"

@@ -1,0 +1,64 @@
+"""Pricing, cost and the audit writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from addon.audit import AuditWriter, cap_body
+from addon.config import Pricing
+from addon.ledger import Pricer, cost_usd, estimate_tokens, load_pricing
+from addon.protocols.canonical import Usage
+from tests.proxy import ROOT
+
+
+def test_longest_prefix_wins_and_route_pricing_overrides() -> None:
+    table = load_pricing(ROOT / "policies" / "pricing.yaml")
+    assert table.price_for("gpt-4o-mini-2024-07-18") == table.models["gpt-4o-mini"]
+    assert table.price_for("gpt-4o-2024-08-06") == table.models["gpt-4o"]
+    assert table.price_for("no-such-model") is None
+    own = Pricing(input=1, output=2)
+    assert Pricer(table).price("gpt-4o", own) is own
+
+
+def test_cost_uses_all_four_token_kinds() -> None:
+    price = Pricing(input=3, output=15, cache_read=0.3, cache_write=3.75)
+    usage = Usage(input_tokens=1_000_000 + 200 + 100, output_tokens=10,
+                  cache_read_tokens=200, cache_write_tokens=100)  # fmt: skip
+    expected = (1_000_000 * 3 + 200 * 0.3 + 100 * 3.75 + 10 * 15) / 1_000_000
+    assert cost_usd(usage, price) == pytest.approx(expected)
+    assert cost_usd(usage, None) is None
+
+
+def test_unpriced_model_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    pricer = Pricer(load_pricing(None))
+    assert pricer.price("mystery", None) is None
+    assert pricer.price("mystery", None) is None
+    assert sum("mystery" in r.message for r in caplog.records) == 1
+
+
+def test_estimate_is_four_characters_per_token() -> None:
+    assert estimate_tokens(["abcd", "efghi"]) == 3
+    assert estimate_tokens([]) == 0
+
+
+def test_payload_cap_marks_truncation() -> None:
+    assert cap_body(b"short", 10) == ("short", False)
+    text, truncated = cap_body("é".encode() * 10, 5)
+    assert truncated and text.startswith("éé") and "truncated, 20 bytes" in text
+
+
+def test_writer_batches_and_flushes_everything_on_close(tmp_path: Path) -> None:
+    writer = AuditWriter(tmp_path / "a.db")
+    for i in range(500):
+        writer.insert("requests", {"id": f"r{i}", "status": "pending", "started_at": i})
+        writer.update("requests", f"r{i}", {"status": "completed"})
+    writer.close()
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "a.db")
+    assert conn.execute("select count(*), min(status), max(status) from requests").fetchone() == (
+        500, "completed", "completed",
+    )  # fmt: skip
+    assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
