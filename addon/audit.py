@@ -13,6 +13,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ REQUEST_COLUMNS: dict[str, type] = {
     "started_at": float,
     "finished_at": float,
     "user": str,
+    "groups": str,
     "client_ip": str,
     "protocol": str,
     "host": str,
@@ -126,10 +128,11 @@ _STOP = ("stop", "", None)
 class AuditWriter:
     """Owns the database connection; everything else talks to it through `submit`."""
 
-    def __init__(self, path: str | Path, batch_size: int = 256) -> None:
+    def __init__(self, path: str | Path, batch_size: int = 256, linger: float = 0.02) -> None:
         self.path = Path(path)
         self._queue: queue.Queue[_Op] = queue.Queue()
         self._batch_size = batch_size
+        self._linger = linger
         self._db = open_database(self.path)
         self._thread = threading.Thread(target=self._run, name="llmgate-audit", daemon=True)
         self._thread.start()
@@ -146,6 +149,7 @@ class AuditWriter:
 
     def flush(self) -> None:
         """Block until everything submitted so far is committed (tests, CLI, shutdown)."""
+        self._queue.put(("flush", "", None))
         self._queue.join()
 
     def close(self) -> None:
@@ -157,14 +161,22 @@ class AuditWriter:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < self._batch_size:
+            # Linger a little after the first op: one commit per handful of calls
+            # costs far less CPU than one commit per op under load.
+            deadline = time.monotonic() + self._linger
+            while len(batch) < self._batch_size and batch[-1][0] not in ("stop", "flush"):
+                timeout = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(
+                        self._queue.get(timeout=timeout)
+                        if timeout > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
             stop = any(op[0] == "stop" for op in batch)
             try:
-                self._apply([op for op in batch if op[0] != "stop"])
+                self._apply([op for op in batch if op[0] not in ("stop", "flush")])
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -180,25 +192,46 @@ class AuditWriter:
                 self._db.conn.execute("BEGIN IMMEDIATE")
                 for kind, table, payload in batch:
                     self._apply_one(kind, table, payload)
-        except (sqlite3.Error, sqlite_utils.db.NotFoundError) as exc:
+        except sqlite3.Error as exc:
             # One bad row must not lose the batch: retry each op on its own.
-            log.error("audit batch failed (%s); retrying singly", exc)
+            log.error("audit batch failed (%r); retrying singly", exc)
             for kind, table, payload in batch:
                 try:
                     with self._db.conn:
                         self._apply_one(kind, table, payload)
-                except (sqlite3.Error, sqlite_utils.db.NotFoundError) as one_exc:
-                    log.error("audit write lost: %s", one_exc)
+                except sqlite3.Error as one_exc:
+                    log.error("audit %s on %s lost: %r", kind, table, one_exc)
 
     def _apply_one(self, kind: str, table: str, payload: Any) -> None:
-        target = self._db[table]
-        if kind == "insert":
-            target.insert(payload, replace=True)  # type: ignore[union-attr]
-        elif kind == "insert_many":
-            target.insert_all(payload)  # type: ignore[union-attr]
-        elif kind == "update":
+        # sqlite-utils owns the schema; the hot path uses plain statements, because
+        # its per-call table introspection cost more CPU than the write itself.
+        conn = self._db.conn
+        if kind == "update":
             key, fields = payload
-            target.update(key, fields)  # type: ignore[union-attr]
+            _check_columns(table, fields)
+            assignments = ", ".join(f"[{c}] = ?" for c in fields)
+            conn.execute(
+                f"UPDATE [{table}] SET {assignments} WHERE [{_PKS[table]}] = ?",
+                (*fields.values(), key),
+            )
+            return
+        rows = [payload] if kind == "insert" else payload
+        for row in rows:
+            _check_columns(table, row)
+            names = ", ".join(f"[{c}]" for c in row)
+            marks = ", ".join("?" for _ in row)
+            verb = "INSERT OR REPLACE" if kind == "insert" else "INSERT"
+            conn.execute(f"{verb} INTO [{table}] ({names}) VALUES ({marks})", tuple(row.values()))
+
+
+_TABLES = {"requests": REQUEST_COLUMNS, "payloads": PAYLOAD_COLUMNS, "findings": FINDING_COLUMNS}
+_PKS = {"requests": "id", "payloads": "request_id", "findings": "id"}
+
+
+def _check_columns(table: str, row: dict[str, Any]) -> None:
+    unknown = set(row) - set(_TABLES[table])
+    if unknown:
+        raise sqlite3.OperationalError(f"{table} has no column(s) {sorted(unknown)}")
 
 
 def json_text(value: Any) -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from addon.audit import default_db_path
-from addon.config import ConfigError, load_config
+from addon.config import ConfigError, GatewayConfig, load_config
+from addon.keys import KeyStore
 from addon.ledger import load_pricing
+from addon.pipeline import bind_windows
+from addon.policy import effective_policy
+from addon.quota import QuotaStore
 
 console = Console()
 
@@ -104,8 +111,8 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_check(args: argparse.Namespace) -> None:
     path = Path(args.policies)
+    config = _load_or_exit(path)
     try:
-        config = load_config(path)
         pricing = load_pricing((path if path.is_dir() else path.parent) / "pricing.yaml")
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]", markup=False)
@@ -114,6 +121,89 @@ def cmd_check(args: argparse.Namespace) -> None:
         f"[green]OK[/]: {len(config.routes)} routes, {len(pricing.models)} priced models; "
         f"intercepting {', '.join(config.intercepted_hosts())}"
     )
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    store = KeyStore(args.db)
+    if args.keys_command == "issue":
+        key = store.issue(args.user, args.group or [])
+        console.print(f"Key for [bold]{args.user}[/] (shown once, store it now):")
+        print(key)
+    elif args.keys_command == "revoke":
+        if not store.revoke(args.key):
+            console.print(f"[red]No active key matches {args.key}.[/]")
+            sys.exit(1)
+        console.print("Revoked.")
+    else:
+        table = Table(title="llmgate keys")
+        for column in ("key", "user", "groups", "created", "revoked"):
+            table.add_column(column)
+        for row in store.list():
+            table.add_row(
+                str(row["key_hint"]),
+                str(row["user"]),
+                ", ".join(json.loads(str(row["groups"]))) or "-",
+                _when(row["created_at"]),
+                _when(row["revoked_at"]),
+            )
+        console.print(table)
+
+
+def _when(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_quota(args: argparse.Namespace) -> None:
+    config = _load_or_exit(Path(args.policies))
+    groups = list(dict.fromkeys([*(args.group or []), *config.identity.groups.get(args.user, [])]))
+    policy = effective_policy(config.policies, args.user, groups)
+    windows = bind_windows(args.user, tuple(groups), policy.quota_windows)
+    if not windows:
+        console.print(f"No quota window applies to {args.user} (rules: {', '.join(policy.rules)}).")
+        return
+    now = time.time()
+    table = Table(
+        title=f"quota for {args.user}" + (f" (groups: {', '.join(groups)})" if groups else "")
+    )
+    for column in ("window", "scope", "limit", "used", "reserved", "remaining", "resets in"):
+        table.add_column(
+            column, justify="left" if column in ("window", "scope", "limit") else "right"
+        )
+    store = QuotaStore(args.db)
+    for state in store.states(windows, now):
+        remaining = state.remaining()
+        for limit_name, field in _QUOTA_FIELDS.items():
+            limit = getattr(state.window, limit_name)
+            if limit is None:
+                continue
+            table.add_row(
+                state.window.label,
+                state.scope_key,
+                f"{limit_name}={limit:g}",
+                _fmt(getattr(state.used, field)),
+                _fmt(getattr(state.reserved, field)),
+                _fmt(remaining.get(limit_name)),
+                "-" if state.reset_at is None else f"{max(state.reset_at - now, 0):.0f}s",
+            )
+    console.print(table)
+
+
+_QUOTA_FIELDS = {
+    "max_requests": "requests",
+    "max_input_tokens": "input_tokens",
+    "max_output_tokens": "output_tokens",
+    "max_cost_usd": "cost_usd",
+}
+
+
+def _load_or_exit(path: Path) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]", markup=False)
+        sys.exit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,13 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     show.set_defaults(func=cmd_show)
     check = sub.add_parser("check", help="validate the policy files")
-    check.add_argument(
-        "policies",
-        nargs="?",
-        default=os.environ.get("LLMGATE_POLICIES", str(Path(__file__).parent.parent / "policies")),
-    )
+    check.add_argument("policies", nargs="?", default=_default_policies())
     check.set_defaults(func=cmd_check)
+    keys = sub.add_parser("keys", help="issue, list and revoke llmgate virtual keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    issue = keys_sub.add_parser("issue", help="issue a key for USER")
+    issue.add_argument("user")
+    issue.add_argument("--group", action="append", help="a group of the user (repeatable)")
+    keys_sub.add_parser("list", help="list keys (hints only)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key, by the key or its hint")
+    revoke.add_argument("key")
+    keys.set_defaults(func=cmd_keys)
+    quota = sub.add_parser("quota", help="a user's quota windows: used, reserved, limit, reset")
+    quota.add_argument("user")
+    quota.add_argument("--group", action="append", help="also count these groups")
+    quota.add_argument("--policies", default=_default_policies())
+    quota.set_defaults(func=cmd_quota)
     return parser
+
+
+def _default_policies() -> str:
+    return os.environ.get("LLMGATE_POLICIES", str(Path(__file__).parent.parent / "policies"))
 
 
 def main(argv: list[str] | None = None) -> None:

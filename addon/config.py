@@ -9,6 +9,7 @@ file only. `pricing.yaml` beside the policies is the pricing table.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -19,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Provider = Literal["openai", "anthropic", "gemini"]
 
 # Hosts intercepted even when no route names them: callers talk to these.
-PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com")
+PROVIDER_BY_HOST = {
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gemini",
+}
+PROVIDER_HOSTS = tuple(PROVIDER_BY_HOST)
 
 
 class ConfigError(ValueError):
@@ -75,14 +81,76 @@ class Route(_Strict):
         return urlsplit(self.endpoint).hostname or ""
 
 
+class QuotaWindow(_Strict):
+    """A sliding window of `window_seconds`; any limit left out is not enforced."""
+
+    window_seconds: int = Field(gt=0)
+    scope: Literal["user", "group", "global"] = "user"
+    max_requests: int | None = Field(default=None, ge=0)
+    max_input_tokens: int | None = Field(default=None, ge=0)
+    max_output_tokens: int | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.scope}-{self.window_seconds}s"
+
+
 class AuditSettings(_Strict):
     payload_max_bytes: int = Field(default=262_144, ge=0)
+
+
+class AppliesTo(_Strict):
+    users: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+
+class OutputCap(_Strict):
+    limit: int = Field(gt=0)
+    action: Literal["clamp", "deny"] = "clamp"
+
+
+class PolicyRule(_Strict):
+    """One entry of `policies:`. A field left out (None) inherits from less specific rules."""
+
+    name: str
+    applies_to: AppliesTo = Field(default_factory=lambda: AppliesTo(users=["*"]))
+    allowed_models: list[str] | None = None
+    denied_models: list[str] | None = None
+    max_input_tokens_per_call: int | None = Field(default=None, gt=0)
+    max_output_tokens: OutputCap | None = None
+    allowed_routes: list[str] | None = None
+    allowed_providers: list[Provider] | None = None
+    allow_unparsed: bool | None = None
+    quota_windows: list[QuotaWindow] = Field(default_factory=list)
+
+
+class IdentitySettings(_Strict):
+    default_user: str | None = "anonymous"
+    client_addresses: dict[str, str] = Field(default_factory=dict)
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    proxy_auth: str | None = None
+
+    @field_validator("client_addresses")
+    @classmethod
+    def _cidrs_parse(cls, value: dict[str, str]) -> dict[str, str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+
+class QuotaSettings(_Strict):
+    default_output_reservation: int = Field(default=4096, gt=0)
 
 
 class GatewayConfig(_Strict):
     routes: list[Route] = Field(default_factory=list)
     intercept_hosts: list[str] = Field(default_factory=list)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    policies: list[PolicyRule] = Field(default_factory=list)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
 
     @field_validator("routes")
     @classmethod
@@ -99,7 +167,7 @@ class GatewayConfig(_Strict):
         return list(dict.fromkeys(h.lower() for h in hosts))
 
 
-_LIST_SECTIONS = ("routes", "intercept_hosts")
+_LIST_SECTIONS = ("routes", "intercept_hosts", "policies")
 
 
 def policy_files(path: Path) -> list[Path]:
@@ -131,8 +199,9 @@ def _describe(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
         if isinstance(part, int):
             out[-1] += f"[{part}]"
             node = node[part] if isinstance(node, list) and part < len(node) else None
-            if isinstance(node, dict) and "id" in node:
-                out[-1] += f" (id={node['id']})"
+            if isinstance(node, dict) and ("id" in node or "name" in node):
+                key = "id" if "id" in node else "name"
+                out[-1] += f" ({key}={node[key]})"
         else:
             out.append(str(part))
             node = node.get(part) if isinstance(node, dict) else None

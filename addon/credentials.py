@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
@@ -61,6 +61,17 @@ def strip_credential_params(path: str) -> str:
     return bare + ("?" + urlencode(kept) if kept else "")
 
 
-def storable_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers with every one that could carry a credential left out."""
-    return {k.lower(): v for k, v in headers.items() if not _SENSITIVE_HEADER.search(k)}
+def storable_headers(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Headers with every one that could carry a credential left out.
+
+    Takes a mapping, or raw (name, value) byte pairs such as mitmproxy's
+    `Headers.fields`, which are much cheaper to walk than the mapping view.
+    """
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.decode("latin-1") if isinstance(name, bytes) else name
+        if not _SENSITIVE_HEADER.search(key):
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            out[key.lower()] = text
+    return out

@@ -7,9 +7,13 @@ addon (or llmgate itself) may already have answered the flow.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
+import sqlite3
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -18,13 +22,25 @@ from addon import pipeline
 from addon.audit import AuditWriter, cap_body, default_db_path, json_text
 from addon.config import ConfigError, GatewayConfig, load_config
 from addon.credentials import SecretStore, storable_headers, strip_credential_params
-from addon.identity import identify
+from addon.identity import Identifier
+from addon.keys import KeyStore
 from addon.ledger import Pricer, load_pricing
+from addon.policy import effective_policy
+from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol
+from addon.quota import Exceeded, QuotaStore
 from addon.streaming import StreamTap
 
 REQUEST_ID_HEADER = "x-llmgate-request-id"
 _PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+log = logging.getLogger("llmgate")
+
+
+def _log_failure(future: Future) -> None:
+    if future.exception() is not None:
+        log.error("quota settle failed: %s", future.exception())
 
 
 def _pricing_path(policies: Path) -> Path:
@@ -39,6 +55,11 @@ class Gateway:
         self.pricer = Pricer(load_pricing(None))
         self.secrets = SecretStore()
         self.audit: AuditWriter | None = None
+        self.quota: QuotaStore | None = None
+        self.keys: KeyStore | None = None
+        self.identifier = Identifier(self.config.identity, None)
+        # One worker: reserves and settles run in order, off the event loop.
+        self._quota_pool = ThreadPoolExecutor(1, thread_name_prefix="llmgate-quota")
         self.calls: dict[str, pipeline.Call] = {}
         self._hosts: frozenset[str] = frozenset()
 
@@ -73,55 +94,145 @@ class Gateway:
                 raise exceptions.OptionsError(str(exc)) from None
             self._hosts = frozenset(self.config.intercepted_hosts())
             # Only LLM hosts are decrypted; everything else stays an opaque tunnel.
-            ctx.options.update(
-                allow_hosts=[rf"^{re.escape(h)}(:\d+)?$" for h in sorted(self._hosts)],
-                connection_strategy="lazy",
-            )
+            updates: dict[str, object] = {
+                "allow_hosts": [rf"^{re.escape(h)}(:\d+)?$" for h in sorted(self._hosts)],
+                "connection_strategy": "lazy",
+            }
+            if self.config.identity.proxy_auth:
+                if "proxyauth" not in ctx.options:
+                    raise exceptions.OptionsError("identity.proxy_auth needs mitmproxy's proxyauth")
+                updates["proxyauth"] = self.config.identity.proxy_auth
+            # Outside mitmdump/mitmweb (tests, embedding) some core options may be absent.
+            ctx.options.update(**{k: v for k, v in updates.items() if k in ctx.options})
         if "llmgate_secrets" in updated:
             try:
                 self.secrets = SecretStore(ctx.options.llmgate_secrets or None)
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
         if "llmgate_db" in updated:
-            if self.audit is not None:
-                self.audit.close()
-            self.audit = AuditWriter(Path(ctx.options.llmgate_db).expanduser())
+            self._close_stores()
+            db = Path(ctx.options.llmgate_db).expanduser()
+            self.audit = AuditWriter(db)
+            self.quota = QuotaStore(db)
+            self.keys = KeyStore(db)
+        if {"llmgate_policies", "llmgate_db"} & updated:
+            self.identifier = Identifier(self.config.identity, self.keys)
+
+    def _close_stores(self) -> None:
+        for store in (self.audit, self.quota, self.keys):
+            if store is not None:
+                store.close()
 
     def done(self) -> None:
-        if self.audit is not None:
-            self.audit.close()
+        # Settles still queued must land before the stores close.
+        self._quota_pool.shutdown(wait=True)
+        self._close_stores()
 
     # --- request -----------------------------------------------------------------
-    def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        if flow.request.pretty_host.lower() not in self._hosts:
+        if flow.request.host.lower() in self._hosts:
+            # llmgate must read the whole call before anything goes upstream, even
+            # when stream_large_bodies would otherwise stream it past unseen.
+            flow.request.stream = False
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
             return
-        call = pipeline.Call(
-            id=pipeline.new_request_id(),
-            started_at=flow.request.timestamp_start,
-            protocol_name=detect_protocol(flow.request.method, flow.request.path),
-            host=flow.request.pretty_host,
-            path=strip_credential_params(flow.request.path),
-            client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
-            user=identify(flow.metadata),
-        )
-        self.calls[flow.id] = call
-        flow.metadata["llmgate"] = {"request_id": call.id, "protocol": call.protocol_name}
+        if flow.request.host.lower() not in self._hosts:
+            return
+        call = self._new_call(flow)
+        if call.user is None:
+            self._reject(flow, call, pipeline.unauthenticated(call))
+            return
+        policy = effective_policy(self.config.policies, call.user, list(call.groups))
         if call.protocol_name == "other":
+            outcome = pipeline.admit_other(
+                call, policy, self.config, flow.request.path, self.secrets
+            )
+            if isinstance(outcome, pipeline.Rejection):
+                self._reject(flow, call, outcome)
+                return
+            if outcome is not None:
+                self._apply(flow, outcome)
             self._open(call, flow)
             return
         raw = flow.request.get_content(strict=False) or b""
         outcome = (
             pipeline.parse_call(call, raw)
             or pipeline.choose_route(call, self.config)
+            or pipeline.check_policy(call, policy)
             or pipeline.plan_rewrite(call, flow.request.path, raw, self.secrets)
         )
         if isinstance(outcome, pipeline.Rejection):
             self._reject(flow, call, outcome)
             return
+        call.quota_windows = pipeline.bind_windows(call.user, call.groups, policy.quota_windows)
+        if call.quota_windows:
+            denied = await self._reserve(call)
+            if denied is not None:
+                self._reject(flow, call, denied)
+                return
         self._apply(flow, outcome)
         self._open(call, flow)
+
+    def _new_call(self, flow: http.HTTPFlow) -> pipeline.Call:
+        client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else None
+        proxy_auth = flow.metadata.get("proxyauth")
+        caller = self.identifier.identify(
+            flow.request.headers.fields,
+            flow.request.path,
+            proxy_auth[0] if proxy_auth else None,
+            client_ip,
+        )
+        call = pipeline.Call(
+            id=pipeline.new_request_id(),
+            started_at=flow.request.timestamp_start,
+            protocol_name=detect_protocol(flow.request.method, flow.request.path),
+            host=flow.request.host,
+            path=strip_credential_params(flow.request.path),
+            client_ip=client_ip,
+            user=caller.user,
+            groups=caller.groups,
+            virtual_key=caller.virtual_key,
+        )
+        self.calls[flow.id] = call
+        flow.metadata["llmgate"] = {"request_id": call.id, "user": call.user}
+        return call
+
+    async def _reserve(self, call: pipeline.Call) -> pipeline.Rejection | None:
+        demand = pipeline.quota_demand(
+            call, self.pricer, self.config.quota.default_output_reservation
+        )
+        if isinstance(demand, pipeline.Rejection):
+            return demand
+        assert self.quota is not None
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._quota_pool, self.quota.reserve, call.id, call.quota_windows, demand
+            )
+        except sqlite3.Error as exc:
+            # Fail closed: a budget that cannot be checked is not granted.
+            log.error("quota store unavailable: %s", exc)
+            return pipeline.Rejection(
+                503,
+                "quota_unavailable",
+                "llmgate could not check your quota; retry shortly",
+                "failed",
+                {"retry-after": "1"},
+            )
+        if isinstance(result, Exceeded):
+            return pipeline.quota_rejection(result)
+        call.quota_states = result
+        return None
+
+    def _quota_settle(self, call: pipeline.Call, actual: pipeline.Demand) -> None:
+        if self.quota is None or not call.quota_states:
+            return
+        # Fire and forget: the single worker keeps it ordered after the reserve.
+        future = self._quota_pool.submit(self.quota.settle, call.id, actual)
+        future.add_done_callback(_log_failure)
 
     def _apply(self, flow: http.HTTPFlow, rewrite: pipeline.Rewrite) -> None:
         req = flow.request
@@ -131,22 +242,28 @@ class Gateway:
         req.host = rewrite.upstream.host
         req.port = rewrite.upstream.port
         req.path = rewrite.upstream.path
-        req.headers["host"] = rewrite.upstream.host
+        # Assigning host/port keeps the Host header in step, port included.
         for name, value in rewrite.set_headers.items():
             req.headers[name] = value
         # Streams must be readable as they arrive, so ask for them unencoded.
         req.headers["accept-encoding"] = "identity"
-        if rewrite.body is not req.raw_content:
+        if rewrite.body is not None and rewrite.body is not req.raw_content:
             req.content = rewrite.body
 
     def _reject(
         self, flow: http.HTTPFlow, call: pipeline.Call, rejection: pipeline.Rejection
     ) -> None:
+        if call.protocol is None and call.protocol_name in PROTOCOLS:
+            call.protocol = PROTOCOLS[call.protocol_name]
         flow.response = http.Response.make(
             rejection.status,
             rejection.body(call.protocol),
             {"content-type": "application/json", REQUEST_ID_HEADER: call.id, **rejection.headers},
         )
+        if rejection.outcome == "denied":
+            # mitmweb shows the denial at a glance, with the reason as the comment.
+            flow.marked = ":no_entry:"
+            flow.comment = f"llmgate denied: {rejection.kind}: {rejection.message}"
         self._open(call, flow)
         self._close(
             flow,
@@ -168,6 +285,8 @@ class Gateway:
         if call is None or flow.response is None:
             return
         flow.response.headers[REQUEST_ID_HEADER] = call.id
+        if call.quota_states:
+            flow.response.headers.update(pipeline.ratelimit_headers(call.quota_states, time.time()))
         framing = self._stream_framing(call, flow.response)
         if framing is None or call.protocol is None:
             return
@@ -229,7 +348,7 @@ class Gateway:
     # --- audit -------------------------------------------------------------------
     def _open(self, call: pipeline.Call, flow: http.HTTPFlow) -> None:
         assert self.audit is not None
-        row = call.open_row() | {"upstream_host": flow.request.pretty_host}
+        row = call.open_row() | {"upstream_host": flow.request.host}
         self.audit.insert("requests", row)
         body, truncated = cap_body(
             flow.request.get_content(strict=False) or b"", self.config.audit.payload_max_bytes
@@ -238,7 +357,7 @@ class Gateway:
             "payloads",
             {
                 "request_id": call.id,
-                "request_headers": json_text(storable_headers(flow.request.headers)),
+                "request_headers": json_text(storable_headers(flow.request.headers.fields)),
                 "request_body": body,
                 "request_truncated": int(truncated),
             },
@@ -248,6 +367,7 @@ class Gateway:
         assert self.audit is not None
         call.closed = True
         self.calls.pop(flow.id, None)
+        self._quota_settle(call, pipeline.actual_demand(fields))
         self.audit.update("requests", call.id, fields)
         if flow.response is not None:
             raw = call.tap.kept if call.tap else (flow.response.get_content(strict=False) or b"")
@@ -256,7 +376,7 @@ class Gateway:
                 "payloads",
                 call.id,
                 {
-                    "response_headers": json_text(storable_headers(flow.response.headers)),
+                    "response_headers": json_text(storable_headers(flow.response.headers.fields)),
                     "response_body": body,
                     "response_truncated": int(truncated),
                 },

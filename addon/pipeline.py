@@ -7,13 +7,15 @@ decision testable without a proxy.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from addon.config import GatewayConfig, Route
+from addon.config import PROVIDER_BY_HOST, GatewayConfig, QuotaWindow, Route
 from addon.credentials import (
     CREDENTIAL_HEADERS,
     SecretStore,
@@ -21,14 +23,21 @@ from addon.credentials import (
     strip_credential_params,
 )
 from addon.ledger import Pricer, cost_usd, estimate_tokens
+from addon.policy import Denial, EffectivePolicy, check_model, check_size, check_unparsed
 from addon.protocols import PROTOCOLS, WireProtocol
 from addon.protocols.canonical import CanonicalRequest, ProtocolError, Usage, part_texts
+from addon.quota import AppliedWindow, Demand, Exceeded, WindowState
 from addon.routes import Upstream, match_route, upstream_for
 from addon.streaming import StreamTap
 
+# A random per-process prefix and a counter: unique across processes sharing a
+# ledger, and far cheaper than a getrandom() syscall per call.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(int(time.time() * 1000) << 12)
+
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 @dataclass
@@ -41,21 +50,29 @@ class Call:
     host: str
     path: str
     user: str | None = None
+    groups: tuple[str, ...] = ()
     client_ip: str | None = None
+    virtual_key: bool = False
     protocol: WireProtocol | None = None
     request: CanonicalRequest | None = None
+    body: dict[str, Any] = field(default_factory=dict)  # the parsed JSON, for edits
     route: Route | None = None
     upstream_model: str | None = None
     stream: bool = False
     hide_injected: bool = False
     tap: StreamTap | None = None
     closed: bool = False
+    clamp_max_tokens: int | None = None
+    estimated_input: int = 0
+    quota_windows: list[AppliedWindow] = field(default_factory=list)
+    quota_states: list[WindowState] = field(default_factory=list)
 
     def open_row(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "started_at": self.started_at,
             "user": self.user,
+            "groups": ",".join(self.groups) or None,
             "client_ip": self.client_ip,
             "protocol": self.protocol_name,
             "host": self.host,
@@ -86,13 +103,17 @@ class Rejection:
             payload = protocol.error_body(self.status, self.kind, self.message)
         return json.dumps(payload).encode()
 
+    @classmethod
+    def deny(cls, denial: Denial) -> Rejection:
+        return cls(denial.status, denial.reason, denial.message, "denied", dict(denial.headers))
+
 
 @dataclass
 class Rewrite:
     """Everything the gateway must change on the outgoing request."""
 
     upstream: Upstream
-    body: bytes
+    body: bytes | None  # None: forward the caller's body untouched
     set_headers: dict[str, str]
     drop_headers: tuple[str, ...]
 
@@ -110,6 +131,7 @@ def parse_call(call: Call, raw_body: bytes) -> Rejection | None:
     except ProtocolError as exc:
         return Rejection(400, "invalid_request", str(exc))
     call.stream = protocol.is_stream_request(body, call.path)
+    call.body = body
     return None
 
 
@@ -129,33 +151,202 @@ def choose_route(call: Call, config: GatewayConfig) -> Rejection | None:
     return None
 
 
-def plan_rewrite(
-    call: Call, raw_path: str, raw_body: bytes, secrets: SecretStore
-) -> Rewrite | Rejection:
-    """`raw_path` is the caller's path as sent; `call.path` is stripped of credentials."""
-    assert call.protocol and call.route and call.upstream_model
-    protocol, route = call.protocol, call.route
-    set_headers = dict(route.extra_headers)
-    drop: tuple[str, ...] = ()
-    if route.api_key_secret:
-        secret = secrets.get(route.api_key_secret)
-        if secret is None:
-            return Rejection(
-                502,
-                "missing_secret",
-                f"route '{route.id}' needs the secret {route.api_key_secret}, which is not set. "
-                f"Export {route.api_key_secret} or add it to the LLMGATE_SECRETS file.",
+def unauthenticated(call: Call) -> Rejection:
+    if call.virtual_key:
+        message = "this llmgate key is unknown or revoked; ask for a new one (llmgate keys issue)"
+    else:
+        message = (
+            "llmgate could not tell who you are: authenticate to the proxy, use an llmgate key, "
+            "or call from a mapped client address"
+        )
+    return Rejection(401, "unauthenticated", message, "denied")
+
+
+def admit_other(
+    call: Call, policy: EffectivePolicy, config: GatewayConfig, raw_path: str, secrets: SecretStore
+) -> Rewrite | Rejection | None:
+    """Endpoints llmgate does not parse pass through to the host the caller named.
+
+    A virtual key cannot go to a provider, so such a call is sent through the
+    first route of that host's provider that has a secret, re-keyed.
+    """
+    denial = check_unparsed(policy)
+    if denial is not None:
+        return Rejection.deny(denial)
+    if not call.virtual_key:
+        return None
+    provider = PROVIDER_BY_HOST.get(call.host.lower())
+    route = next((r for r in config.routes if r.provider == provider and r.api_key_secret), None)
+    if route is None:
+        return Rejection.deny(
+            Denial(
+                403,
+                "virtual_key_without_secret",
+                f"no route with an api_key_secret serves {call.host}, so an llmgate key "
+                "cannot be used for this endpoint",
             )
-        drop = CREDENTIAL_HEADERS
-        name, value = credential_header(protocol.credential_header, secret)
-        set_headers[name] = value
+        )
+    call.route = route
+    call.protocol = next(p for p in PROTOCOLS.values() if p.provider == provider)
+    return plan_rewrite(call, raw_path, None, secrets)
+
+
+def check_policy(call: Call, policy: EffectivePolicy) -> Rejection | None:
+    """Model, route and per-call size rules; sets the clamp when the policy clamps."""
+    assert call.request and call.route and call.upstream_model
+    denial = check_model(policy, call.request.model, call.upstream_model, call.route)
+    if denial is None and call.virtual_key and not call.route.api_key_secret:
+        denial = Denial(
+            403,
+            "virtual_key_without_secret",
+            f"route '{call.route.id}' has no api_key_secret, so an llmgate key cannot be "
+            "used on it. Call with your own provider key, or give the route a secret.",
+        )
+    if denial is None:
+        call.estimated_input = estimate_tokens(call.request.texts())
+        denial, call.clamp_max_tokens = check_size(policy, call.request, call.estimated_input)
+    return Rejection.deny(denial) if denial else None
+
+
+def bind_windows(
+    user: str | None, groups: tuple[str, ...], windows: tuple[QuotaWindow, ...]
+) -> list[AppliedWindow]:
+    """Each window counts under its scope's key: the user, each of the user's groups, or all."""
+    bound: list[AppliedWindow] = []
+    for window in windows:
+        if window.scope == "global":
+            bound.append(AppliedWindow(window, "global"))
+        elif window.scope == "user":
+            bound.append(AppliedWindow(window, f"user:{user}"))
+        else:
+            bound.extend(AppliedWindow(window, f"group:{g}") for g in groups)
+    return bound
+
+
+def quota_demand(call: Call, pricer: Pricer, output_cap: int) -> Demand | Rejection:
+    """One request, the estimated input, the output reservation, and what that would cost."""
+    assert call.request and call.upstream_model
+    asked = call.clamp_max_tokens or call.request.max_tokens or output_cap
+    output = min(asked, output_cap)
+    price = pricer.price(call.upstream_model, call.route.pricing if call.route else None)
+    if price is None and any(w.window.max_cost_usd is not None for w in call.quota_windows):
+        return Rejection(
+            403,
+            "unpriced_model",
+            f"model '{call.upstream_model}' has no price, so the cost budget that applies to "
+            "you cannot be enforced. Add it to pricing.yaml or to the route's pricing.",
+            "denied",
+        )
+    usage = Usage(input_tokens=call.estimated_input, output_tokens=output)
+    return Demand(1, call.estimated_input, output, cost_usd(usage, price) or 0.0)
+
+
+def quota_rejection(exceeded: Exceeded) -> Rejection:
+    window = exceeded.window
+    wait = max(1, math.ceil(exceeded.retry_after))
+    if exceeded.never_fits:
+        message = (
+            f"this call alone needs {exceeded.requested:g} against {exceeded.limit_name}="
+            f"{exceeded.limit:g} of quota window '{window.label}' ({exceeded.scope_key}); "
+            "it can never fit. Ask for fewer tokens."
+        )
+    else:
+        message = (
+            f"quota window '{window.label}' ({exceeded.scope_key}, {window.window_seconds}s) "
+            f"is at {exceeded.current:g} of {exceeded.limit_name}={exceeded.limit:g}; "
+            f"retry in {wait}s"
+        )
+    return Rejection(429, "quota_exceeded", message, "denied", {"retry-after": str(wait)})
+
+
+_LIMITS = {
+    "requests": "max_requests",
+    "input-tokens": "max_input_tokens",
+    "output-tokens": "max_output_tokens",
+    "cost-usd": "max_cost_usd",
+}
+
+
+def ratelimit_headers(states: list[WindowState], now: float) -> dict[str, str]:
+    """`x-llmgate-ratelimit-*`, from the tightest window per kind.
+
+    Prefixed with llmgate so that the provider's own `x-ratelimit-*` headers
+    still reach the caller unchanged.
+    """
+    headers: dict[str, str] = {}
+    for kind, limit_name in _LIMITS.items():
+        tightest = None
+        for state in states:
+            limit = getattr(state.window, limit_name)
+            remaining = state.remaining().get(limit_name)
+            if limit is None or remaining is None:
+                continue
+            if tightest is None or remaining < tightest[1]:
+                tightest = (limit, remaining, state.reset_at)
+        if tightest is None:
+            continue
+        limit, remaining, reset_at = tightest
+        headers[f"x-llmgate-ratelimit-limit-{kind}"] = f"{limit:g}"
+        headers[f"x-llmgate-ratelimit-remaining-{kind}"] = f"{max(remaining, 0):g}"
+        if reset_at is not None:
+            headers[f"x-llmgate-ratelimit-reset-{kind}"] = f"{max(reset_at - now, 0):.3f}"
+    return headers
+
+
+def actual_demand(fields: dict[str, Any]) -> Demand:
+    """What a finished call really consumed, for settling its reservation."""
+    return Demand(
+        1,
+        fields.get("input_tokens") or 0,
+        fields.get("output_tokens") or 0,
+        fields.get("cost_usd") or 0.0,
+    )
+
+
+def _credentials(
+    route: Route, protocol: WireProtocol, secrets: SecretStore
+) -> tuple[dict[str, str], tuple[str, ...]] | Rejection:
+    """Headers to set and to drop so that only the route's secret reaches the upstream."""
+    set_headers = dict(route.extra_headers)
+    if not route.api_key_secret:
+        return set_headers, ()
+    secret = secrets.get(route.api_key_secret)
+    if secret is None:
+        return Rejection(
+            502,
+            "missing_secret",
+            f"route '{route.id}' needs the secret {route.api_key_secret}, which is not set. "
+            f"Export {route.api_key_secret} or add it to the LLMGATE_SECRETS file.",
+        )
+    name, value = credential_header(protocol.credential_header, secret)
+    set_headers[name] = value
+    return set_headers, CREDENTIAL_HEADERS
+
+
+def plan_rewrite(
+    call: Call, raw_path: str, raw_body: bytes | None, secrets: SecretStore
+) -> Rewrite | Rejection:
+    """`raw_path` is the caller's path as sent; `call.path` is stripped of credentials.
+
+    With no body (an endpoint llmgate does not parse) only the upstream and the
+    credentials change.
+    """
+    assert call.protocol and call.route
+    protocol, route = call.protocol, call.route
+    credentials = _credentials(route, protocol, secrets)
+    if isinstance(credentials, Rejection):
+        return credentials
+    set_headers, drop = credentials
     # A caller's own key may ride in the query string (Gemini's ?key=).
     path = strip_credential_params(raw_path) if route.api_key_secret else raw_path
-    model_change = call.upstream_model if call.upstream_model != call.request.model else None
-    if model_change and protocol.model_from_path(path):
-        path = protocol.path_with_model(path, model_change)
-    body, injected = protocol.edit_request(raw_body, model=model_change)
-    call.hide_injected = injected
+    body = None
+    if raw_body is not None and call.request is not None:
+        model_change = call.upstream_model if call.upstream_model != call.request.model else None
+        if model_change and protocol.model_from_path(path):
+            path = protocol.path_with_model(path, model_change)
+        body, call.hide_injected = protocol.edit_request(
+            raw_body, call.body, model=model_change, max_tokens=call.clamp_max_tokens
+        )
     return Rewrite(upstream_for(route, path), body, set_headers, drop)
 
 

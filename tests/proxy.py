@@ -134,6 +134,18 @@ class Proxy:
                 raise AssertionError(f"no closed audit row for {request_id}: {rows}")
             time.sleep(0.05)
 
+    def closed_rows(self, user: str, count: int | None = None, timeout: float = 10) -> list[dict]:
+        """A user's rows once none is pending (and, if given, once there are `count`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.query("select * from requests where user = ?", user)
+            settled = rows and all(r["status"] != "pending" for r in rows)
+            if settled and (count is None or len(rows) >= count):
+                return rows
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{user}: rows still pending or missing: {len(rows)}")
+            time.sleep(0.05)
+
     def payload(self, request_id: str) -> dict[str, Any]:
         self.row(request_id)
         return self.query("select * from payloads where request_id = ?", request_id)[0]

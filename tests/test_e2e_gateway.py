@@ -54,6 +54,7 @@ def test_openai_buffered_and_streamed(proxy: Proxy, emulator: Emulator) -> None:
         status="completed", http_status=200, stream=0,
     )  # fmt: skip
     assert json.loads(emulator.hits[0].body)["model"] == "gpt-4o-mini"
+    assert emulator.hits[0].headers["host"] == f"127.0.0.1:{emulator.port}"
 
     with client.chat.completions.with_streaming_response.create(
         model="team-default", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -134,8 +135,8 @@ def test_malformed_json_is_a_400_with_an_audit_row(
     proxy: Proxy, emulator: Emulator, url: str, expected_shape: set[str]
 ) -> None:
     with proxy.http_client() as client:
-        response = client.post(url, content=b'{"model": "gpt-4o", "messages": [', headers={
-            "content-type": "application/json", "authorization": f"Bearer {CALLER_KEY}"})  # fmt: skip
+        headers = {"content-type": "application/json", "authorization": f"Bearer {CALLER_KEY}"}
+        response = client.post(url, content=b'{"model": "gpt-4o", "messages": [', headers=headers)
     assert response.status_code == 400
     assert set(response.json()) == expected_shape
     assert "not valid JSON" in json.dumps(response.json())

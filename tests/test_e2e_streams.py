@@ -37,18 +37,29 @@ def genai_client(proxy: Proxy) -> genai.Client:
     )
 
 
+_test_started = 0.0
+
+
+@pytest.fixture(autouse=True)
+def _mark_test_start() -> None:
+    global _test_started
+    _test_started = time.time()
+
+
 def latest_row(proxy: Proxy, **where: str) -> dict:
-    clause = " and ".join(f"{k} = ?" for k in where) or "1"
+    """The newest row of this test matching `where`, once it is closed."""
+    clause = " and ".join([f"{k} = ?" for k in where] + ["started_at >= ?"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         rows = proxy.query(
-            f"select id from requests where {clause} order by started_at desc limit 1",
+            f"select id, status from requests where {clause} order by started_at desc limit 1",
             *where.values(),
+            _test_started,
         )
-        if rows:
+        if rows and rows[0]["status"] != "pending":
             return proxy.row(rows[0]["id"])
         time.sleep(0.05)
-    raise AssertionError(f"no row where {where}")
+    raise AssertionError(f"no closed row where {where}")
 
 
 def assert_reported(row: dict, emulator: Emulator) -> None:
@@ -69,7 +80,7 @@ def test_openai_responses_sdk_buffered_and_streamed(proxy: Proxy, emulator: Emul
     with client.responses.stream(model="gpt-4o", input="Say hello") as stream:
         final = stream.get_final_response()
     assert final.output_text == DEFAULT_REPLY
-    row = latest_row(proxy, protocol="openai_responses")
+    row = latest_row(proxy, protocol="openai_responses", stream="1")
     assert row["stream"] == 1 and row["ttft_ms"] is not None
     assert 0 < row["ttft_ms"] <= row["latency_ms"]
     assert_reported(row, emulator)

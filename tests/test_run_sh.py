@@ -59,7 +59,9 @@ def test_run_sh_starts_the_default_proxy_and_prints_the_exports(tmp_path: Path) 
     # Shutdown flushed the writer: the rejected call is on record.
     import sqlite3
 
-    rows = sqlite3.connect(tmp_path / "audit.db").execute(
-        "select status, http_status, reason from requests"
-    ).fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "audit.db")
+        .execute("select status, http_status, reason from requests")
+        .fetchall()
+    )
     assert rows == [("failed", 400, "invalid_json")]

@@ -16,6 +16,7 @@ from addon.protocols.base import (
     WireProtocol,
     add_tool_delta,
     as_int,
+    as_list,
     as_str,
     build_request,
     dig,
@@ -79,7 +80,7 @@ def anthropic_usage(raw: Any) -> Usage | None:
     # top-level counts leave out; it is billed, so the ledger must include it.
     # Advisor iterations are left out on purpose: they are billed at another
     # model's rates, which this request's price cannot express.
-    for iteration in raw.get("iterations") or []:
+    for iteration in as_list(raw.get("iterations")):
         if isinstance(iteration, dict) and iteration.get("type") == "compaction":
             for key in _TOKEN_FIELDS:
                 totals[key] += as_int(iteration.get(key)) or 0
@@ -106,14 +107,17 @@ def _document_text(block: dict[str, Any]) -> list[ContentPart]:
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         return [TextPart(text=source["data"])]
     if source.get("type") == "content":
-        return [p for p in _blocks(source.get("content"), "document") if isinstance(p, TextPart)]
+        texts = _blocks(source.get("content"), "document.source.content")
+        return [p for p in texts if isinstance(p, TextPart)]
     # PDFs and file references carry no text we can read here.
     return []
 
 
 def _tool_result(block: dict[str, Any], where: str) -> ToolResultPart:
     content = [
-        p for p in _blocks(block.get("content"), where) if isinstance(p, TextPart | ImagePart)
+        p
+        for p in _blocks(block.get("content"), f"{where}.content")
+        if isinstance(p, TextPart | ImagePart)
     ]
     return ToolResultPart(
         tool_use_id=as_str(block.get("tool_use_id")),
@@ -141,7 +145,8 @@ def _block(block: dict[str, Any], where: str) -> list[ContentPart]:
         # A summary standing in for earlier turns: prompt text like any other.
         return [TextPart(text=block["content"])]
     if kind == "search_result":
-        return [p for p in _blocks(block.get("content"), where) if isinstance(p, TextPart)]
+        texts = _blocks(block.get("content"), f"{where}.content")
+        return [p for p in texts if isinstance(p, TextPart)]
     if isinstance(block.get("text"), str):
         return [TextPart(text=block["text"])]
     # Server tool results, tool references and newer block types carry no prompt text.
@@ -154,11 +159,11 @@ def _blocks(content: Any, where: str) -> list[ContentPart]:
     if isinstance(content, str):
         return [TextPart(text=content)] if content else []
     if not isinstance(content, list):
-        raise ProtocolError(f"'{where}.content' must be a string or a list of blocks")
+        raise ProtocolError(f"'{where}' must be a string or a list of blocks")
     parts: list[ContentPart] = []
     for block in content:
         if not isinstance(block, dict):
-            raise ProtocolError(f"'{where}.content' has a block that is not an object")
+            raise ProtocolError(f"'{where}' has a block that is not an object")
         parts.extend(_block(block, where))
     return parts
 
@@ -197,9 +202,9 @@ class AnthropicMessages(WireProtocol):
         model = require_model(body)
         messages: list[Message] = []
         for i, message in enumerate(require_list(body, "messages")):
-            where = f"messages[{i}]"
+            where = f"messages[{i}].content"
             if not isinstance(message, dict):
-                raise ProtocolError(f"'{where}' must be an object")
+                raise ProtocolError(f"'messages[{i}]' must be an object")
             role = "assistant" if message.get("role") == "assistant" else "user"
             messages.append(Message(role=role, content=_blocks(message.get("content"), where)))
         return build_request(
@@ -283,11 +288,13 @@ class AnthropicMessages(WireProtocol):
                 complete=True,
             )
             return True
-        if kind == "text" and block.get("text"):
-            state.text.append(block["text"])
+        text = as_str(block.get("text")) if kind == "text" else None
+        if text:
+            state.text.append(text)
             return True
-        if kind == "thinking" and block.get("thinking"):
-            state.thinking.append(block["thinking"])
+        thinking = as_str(block.get("thinking")) if kind == "thinking" else None
+        if thinking:
+            state.thinking.append(thinking)
             return True
         # A redacted thinking block is output even though it has no readable text.
         return kind == "redacted_thinking" or (kind == "compaction" and bool(block.get("content")))

@@ -105,15 +105,28 @@ class WireProtocol:
     def is_stream_request(self, body: Any, path: str) -> bool:
         return isinstance(body, dict) and body.get("stream") is True
 
-    def edit_request(self, raw: bytes, *, model: str | None) -> tuple[bytes, bool]:
+    def edit_request(
+        self, raw: bytes, body: dict[str, Any], *, model: str | None, max_tokens: int | None = None
+    ) -> tuple[bytes, bool]:
         """Apply the edits llmgate must make, touching no other byte.
 
-        Returns the new body and whether llmgate asked for stream usage the caller
-        did not ask for (the tap then hides it from the caller again).
+        `body` is `raw` already parsed. Returns the new body and whether llmgate
+        asked for stream usage the caller did not ask for (the tap then hides it
+        from the caller again).
         """
-        if model is None:
-            return raw, False
-        return jsonedit.set_top_level(raw, "model", model), False
+        edited = raw
+        if model is not None and self.model_in_body:
+            edited = jsonedit.set_top_level(edited, "model", model)
+        if max_tokens is not None:
+            for key, value in self.max_tokens_edits(body, max_tokens):
+                edited = jsonedit.set_top_level(edited, key, value)
+        return edited, False
+
+    model_in_body: ClassVar[bool] = True
+
+    def max_tokens_edits(self, body: dict[str, Any], limit: int) -> list[tuple[str, Any]]:
+        """Top-level (key, value) pairs that cap the reply at `limit` tokens."""
+        return [("max_tokens", limit)]
 
     # --- responses ----------------------------------------------------------------
     def parse_response(self, body: Any) -> CanonicalResponse:
@@ -228,6 +241,11 @@ def dig(obj: Any, *keys: str) -> Any:
 
 def as_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def as_list(value: Any) -> list[Any]:
+    """The value if it is a list, else empty: an odd field must not break iteration."""
+    return value if isinstance(value, list) else []
 
 
 def json_arguments(raw: Any) -> Any:

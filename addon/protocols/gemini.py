@@ -20,6 +20,7 @@ from addon.protocols.base import (
     add_tool_delta,
     append_parts,
     as_int,
+    as_list,
     as_str,
     build_request,
     error_summary,
@@ -46,7 +47,7 @@ from addon.protocols.canonical import (
 )
 
 _MODEL_IN_PATH = re.compile(r"/models/(?P<model>[^/:?]+):(?P<method>[A-Za-z]+)")
-_ROLES: dict[Any, Role] = {"model": "assistant", "function": "tool", "tool": "tool"}
+_ROLES: dict[str | None, Role] = {"model": "assistant", "function": "tool", "tool": "tool"}
 _STATUSES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -182,7 +183,7 @@ def _tools(value: Any) -> list[Tool]:
     for spec in value:
         if not isinstance(spec, dict):
             continue
-        for decl in _get(spec, "functionDeclarations") or []:
+        for decl in as_list(_get(spec, "functionDeclarations")):
             if not isinstance(decl, dict) or not as_str(_get(decl, "name")):
                 continue
             params = _get(decl, "parameters") or _get(decl, "parametersJsonSchema")
@@ -214,7 +215,7 @@ def _number(config: dict[str, Any], camel: str, *, integer: bool = False) -> Any
 
 def _candidate(body: dict[str, Any]) -> dict[str, Any]:
     """Candidate 0: with candidateCount > 1 the others are alternatives."""
-    for candidate in _get(body, "candidates") or []:
+    for candidate in as_list(_get(body, "candidates")):
         if isinstance(candidate, dict) and candidate.get("index", 0) == 0:
             return candidate
     return {}
@@ -244,9 +245,18 @@ class Gemini(WireProtocol):
         match = _MODEL_IN_PATH.search(path.split("?", 1)[0])
         return match is not None and match["method"] == "streamGenerateContent"
 
-    def edit_request(self, raw: bytes, *, model: str | None) -> tuple[bytes, bool]:
-        # The model is swapped in the path; a `model` key would be an unknown field.
-        return raw, False
+    # The model is swapped in the path; a `model` key would be an unknown field.
+    model_in_body = False
+
+    def max_tokens_edits(self, body: dict[str, Any], limit: int) -> list[tuple[str, Any]]:
+        # The cap is nested, so only the generation config object is re-serialised.
+        if "generation_config" in body and "generationConfig" not in body:
+            config = dict(body["generation_config"] or {})
+            config["max_output_tokens"] = limit
+            return [("generation_config", config)]
+        config = dict(body.get("generationConfig") or {})
+        config["maxOutputTokens"] = limit
+        return [("generationConfig", config)]
 
     def parse_request(self, body: Any, path: str) -> CanonicalRequest:
         body = require_object(body)
@@ -263,7 +273,7 @@ class Gemini(WireProtocol):
             where = f"contents[{i}]"
             if not isinstance(content, dict):
                 raise ProtocolError(f"'{where}' must be an object")
-            role = _ROLES.get(content.get("role"), "user")
+            role = _ROLES.get(as_str(content.get("role")), "user")
             append_parts(messages, role, _parts(_get(content, "parts"), where))
         config = _get(body, "generationConfig")
         if config is not None and not isinstance(config, dict):
@@ -322,7 +332,7 @@ class Gemini(WireProtocol):
         candidate = _candidate(chunk)
         state.stop_reason = as_str(_get(candidate, "finishReason")) or blocked or state.stop_reason
         carried = False
-        for part in _get(_get_dict(candidate, "content"), "parts") or []:
+        for part in as_list(_get(_get_dict(candidate, "content"), "parts")):
             converted = _part(part) if isinstance(part, dict) else None
             if isinstance(converted, ThinkingPart) and converted.text:
                 state.thinking.append(converted.text)

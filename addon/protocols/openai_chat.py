@@ -7,7 +7,6 @@ and an `event: error` in the middle of a 200 stream.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from addon.protocols import jsonedit
@@ -17,6 +16,7 @@ from addon.protocols.base import (
     WireProtocol,
     add_tool_delta,
     as_int,
+    as_list,
     as_str,
     build_request,
     dig,
@@ -135,10 +135,11 @@ def _text_only(content: Any, where: str) -> list[str]:
 
 def _tool_calls(message: dict[str, Any]) -> list[ContentPart]:
     parts: list[ContentPart] = []
-    for call in message.get("tool_calls") or []:
+    for call in as_list(message.get("tool_calls")):
         if not isinstance(call, dict):
             continue
-        fn = call.get("function") or call.get("custom") or {}
+        specs = (call.get("function"), call.get("custom"))
+        fn = next((spec for spec in specs if isinstance(spec, dict)), {})
         raw_args = fn.get("arguments", fn.get("input"))
         parts.append(
             ToolUsePart(
@@ -178,7 +179,7 @@ def _tool(spec: Any) -> Tool | None:
         return None
     # {"type": "function", "function": {...}}, {"type": "custom", "custom": {...}},
     # or a legacy `functions` entry that is the declaration itself.
-    inner = spec.get(spec.get("type") or "function")
+    inner = spec.get(as_str(spec.get("type")) or "function")
     decl = inner if isinstance(inner, dict) else spec
     name = as_str(decl.get("name")) or as_str(spec.get("type"))
     if not name:
@@ -246,14 +247,18 @@ class OpenAIChat(WireProtocol):
             metadata=optional_dict(body, "metadata"),
         )
 
-    def edit_request(self, raw: bytes, *, model: str | None) -> tuple[bytes, bool]:
+    def max_tokens_edits(self, body: dict[str, Any], limit: int) -> list[tuple[str, Any]]:
+        # `max_tokens` is deprecated and refused by reasoning models; cap whichever
+        # field the caller used, and the current one when they used neither.
+        fields = [f for f in ("max_completion_tokens", "max_tokens") if f in body]
+        return [(f, limit) for f in fields or ["max_completion_tokens"]]
+
+    def edit_request(
+        self, raw: bytes, body: dict[str, Any], *, model: str | None, max_tokens: int | None = None
+    ) -> tuple[bytes, bool]:
         """Also ask for the final usage chunk, which OpenAI only streams on request."""
-        edited, _ = super().edit_request(raw, model=model)
-        try:
-            body = json.loads(edited)
-        except ValueError as exc:
-            raise ProtocolError(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict) or body.get("stream") is not True:
+        edited, _ = super().edit_request(raw, body, model=model, max_tokens=max_tokens)
+        if body.get("stream") is not True:
             return edited, False
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
@@ -304,7 +309,7 @@ class OpenAIChat(WireProtocol):
             if isinstance(value, str) and value:
                 sink.append(value)
                 carried = True
-        for position, call in enumerate(delta.get("tool_calls") or []):
+        for position, call in enumerate(as_list(delta.get("tool_calls"))):
             if not isinstance(call, dict):
                 continue
             fn = call.get("function") if isinstance(call.get("function"), dict) else {}

@@ -15,6 +15,7 @@ from addon.protocols.base import (
     WireProtocol,
     add_tool_delta,
     append_parts,
+    as_list,
     as_str,
     build_request,
     dig,
@@ -89,7 +90,7 @@ def _reasoning_text(item: dict[str, Any]) -> str:
     pieces = [
         part["text"]
         for key in ("summary", "content")
-        for part in item.get(key) or []
+        for part in as_list(item.get(key))
         if isinstance(part, dict) and isinstance(part.get("text"), str)
     ]
     return "\n\n".join(pieces)
@@ -182,6 +183,9 @@ class OpenAIResponses(WireProtocol):
     name = "openai_responses"
     provider = "openai"
     credential_header = "authorization"
+
+    def max_tokens_edits(self, body: dict[str, Any], limit: int) -> list[tuple[str, Any]]:
+        return [("max_output_tokens", limit)]
 
     # --- requests -----------------------------------------------------------------
     def parse_request(self, body: Any, path: str) -> CanonicalRequest:

@@ -1,0 +1,89 @@
+"""Virtual keys: llmgate-issued keys that stand in for provider keys.
+
+Only a SHA-256 of each key is stored. Keys carry 192 random bits, so a plain
+hash is enough: there is nothing to brute-force that a salt would protect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_PREFIX = "lg-"
+
+_SCHEMA = """
+create table if not exists virtual_keys (
+    key_hash text primary key,
+    key_hint text not null,
+    user text not null,
+    groups text not null,
+    created_at real not null,
+    revoked_at real
+)
+"""
+
+
+@dataclass(frozen=True)
+class KeyIdentity:
+    user: str
+    groups: tuple[str, ...]
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def hint(key: str) -> str:
+    """Enough to tell keys apart in a listing, never enough to use one."""
+    return f"{key[:7]}…{key[-4:]}"
+
+
+class KeyStore:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        with self._conn:
+            self._conn.execute(_SCHEMA)
+
+    def issue(self, user: str, groups: list[str]) -> str:
+        key = KEY_PREFIX + secrets.token_urlsafe(24)
+        with self._conn:
+            self._conn.execute(
+                "insert into virtual_keys values (?, ?, ?, ?, ?, null)",
+                (hash_key(key), hint(key), user, json.dumps(groups), time.time()),
+            )
+        return key
+
+    def lookup(self, key: str) -> KeyIdentity | None:
+        row = self._conn.execute(
+            "select user, groups from virtual_keys where key_hash = ? and revoked_at is null",
+            (hash_key(key),),
+        ).fetchone()
+        return KeyIdentity(row[0], tuple(json.loads(row[1]))) if row else None
+
+    def revoke(self, key_or_hint: str) -> int:
+        """Revoke by the key itself, its hash, or its hint as `keys list` shows it."""
+        with self._conn:
+            cursor = self._conn.execute(
+                "update virtual_keys set revoked_at = ? where revoked_at is null"
+                " and (key_hash = ? or key_hash = ? or key_hint = ?)",
+                (time.time(), hash_key(key_or_hint), key_or_hint, key_or_hint),
+            )
+        return cursor.rowcount
+
+    def list(self) -> list[dict[str, object]]:
+        cursor = self._conn.execute(
+            "select key_hint, user, groups, created_at, revoked_at from virtual_keys"
+            " order by created_at"
+        )
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def close(self) -> None:
+        self._conn.close()

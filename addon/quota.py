@@ -1,0 +1,376 @@
+"""Sliding-window quotas in SQLite that concurrent requests cannot race.
+
+`reserve` writes one `quota_ledger` row per (reservation, distinct scope key) with
+the demand, stamped with the reservation time. Every window bound to that key (a
+user's minute and hour, or `group:dev` for every member) counts the same rows: those
+with `ts > now - window_seconds`. A row counts in full until `settle` replaces its
+amounts by the actual usage (keeping its `ts`); `release` deletes it.
+
+Why it is race-free, across threads and processes sharing the file: `reserve` is
+one `BEGIN IMMEDIATE` transaction. IMMEDIATE takes SQLite's single write lock at
+BEGIN, before the first read, so the sums it checks cannot change until it commits
+or rolls back; any other connection, in this process or another, waits (busy
+timeout 30 s) at its own BEGIN. Check-then-insert is therefore atomic. A deferred
+BEGIN would not be: two connections could read the same sums, both decide "fits",
+and both insert (or one fail with SQLITE_BUSY on upgrade). A denial writes nothing,
+so no window keeps a partial increment. WAL mode lets `states` read a consistent
+snapshot without blocking, or being blocked by, writers.
+
+Speed: summing a window's rows costs ~0.25 us a row, which a busy global or daily
+window would pay inside the write lock on every call. So `quota_totals` keeps, per
+(scope key, window length), the sums of the rows with `ts > cutoff`; a reserve moves
+the cutoff to `now - window_seconds` by subtracting (or adding back) just the rows in
+between, and every ledger write updates each total that counts the row, in the same
+transaction. Costs are integer nano-dollars (`cost_nusd`) so the sums never drift.
+
+Stale rows (a crashed process never settled) stop counting once older than their
+windows; `prune` deletes rows older than the longest window ever reserved with
+(kept in `quota_meta`, so one process's short windows never prune another's long
+one). `reserve` prunes its own scope keys every `PRUNE_EVERY` calls.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from addon.config import QuotaWindow
+
+KINDS = ("requests", "input_tokens", "output_tokens", "cost_usd")
+LIMIT_NAMES = tuple(f"max_{kind}" for kind in KINDS)
+PRUNE_EVERY = 1000
+NANO = 1_000_000_000
+_COLS = ("requests", "input_tokens", "output_tokens", "cost_nusd")
+
+# WITHOUT ROWID clusters rows by (scope_key, ts): window ranges are one index range
+# that reads amounts in place. The unique index serves settle/release and rejects a
+# reservation id used twice.
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS quota_ledger (
+    scope_key TEXT NOT NULL, ts REAL NOT NULL, reservation_id TEXT NOT NULL,
+    {", ".join(f"{c} INTEGER NOT NULL" for c in _COLS)}, settled INTEGER NOT NULL,
+    PRIMARY KEY (scope_key, ts, reservation_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS quota_ledger_reservation
+    ON quota_ledger (reservation_id, scope_key);
+CREATE TABLE IF NOT EXISTS quota_totals (
+    scope_key TEXT NOT NULL, window_seconds INTEGER NOT NULL, cutoff REAL NOT NULL,
+    {", ".join(f"{p}_{c} INTEGER NOT NULL" for p in "ur" for c in _COLS)},
+    PRIMARY KEY (scope_key, window_seconds)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota_meta (name TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+_CURSOR = (  # the window's oldest counted ts, then its totals row if there is one
+    "SELECT (SELECT MIN(ts) FROM quota_ledger WHERE scope_key = ?1 AND ts > ?2), t.cutoff, "
+    + ", ".join(f"t.{p}_{c}" for p in "ur" for c in _COLS)
+    + " FROM (SELECT 1) LEFT JOIN quota_totals t ON t.scope_key = ?1 AND t.window_seconds = ?3"
+)
+_RANGE = (
+    f"SELECT settled, {', '.join(f'SUM({c})' for c in _COLS)} FROM quota_ledger"
+    " WHERE scope_key = ? AND ts > ? AND ts <= ? GROUP BY settled"
+)
+# Add a row's amounts to every totals row of its key whose cutoff lies before it.
+_SHIFT = {
+    settled: f"UPDATE quota_totals SET {', '.join(f'{p}_{c} = {p}_{c} + ?' for c in _COLS)}"
+    " WHERE scope_key = ? AND cutoff < ?"
+    for settled, p in ((1, "u"), (0, "r"))
+}
+
+Units = tuple[int, int, int, int]  # a Demand with the cost in nano-dollars
+# Per (scope key, window length): used units + reserved units, and the oldest counted ts.
+_Sums = tuple[list[int], float | None]
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one call consumes (or is reserved to consume)."""
+
+    requests: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def units(self) -> Units:
+        return (self.requests, self.input_tokens, self.output_tokens, round(self.cost_usd * NANO))
+
+
+def _demand(units: Sequence[int]) -> Demand:
+    return Demand(units[0], units[1], units[2], units[3] / NANO)
+
+
+@dataclass(frozen=True)
+class AppliedWindow:
+    """A configured window bound to the scope key it counts under ("user:alice", "global")."""
+
+    window: QuotaWindow
+    scope_key: str
+
+
+@dataclass(frozen=True)
+class WindowState:
+    window: QuotaWindow
+    scope_key: str
+    used: Demand  # settled consumption inside the window now
+    reserved: Demand  # unsettled reservations inside the window now
+    reset_at: float | None  # when the oldest counted row leaves the window
+
+    def remaining(self) -> dict[str, float | int | None]:
+        """limit - used - reserved per limit name; never negative, as headers expect."""
+        out: dict[str, float | int | None] = {}
+        for kind, name in zip(KINDS, LIMIT_NAMES, strict=True):
+            limit = getattr(self.window, name)
+            if limit is None:
+                out[name] = None
+                continue
+            left = limit - getattr(self.used, kind) - getattr(self.reserved, kind)
+            out[name] = max(round(left, 9), 0.0) if kind == "cost_usd" else max(left, 0)
+        return out
+
+
+@dataclass(frozen=True)
+class Exceeded:
+    window: QuotaWindow
+    scope_key: str
+    limit_name: str
+    limit: float
+    current: float  # used + reserved
+    requested: float
+    retry_after: float  # seconds until this demand fits this window
+    never_fits: bool = False  # the demand alone exceeds the limit (or the limit is 0)
+
+
+def _worse(a: Exceeded | None, b: Exceeded) -> Exceeded:
+    """The answer a caller must heed: waiting cannot help one that never fits, else the
+    longest wait, since the caller needs every window at once."""
+    return a if a and (a.never_fits, a.retry_after) >= (b.never_fits, b.retry_after) else b
+
+
+def _ceil_ms(seconds: float) -> float:
+    # round() first so float noise (30.000000000004) does not cost an extra ms.
+    return math.ceil(round(max(seconds, 0.0) * 1000, 6)) / 1000
+
+
+def _state(a: AppliedWindow, sums: dict[tuple[str, int], _Sums]) -> WindowState:
+    units, oldest = sums[a.scope_key, a.window.window_seconds]
+    reset = None if oldest is None else oldest + a.window.window_seconds
+    return WindowState(a.window, a.scope_key, _demand(units[:4]), _demand(units[4:]), reset)
+
+
+class QuotaStore:
+    """Quota counters in one SQLite file; one connection, used by one thread at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            str(path), timeout=30, check_same_thread=False, isolation_level=None
+        )
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        # Turning a new file to WAL needs it alone, and SQLite fails that at once instead
+        # of waiting (no busy handler), so stores opening together retry here.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        # In the script itself: executescript would otherwise commit an open BEGIN.
+        self._conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        self._horizon = 0  # longest window this store has recorded in quota_meta
+        self._reserves = 0
+
+    def reserve(
+        self,
+        reservation_id: str,
+        windows: list[AppliedWindow],
+        demand: Demand,
+        now: float | None = None,
+    ) -> list[WindowState] | Exceeded:
+        """Admit `demand` in every window or in none; Exceeded names the longest wait."""
+        now = time.time() if now is None else now
+        want = demand.units()
+        keys = list(dict.fromkeys(a.scope_key for a in windows))
+        longest = max((a.window.window_seconds for a in windows), default=0)
+        with self._write():
+            sums = self._all_sums(windows, now)
+            worst: Exceeded | None = None
+            for a in windows:
+                units = sums[a.scope_key, a.window.window_seconds][0]
+                for found in self._violations(a, units, want, now):
+                    worst = _worse(worst, found)
+            if worst is not None:
+                return worst  # nothing was written
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO quota_totals VALUES ({', '.join('?' * 11)})",
+                [(k, w, now - w, *s) for (k, w), (s, _) in sums.items()],
+            )
+            for key in keys:
+                self._conn.execute(
+                    "INSERT INTO quota_ledger VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                    (key, now, reservation_id, *want),
+                )
+                self._shift(key, now, want, settled=0)
+            if longest > self._horizon:
+                self._conn.execute(
+                    "INSERT INTO quota_meta VALUES ('horizon', ?) ON CONFLICT (name)"
+                    " DO UPDATE SET value = max(value, excluded.value)",
+                    (longest,),
+                )
+        self._horizon = max(self._horizon, longest)
+        self._reserves += 1
+        if self._reserves % PRUNE_EVERY == 0:
+            self.prune(now - self._stored_horizon(), keys)
+        # The admitted demand now counts in every window it was checked against.
+        after = {
+            kw: (
+                [*u[:4], *(r + d for r, d in zip(u[4:], want, strict=True))],
+                now if old is None else min(old, now),
+            )
+            for kw, (u, old) in sums.items()
+        }
+        return [_state(a, after) for a in windows]
+
+    def settle(self, reservation_id: str, actual: Demand, now: float | None = None) -> None:
+        """Replace the reserved amounts by the actual usage; `ts` stays the reservation time.
+
+        `now` is accepted for symmetry with `reserve`; settling does not move a row in time.
+        """
+        new = actual.units()
+        with self._write():
+            for key, ts, settled, *old in self._rows_of(reservation_id):
+                self._shift(key, ts, [-x for x in old], settled)
+                self._shift(key, ts, new, settled=1)
+            self._conn.execute(
+                f"UPDATE quota_ledger SET {', '.join(f'{c} = ?' for c in _COLS)}, settled = 1"
+                " WHERE reservation_id = ?",
+                (*new, reservation_id),
+            )
+
+    def release(self, reservation_id: str) -> None:
+        """The call never went out: it counts nowhere."""
+        with self._write():
+            for key, ts, settled, *old in self._rows_of(reservation_id):
+                self._shift(key, ts, [-x for x in old], settled)
+            self._conn.execute(
+                "DELETE FROM quota_ledger WHERE reservation_id = ?", (reservation_id,)
+            )
+
+    def states(self, windows: list[AppliedWindow], now: float | None = None) -> list[WindowState]:
+        now = time.time() if now is None else now
+        self._conn.execute("BEGIN")  # one snapshot across scope keys; writes nothing
+        try:
+            sums = self._all_sums(windows, now)
+        finally:
+            self._conn.execute("COMMIT")
+        return [_state(a, sums) for a in windows]
+
+    def prune(self, older_than: float, scope_keys: Iterable[str] | None = None) -> int:
+        """Delete rows stamped before `older_than` (of `scope_keys` only, if given)."""
+        # Per key it is an index range; for all keys, a table scan (maintenance only).
+        by_key = "" if scope_keys is None else "scope_key = ? AND "
+        params = [(older_than,)] if scope_keys is None else [(k, older_than) for k in scope_keys]
+        with self._write():
+            before = self._conn.total_changes
+            self._conn.executemany(f"DELETE FROM quota_ledger WHERE {by_key}ts < ?", params)
+            deleted = self._conn.total_changes - before
+            # Totals with an older cutoff counted rows that are gone: recount on next use.
+            self._conn.executemany(f"DELETE FROM quota_totals WHERE {by_key}cutoff < ?", params)
+        return deleted
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> QuotaStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _stored_horizon(self) -> float:
+        row = self._conn.execute("SELECT value FROM quota_meta WHERE name = 'horizon'").fetchone()
+        return max(self._horizon, row[0] if row else 0)
+
+    def _rows_of(self, reservation_id: str) -> list[tuple[str, float, int, int, int, int, int]]:
+        return self._conn.execute(
+            f"SELECT scope_key, ts, settled, {', '.join(_COLS)} FROM quota_ledger"
+            " WHERE reservation_id = ?",
+            (reservation_id,),
+        ).fetchall()
+
+    def _shift(self, key: str, ts: float, units: Sequence[int], settled: int) -> None:
+        self._conn.execute(_SHIFT[settled], (*units, key, ts))
+
+    def _all_sums(self, windows: list[AppliedWindow], now: float) -> dict[tuple[str, int], _Sums]:
+        out: dict[tuple[str, int], _Sums] = {}
+        for a in windows:
+            key, seconds = a.scope_key, a.window.window_seconds
+            if (key, seconds) in out:
+                continue
+            target = now - seconds
+            oldest, cutoff, *sums = self._conn.execute(_CURSOR, (key, target, seconds)).fetchone()
+            if cutoff is None:  # no totals yet: count the whole window once
+                sums = self._add_range(key, target, math.inf, [0] * 8, 1)
+            elif target > cutoff:  # rows in (cutoff, target] have left the window
+                sums = self._add_range(key, cutoff, target, sums, -1)
+            elif target < cutoff:  # an earlier `now` (another process's clock): add back
+                sums = self._add_range(key, target, cutoff, sums, 1)
+            out[key, seconds] = (sums, oldest)
+        return out
+
+    def _add_range(self, key: str, lo: float, hi: float, sums: list[int], sign: int) -> list[int]:
+        for settled, *units in self._conn.execute(_RANGE, (key, lo, hi)):
+            base = 0 if settled else 4
+            for i, x in enumerate(units):
+                sums[base + i] += sign * x
+        return sums
+
+    def _violations(
+        self, a: AppliedWindow, sums: list[int], want: Units, now: float
+    ) -> Iterator[Exceeded]:
+        seconds = a.window.window_seconds
+        for i, (kind, name) in enumerate(zip(KINDS, LIMIT_NAMES, strict=True)):
+            limit = getattr(a.window, name)
+            if limit is None:
+                continue
+            cap = round(limit * NANO) if kind == "cost_usd" else limit
+            have = sums[i] + sums[4 + i]
+            if cap > 0 and have + want[i] <= cap:
+                continue
+            never = cap == 0 or want[i] > cap
+            wait = float(seconds) if never else self._wait(a, i, have + want[i] - cap, now)
+            scale = NANO if kind == "cost_usd" else 1
+            yield Exceeded(
+                a.window, a.scope_key, name, limit, have / scale, want[i] / scale, wait, never
+            )
+
+    def _wait(self, a: AppliedWindow, index: int, excess: int, now: float) -> float:
+        """Free the window's rows oldest first, each at ts + window, until `excess` has gone."""
+        seconds = a.window.window_seconds
+        freed = 0
+        for ts, amount in self._conn.execute(  # lazily: usually the first rows suffice
+            f"SELECT ts, {_COLS[index]} FROM quota_ledger WHERE scope_key = ? AND ts > ?"
+            " ORDER BY ts",
+            (a.scope_key, now - seconds),
+        ):
+            freed += amount
+            if freed >= excess:
+                return _ceil_ms(ts + seconds - now)
+        return float(seconds)  # unreachable: the demand alone fits, so freeing all suffices

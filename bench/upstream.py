@@ -1,0 +1,215 @@
+"""A fast fake OpenAI upstream for the benchmark: raw HTTP/1.1 on asyncio, keep-alive, no TLS.
+
+    python bench/upstream.py [--port 0] [--events 30] [--interval-ms 5]
+
+It prints `LISTENING <port>` on stdout once it accepts connections, then serves until
+killed. Every POST is answered at once:
+
+* a buffered request gets a small `chat.completion` JSON reply with usage;
+* a request whose JSON body has `"stream": true` gets an SSE reply of `--events`
+  `chat.completion.chunk` events, `--interval-ms` apart, then a usage chunk (when
+  `stream_options.include_usage` is true) and `data: [DONE]`. Each chunk carries
+  `"x_sent"`: `time.time()` just before it was written, so a client can measure the
+  delay the path added to every event. The headers `x-bench-events` and
+  `x-bench-interval-ms` override the two settings for one request.
+
+The request body is parsed only far enough to find `stream`; large bodies (a 1 MB
+prompt) are read without re-scanning what has already arrived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+
+_JSON_REPLY = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "pong"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+    },
+    separators=(",", ":"),
+).encode()
+
+_JSON_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: " + str(len(_JSON_REPLY)).encode() + b"\r\n"
+    b"\r\n"
+)
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n"
+    b"\r\n"
+)
+_NOT_FOUND = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nnot found"
+)
+
+
+def _chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk of the chunked transfer coding."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _sse_chunk(payload: dict) -> bytes:
+    payload["x_sent"] = time.time()
+    return _chunk(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+
+
+def _delta(index: int, content: str, finish: str | None) -> dict:
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+        "x_seq": index,
+    }
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    def __init__(self, events: int, interval: float) -> None:
+        self.events = events
+        self.interval = interval
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.scanned = 0  # how far the header terminator search has looked
+        # (request line, headers, body start, request end) once a head is parsed
+        self.head: tuple[str, dict[str, str], int, int] | None = None
+        self.streaming = False  # a stream is being written: hold further requests
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.streaming:
+            self._serve()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def _serve(self) -> None:
+        while self.transport is not None and not self.streaming:
+            if self.head is None:
+                end = self.buf.find(b"\r\n\r\n", max(self.scanned - 3, 0))
+                if end < 0:
+                    self.scanned = len(self.buf)
+                    return
+                request_line, *header_lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+                headers = {}
+                for line in header_lines:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                total = end + 4 + int(headers.get("content-length", "0"))
+                self.head = (request_line, headers, end + 4, total)
+            request_line, headers, body_start, total = self.head
+            if len(self.buf) < total:
+                return  # the head is complete; wait for the rest of the body
+            body = bytes(self.buf[body_start:total])
+            del self.buf[:total]
+            self.head = None
+            self.scanned = 0
+            self._answer(request_line, headers, body)
+
+    def _answer(self, request_line: str, headers: dict[str, str], body: bytes) -> None:
+        assert self.transport is not None
+        method = request_line.partition(" ")[0]
+        if method != "POST":
+            self.transport.write(_NOT_FOUND)
+            return
+        try:
+            request = json.loads(body) if b'"stream"' in body else {}
+        except ValueError:
+            request = {}
+        if not isinstance(request, dict) or not request.get("stream"):
+            self.transport.write(_JSON_HEAD + _JSON_REPLY)
+            return
+        events = int(headers.get("x-bench-events", self.events))
+        interval = float(headers.get("x-bench-interval-ms", self.interval * 1000)) / 1000
+        options = request.get("stream_options") or {}
+        usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        self.streaming = True
+        asyncio.get_running_loop().create_task(self._stream(events, interval, usage))
+
+    async def _stream(self, events: int, interval: float, usage: bool) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i in range(events):
+                if self.transport is None:
+                    return
+                finish = "stop" if i == events - 1 else None
+                data = _sse_chunk(_delta(i, f"tok{i} ", finish))
+                self.transport.write(_SSE_HEAD + data if i == 0 else data)
+                # Pace against the start time so sleep overshoot does not accumulate.
+                delay = start + (i + 1) * interval - loop.time()
+                await asyncio.sleep(max(delay, 0))
+            if self.transport is None:
+                return
+            tail = b""
+            if usage:
+                last = {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion.chunk",
+                    "created": 1700000000,
+                    "model": "gpt-4o-mini",
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 9,
+                        "completion_tokens": events,
+                        "total_tokens": 9 + events,
+                    },
+                    "x_seq": events,
+                }
+                tail += _sse_chunk(last)
+            tail += _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+            self.transport.write(tail)
+        finally:
+            self.streaming = False
+        if self.buf:
+            self._serve()
+
+
+async def serve(host: str, port: int, events: int, interval: float) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: UpstreamProtocol(events, interval), host, port, backlog=1024
+    )
+    bound = server.sockets[0].getsockname()[1]
+    print(f"LISTENING {bound}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--events", type=int, default=30, help="content chunks per SSE reply")
+    parser.add_argument("--interval-ms", type=float, default=5.0, help="gap between SSE events")
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, args.events, args.interval_ms / 1000))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""Quota store: exact admissions under contention, settle/release, retry-after, persistence."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import sqlite3
+import threading
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from addon import quota
+from addon.config import QuotaWindow
+from addon.quota import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+
+
+def applied(seconds: int, key: str = "user:alice", **limits: float) -> AppliedWindow:
+    return AppliedWindow(QuotaWindow(window_seconds=seconds, **limits), key)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "quota.db"
+
+
+@pytest.fixture
+def store(db: Path):
+    with QuotaStore(db) as s:
+        yield s
+
+
+def admitted(result: list[WindowState] | Exceeded) -> bool:
+    return isinstance(result, list)
+
+
+def ledger_rows(db: Path) -> list[tuple]:
+    with closing(sqlite3.connect(db)) as conn:  # sqlite3's own `with` does not close
+        return conn.execute(
+            "SELECT reservation_id, scope_key, ts, requests, input_tokens, settled"
+            " FROM quota_ledger ORDER BY ts, scope_key"
+        ).fetchall()
+
+
+def brute_force(db: Path, key: str, seconds: int, now: float) -> tuple[Demand, Demand]:
+    """(used, reserved) straight from the ledger rows, to check the running totals."""
+    out = []
+    with closing(sqlite3.connect(db)) as conn:  # sqlite3's own `with` does not close
+        for settled in (1, 0):
+            row = conn.execute(
+                "SELECT TOTAL(requests), TOTAL(input_tokens), TOTAL(output_tokens),"
+                " TOTAL(cost_nusd) FROM quota_ledger WHERE scope_key = ? AND ts > ?"
+                " AND settled = ?",
+                (key, now - seconds, settled),
+            ).fetchone()
+            out.append(Demand(int(row[0]), int(row[1]), int(row[2]), row[3] / quota.NANO))
+    return out[0], out[1]
+
+
+# -- exact admissions under contention ------------------------------------------------
+
+
+def test_200_threads_with_their_own_store_admit_exactly_the_limit(db: Path) -> None:
+    windows = [applied(3600, "global", max_requests=50)]
+    start = threading.Barrier(200)
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            with QuotaStore(db) as s:  # 200 connections also race to create the schema
+                start.wait()
+                results.append(admitted(s.reserve(uuid.uuid4().hex, windows, Demand())))
+        except BaseException as exc:  # "database is locked" must never reach a caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(results) == 200 and results.count(True) == 50
+    assert len(ledger_rows(db)) == 50
+
+
+def test_stores_opening_a_new_file_together_all_succeed(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    for round_ in range(50):  # switching a new file to WAL is the contended step
+        path, start = tmp_path / f"fresh{round_}.db", threading.Barrier(12)
+
+        def open_one(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                QuotaStore(path).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_one) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def _process_worker(path: str, start, results, threads: int, per_thread: int) -> None:
+    windows = [applied(3600, "global", max_requests=50)]
+    counts: list[int] = []
+
+    def run() -> None:
+        try:
+            with QuotaStore(path) as s:
+                for _ in range(per_thread):
+                    counts.append(admitted(s.reserve(uuid.uuid4().hex, windows, Demand())))
+        except Exception as exc:
+            results.put(repr(exc))
+
+    start.wait()
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    results.put((len(counts), sum(counts)))
+
+
+def test_two_processes_admit_exactly_the_limit_in_total(db: Path) -> None:
+    QuotaStore(db).close()  # schema in place, so both start racing on reserves at once
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_process_worker, args=(str(db), start, results, 10, 10))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    reports = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert reports == [(100, reports[0][1]), (100, reports[1][1])]  # no errors, all answered
+    assert reports[0][1] + reports[1][1] == 50
+    assert len(ledger_rows(db)) == 50
+
+
+def test_token_budget_never_exceeded_with_reserves_settles_and_releases(db: Path) -> None:
+    limit = 20_000
+    windows = [applied(60, "user:alice", max_input_tokens=limit), applied(3600, "group:dev")]
+    violations: list[float] = []
+    stop = threading.Event()
+
+    def monitor() -> None:
+        with QuotaStore(db) as s:
+            while not stop.is_set():
+                state = s.states(windows[:1])[0]
+                if state.used.input_tokens + state.reserved.input_tokens > limit:
+                    violations.append(state.used.input_tokens + state.reserved.input_tokens)
+
+    def caller(seed: int) -> None:
+        rng = random.Random(seed)
+        with QuotaStore(db) as s:
+            for _ in range(25):
+                rid, want = uuid.uuid4().hex, rng.randint(100, 3000)
+                result = s.reserve(rid, windows, Demand(input_tokens=want), now=1000.0)
+                if not admitted(result):
+                    assert isinstance(result, Exceeded)
+                    assert result.current + want > limit
+                    continue
+                assert result[0].used.input_tokens + result[0].reserved.input_tokens <= limit
+                if rng.random() < 0.2:
+                    s.release(rid)
+                else:  # actual usage never above the reservation here
+                    s.settle(rid, Demand(input_tokens=rng.randint(0, want)))
+
+    watcher = threading.Thread(target=monitor)
+    watcher.start()
+    callers = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert violations == []
+    with QuotaStore(db) as s:
+        state = s.states(windows, now=1000.0)
+        assert state[0].used.input_tokens <= limit
+        assert state[0].reserved == Demand(0, 0, 0, 0.0)
+        assert (state[0].used, state[0].reserved) == brute_force(db, "user:alice", 60, 1000.0)
+
+
+# -- settle, release, partial increments ----------------------------------------------
+
+
+def test_settle_replaces_reserved_amounts_and_frees_budget(store: QuotaStore) -> None:
+    windows = [applied(60, max_input_tokens=1000, max_output_tokens=500)]
+    assert admitted(store.reserve("a", windows, Demand(1, 800, 400, 0.02), now=0))
+    assert not admitted(store.reserve("b", windows, Demand(1, 300, 0), now=1))
+    store.settle("a", Demand(1, 500, 120, 0.01), now=2)
+    state = store.states(windows, now=3)[0]
+    assert state.used == Demand(1, 500, 120, 0.01)
+    assert state.reserved == Demand(0, 0, 0, 0.0)
+    assert state.reset_at == 60  # settling keeps the reservation's timestamp
+    after = store.reserve("b", windows, Demand(1, 300, 0), now=4)
+    assert admitted(after)
+    assert after[0].remaining()["max_input_tokens"] == 200
+
+
+def test_settle_above_the_reservation_counts_the_overshoot(store: QuotaStore) -> None:
+    windows = [applied(60, max_output_tokens=100)]
+    assert admitted(store.reserve("a", windows, Demand(output_tokens=50), now=0))
+    store.settle("a", Demand(output_tokens=130), now=1)
+    state = store.states(windows, now=2)[0]
+    assert state.used.output_tokens == 130
+    assert state.remaining()["max_output_tokens"] == 0  # never negative
+    denied = store.reserve("b", windows, Demand(output_tokens=0), now=2)
+    assert isinstance(denied, Exceeded) and denied.retry_after == 58
+
+
+def test_release_removes_the_reservation_everywhere(db: Path, store: QuotaStore) -> None:
+    windows = [applied(60, max_requests=1), applied(60, "global", max_requests=1)]
+    assert admitted(store.reserve("a", windows, Demand(), now=0))
+    store.release("a")
+    assert ledger_rows(db) == []
+    for state in store.states(windows, now=1):
+        assert state.reserved == Demand(0, 0, 0, 0.0) and state.reset_at is None
+    assert admitted(store.reserve("b", windows, Demand(), now=1))
+
+
+def test_denied_request_leaves_no_partial_increment(db: Path, store: QuotaStore) -> None:
+    windows = [
+        applied(60, "user:alice", max_requests=10),
+        applied(3600, "group:dev", max_requests=2),
+    ]
+    for i in range(2):
+        assert admitted(store.reserve(f"r{i}", windows, Demand(input_tokens=5), now=i))
+    denied = store.reserve("r2", windows, Demand(input_tokens=5), now=5)
+    assert isinstance(denied, Exceeded)
+    assert (denied.scope_key, denied.limit_name) == ("group:dev", "max_requests")
+    assert [r for r in ledger_rows(db) if r[0] == "r2"] == []
+    user, group = store.states(windows, now=5)
+    assert user.reserved == group.reserved == Demand(2, 10, 0, 0.0)
+
+
+def test_duplicate_reservation_id_is_refused_whole(db: Path, store: QuotaStore) -> None:
+    windows = [applied(60, "user:alice"), applied(60, "global")]
+    assert admitted(store.reserve("a", windows, Demand(), now=0))
+    with pytest.raises(sqlite3.IntegrityError):
+        store.reserve("a", windows, Demand(), now=1)
+    assert len(ledger_rows(db)) == 2
+    assert store.states(windows[:1], now=1)[0].reserved.requests == 1
+
+
+# -- retry-after ----------------------------------------------------------------------
+
+
+def test_retry_after_waits_for_the_oldest_request_to_leave(store: QuotaStore) -> None:
+    windows = [applied(60, max_requests=3)]
+    for t in (0, 10, 20):
+        assert admitted(store.reserve(f"r{t}", windows, Demand(), now=t))
+    denied = store.reserve("x", windows, Demand(), now=30)
+    assert isinstance(denied, Exceeded)
+    assert (denied.limit_name, denied.limit, denied.current, denied.requested) == (
+        "max_requests",
+        3,
+        3,
+        1,
+    )
+    assert denied.retry_after == 30 and not denied.never_fits
+    again = store.reserve("x", windows, Demand(), now=30.0004)
+    assert isinstance(again, Exceeded) and again.retry_after == 30.0  # rounded up to the ms
+    assert admitted(store.reserve("x", windows, Demand(), now=60))  # ts 0 is out at exactly 60
+
+
+def test_retry_after_for_tokens_frees_several_rows(store: QuotaStore) -> None:
+    windows = [applied(60, max_input_tokens=1000)]
+    for i, t in enumerate((0, 10, 20)):
+        assert admitted(store.reserve(f"r{i}", windows, Demand(input_tokens=300), now=t))
+        store.settle(f"r{i}", Demand(input_tokens=300))
+    denied = store.reserve("x", windows, Demand(input_tokens=600), now=30)
+    # 900 + 600 - 1000 = 500 must leave: 300 at t=60, 600 at t=70.
+    assert isinstance(denied, Exceeded) and denied.retry_after == 40
+    assert admitted(store.reserve("y", windows, Demand(input_tokens=100), now=30))  # exactly full
+
+
+def test_the_longest_wait_among_violated_windows_is_returned(store: QuotaStore) -> None:
+    windows = [applied(60, max_requests=2), applied(3600, max_requests=3)]
+    for t in (0, 100, 110):
+        assert admitted(store.reserve(f"r{t}", windows, Demand(), now=t))
+    denied = store.reserve("x", windows, Demand(), now=120)
+    assert isinstance(denied, Exceeded)  # the minute frees at 160, the hour at 3600
+    assert (denied.window.window_seconds, denied.retry_after) == (3600, 3480)
+
+
+def test_never_fits(store: QuotaStore) -> None:
+    windows = [applied(60, max_requests=100), applied(600, max_input_tokens=1000)]
+    denied = store.reserve("x", windows, Demand(input_tokens=1001), now=0)
+    assert isinstance(denied, Exceeded) and denied.never_fits
+    assert (denied.limit_name, denied.retry_after) == ("max_input_tokens", 600)
+    blocked = store.reserve("y", [applied(60, max_cost_usd=0)], Demand(cost_usd=0.0), now=0)
+    assert isinstance(blocked, Exceeded) and blocked.never_fits  # a limit of 0 admits nothing
+    assert blocked.retry_after == 60
+
+
+def test_cost_budget_is_exact_despite_float_sums(store: QuotaStore) -> None:
+    windows = [applied(60, max_cost_usd=0.3)]
+    for i in range(3):
+        assert admitted(store.reserve(f"r{i}", windows, Demand(cost_usd=0.1), now=i))
+    denied = store.reserve("x", windows, Demand(cost_usd=0.000001), now=3)
+    assert isinstance(denied, Exceeded) and denied.current == pytest.approx(0.3)
+    assert store.states(windows, now=3)[0].remaining()["max_cost_usd"] == 0.0
+
+
+# -- persistence, states, scopes ------------------------------------------------------
+
+
+def test_a_new_store_on_the_same_file_keeps_counts(db: Path) -> None:
+    windows = [applied(60, max_requests=3)]
+    with QuotaStore(db) as first:
+        for t in (0, 1, 2):
+            assert admitted(first.reserve(f"r{t}", windows, Demand(input_tokens=10), now=t))
+    with QuotaStore(db) as second:
+        assert second.states(windows, now=3)[0].reserved == Demand(3, 30, 0, 0.0)
+        assert not admitted(second.reserve("x", windows, Demand(), now=3))
+        second.settle("r0", Demand(input_tokens=7))
+        assert second.states(windows, now=3)[0].used == Demand(1, 7, 0, 0.0)
+
+
+def test_states_report_used_reserved_and_reset_at(store: QuotaStore) -> None:
+    windows = [applied(60, max_requests=5, max_input_tokens=100), applied(3600)]
+    assert admitted(store.reserve("a", windows, Demand(input_tokens=40), now=0))
+    store.settle("a", Demand(input_tokens=30))
+    returned = store.reserve("b", windows, Demand(input_tokens=20), now=30)
+    assert isinstance(returned, list)  # reserve answers with the states after its insert
+    assert (returned[0].used, returned[0].reserved, returned[0].reset_at) == (
+        Demand(1, 30),
+        Demand(1, 20),
+        60,
+    )
+    assert returned[1].reset_at == 3600
+    minute, hour = store.states(windows, now=50)
+    assert (minute.used, minute.reserved, minute.reset_at) == (
+        Demand(1, 30, 0, 0.0),
+        Demand(1, 20, 0, 0.0),
+        60,
+    )
+    assert minute.remaining() == {
+        "max_requests": 3,
+        "max_input_tokens": 50,
+        "max_output_tokens": None,
+        "max_cost_usd": None,
+    }
+    minute, hour = store.states(windows, now=70)  # "a" left the minute, not the hour
+    assert (minute.used.requests, minute.reserved, minute.reset_at) == (0, Demand(1, 20), 90)
+    assert (hour.used.requests, hour.reserved.requests, hour.reset_at) == (1, 1, 3600)
+    minute, _ = store.states(windows, now=100)
+    assert minute.reset_at is None and minute.reserved == Demand(0, 0, 0, 0.0)
+
+
+def test_group_and_global_scopes_share_rows_across_users(store: QuotaStore) -> None:
+    def windows(user: str, group: str) -> list[AppliedWindow]:
+        return [
+            applied(60, f"user:{user}", max_requests=10),
+            applied(60, f"group:{group}", max_requests=3),
+            applied(60, "global", max_requests=4),
+        ]
+
+    assert admitted(store.reserve("a1", windows("alice", "dev"), Demand(), now=0))
+    assert admitted(store.reserve("a2", windows("alice", "dev"), Demand(), now=1))
+    assert admitted(store.reserve("b1", windows("bob", "dev"), Demand(), now=2))
+    denied = store.reserve("b2", windows("bob", "dev"), Demand(), now=3)
+    assert isinstance(denied, Exceeded) and denied.scope_key == "group:dev"
+    assert admitted(store.reserve("c1", windows("carol", "ops"), Demand(), now=4))
+    denied = store.reserve("c2", windows("carol", "ops"), Demand(), now=5)
+    assert isinstance(denied, Exceeded) and denied.scope_key == "global"
+    assert denied.retry_after == 55  # a1 leaves the global window at 60
+    counts = [s.reserved.requests for s in store.states(windows("alice", "dev"), now=5)]
+    assert counts == [2, 3, 4]
+    assert store.states(windows("bob", "dev"), now=5)[0].reserved.requests == 1
+
+
+# -- running totals and pruning -------------------------------------------------------
+
+
+def test_running_totals_match_the_ledger_under_random_operations(db: Path) -> None:
+    rng = random.Random(7)
+    lengths = (10, 60, 300)
+    keys = ("user:alice", "user:bob", "group:dev", "global")
+    a, b = QuotaStore(db), QuotaStore(db)  # two writers, as two processes would be
+    live: list[str] = []
+    now = 0.0
+    for step in range(600):
+        now += rng.uniform(-3, 8)  # clocks may disagree, so time sometimes runs back
+        s = rng.choice((a, b))
+        op = rng.random()
+        if op < 0.55 or not live:
+            chosen = rng.sample(keys, rng.randint(1, 3))
+            windows = [applied(rng.choice(lengths), k, max_input_tokens=4000) for k in chosen]
+            demand = Demand(1, rng.randint(0, 900), rng.randint(0, 50), rng.randint(0, 9) / 1000)
+            if admitted(s.reserve(f"r{step}", windows, demand, now=now)):
+                live.append(f"r{step}")
+        elif op < 0.85:
+            s.settle(live.pop(rng.randrange(len(live))), Demand(1, rng.randint(0, 900)))
+        elif op < 0.95:
+            s.release(live.pop(rng.randrange(len(live))))
+        else:
+            s.prune(now - 300, rng.sample(keys, 2))
+        if step % 20 == 0:
+            probe = [applied(n, k) for k in keys for n in lengths]
+            for state in rng.choice((a, b)).states(probe, now=now):
+                expected = brute_force(db, state.scope_key, state.window.window_seconds, now)
+                assert (state.used, state.reserved) == expected
+    a.close()
+    b.close()
+
+
+def test_prune_drops_old_rows_but_not_counted_ones(db: Path, store: QuotaStore) -> None:
+    windows = [applied(60, max_requests=10)]
+    for t in (0, 50, 100):
+        assert admitted(store.reserve(f"r{t}", windows, Demand(), now=t))
+    assert store.prune(100 - 60) == 1
+    assert [r[0] for r in ledger_rows(db)] == ["r50", "r100"]
+    assert store.states(windows, now=100)[0].reserved.requests == 2
+
+
+def test_reserve_prunes_beyond_the_longest_window_ever_used(
+    db: Path, store: QuotaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quota, "PRUNE_EVERY", 5)
+    long_window = [applied(1000, "user:alice", max_requests=100)]
+    short_window = [applied(10, "user:alice", max_requests=100)]
+    assert admitted(store.reserve("old", long_window, Demand(), now=0))
+    for i in range(1, 5):  # another caller only knows the short window
+        assert admitted(store.reserve(f"s{i}", short_window, Demand(), now=500 + i))
+    assert "old" in [r[0] for r in ledger_rows(db)]  # still inside the 1000 s window
+    for i in range(5, 10):
+        assert admitted(store.reserve(f"s{i}", short_window, Demand(), now=1500 + i))
+    assert [r[0] for r in ledger_rows(db)] == [f"s{i}" for i in range(5, 10)]
+    assert store.states(long_window, now=1510)[0].reserved.requests == 5
