@@ -7,6 +7,8 @@ drains the queue, so every row reaches the file on shutdown.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
@@ -128,7 +130,7 @@ _STOP = ("stop", "", None)
 class AuditWriter:
     """Owns the database connection; everything else talks to it through `submit`."""
 
-    def __init__(self, path: str | Path, batch_size: int = 256, linger: float = 0.02) -> None:
+    def __init__(self, path: str | Path, batch_size: int = 2048, linger: float = 0.1) -> None:
         self.path = Path(path)
         self._queue: queue.Queue[_Op] = queue.Queue()
         self._batch_size = batch_size
@@ -145,7 +147,8 @@ class AuditWriter:
         self._queue.put(("update", table, (key, fields)))
 
     def insert_many(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
-        self._queue.put(("insert_many", table, list(rows)))
+        for row in rows:
+            self._queue.put(("append", table, row))
 
     def flush(self) -> None:
         """Block until everything submitted so far is committed (tests, CLI, shutdown)."""
@@ -187,51 +190,59 @@ class AuditWriter:
     def _apply(self, batch: list[_Op]) -> None:
         if not batch:
             return
+        statements = []
+        for kind, table, payload in batch:
+            try:
+                statements.append(_statement(kind, table, payload))
+            except sqlite3.Error as exc:
+                log.error("audit %s on %s dropped: %r", kind, table, exc)
         try:
             with self._db.conn:
                 self._db.conn.execute("BEGIN IMMEDIATE")
-                for kind, table, payload in batch:
-                    self._apply_one(kind, table, payload)
+                # Statements of one shape go to SQLite in one call. The sort is
+                # stable and puts every insert before every update, so a row is
+                # always created before it is changed, as it was queued.
+                statements.sort(key=lambda st: (not st[0].startswith("INSERT"), st[0]))
+                for sql, group in itertools.groupby(statements, key=lambda st: st[0]):
+                    self._db.conn.executemany(sql, [params for _, params in group])
         except sqlite3.Error as exc:
-            # One bad row must not lose the batch: retry each op on its own.
+            # One bad row must not lose the batch: retry each statement on its own.
             log.error("audit batch failed (%r); retrying singly", exc)
-            for kind, table, payload in batch:
+            for sql, params in statements:
                 try:
                     with self._db.conn:
-                        self._apply_one(kind, table, payload)
+                        self._db.conn.execute(sql, params)
                 except sqlite3.Error as one_exc:
-                    log.error("audit %s on %s lost: %r", kind, table, one_exc)
-
-    def _apply_one(self, kind: str, table: str, payload: Any) -> None:
-        # sqlite-utils owns the schema; the hot path uses plain statements, because
-        # its per-call table introspection cost more CPU than the write itself.
-        conn = self._db.conn
-        if kind == "update":
-            key, fields = payload
-            _check_columns(table, fields)
-            assignments = ", ".join(f"[{c}] = ?" for c in fields)
-            conn.execute(
-                f"UPDATE [{table}] SET {assignments} WHERE [{_PKS[table]}] = ?",
-                (*fields.values(), key),
-            )
-            return
-        rows = [payload] if kind == "insert" else payload
-        for row in rows:
-            _check_columns(table, row)
-            names = ", ".join(f"[{c}]" for c in row)
-            marks = ", ".join("?" for _ in row)
-            verb = "INSERT OR REPLACE" if kind == "insert" else "INSERT"
-            conn.execute(f"{verb} INTO [{table}] ({names}) VALUES ({marks})", tuple(row.values()))
+                    log.error("audit write lost (%s): %r", sql.split(" (")[0], one_exc)
 
 
 _TABLES = {"requests": REQUEST_COLUMNS, "payloads": PAYLOAD_COLUMNS, "findings": FINDING_COLUMNS}
 _PKS = {"requests": "id", "payloads": "request_id", "findings": "id"}
 
 
-def _check_columns(table: str, row: dict[str, Any]) -> None:
-    unknown = set(row) - set(_TABLES[table])
+@functools.lru_cache(maxsize=256)
+def _sql(kind: str, table: str, columns: tuple[str, ...]) -> str:
+    """One statement per (kind, table, column set).
+
+    sqlite-utils owns the schema; the hot path uses plain cached statements,
+    because its per-call table introspection cost more CPU than the write itself.
+    """
+    unknown = set(columns) - set(_TABLES[table])
     if unknown:
         raise sqlite3.OperationalError(f"{table} has no column(s) {sorted(unknown)}")
+    if kind == "update":
+        assignments = ", ".join(f"[{c}] = ?" for c in columns)
+        return f"UPDATE [{table}] SET {assignments} WHERE [{_PKS[table]}] = ?"
+    verb = "INSERT OR REPLACE" if kind == "insert" else "INSERT"
+    names = ", ".join(f"[{c}]" for c in columns)
+    return f"{verb} INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def _statement(kind: str, table: str, payload: Any) -> tuple[str, tuple[Any, ...]]:
+    if kind == "update":
+        key, fields = payload
+        return _sql(kind, table, tuple(fields)), (*fields.values(), key)
+    return _sql(kind, table, tuple(payload)), tuple(payload.values())
 
 
 def json_text(value: Any) -> str:

@@ -381,9 +381,11 @@ def settle(
     elif response_body and call.protocol and http_status and http_status < 400:
         received = True
         try:
-            parsed = call.protocol.parse_response(json.loads(response_body))
-            usage = parsed.usage
-            output_texts = part_texts(parsed.content)
+            body = json.loads(response_body)
+            usage = call.protocol.read_usage(body)
+            if usage is None:
+                # Only an estimate needs the reply's text.
+                output_texts = part_texts(call.protocol.parse_response(body).content)
         except (ValueError, ProtocolError):
             output_texts = [response_body.decode("utf-8", "replace")]
 

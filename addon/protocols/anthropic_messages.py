@@ -223,6 +223,9 @@ class AnthropicMessages(WireProtocol):
         )
 
     # --- responses ----------------------------------------------------------------
+    def read_usage(self, body: Any) -> Usage | None:
+        return anthropic_usage(body.get("usage")) if isinstance(body, dict) else None
+
     def parse_response(self, body: Any) -> CanonicalResponse:
         body = require_object(body, "response body")
         content = body.get("content")

@@ -132,6 +132,10 @@ class WireProtocol:
     def parse_response(self, body: Any) -> CanonicalResponse:
         raise NotImplementedError
 
+    def read_usage(self, body: Any) -> Usage | None:
+        """Just the usage of a buffered reply: the ledger's hot path skips the content."""
+        return self.parse_response(body).usage
+
     def feed_event(self, state: StreamState, event: StreamEvent) -> bool:
         """Update `state` from one stream event; True when it carried output content."""
         raise NotImplementedError

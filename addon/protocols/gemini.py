@@ -296,6 +296,9 @@ class Gemini(WireProtocol):
         )
 
     # --- responses ----------------------------------------------------------------
+    def read_usage(self, body: Any) -> Usage | None:
+        return gemini_usage(_get(body, "usageMetadata")) if isinstance(body, dict) else None
+
     def parse_response(self, body: Any) -> CanonicalResponse:
         body = require_object(body, "response body")
         candidate = _candidate(body)

@@ -269,6 +269,9 @@ class OpenAIChat(WireProtocol):
         return jsonedit.set_top_level(edited, "stream_options", wanted), True
 
     # --- responses ----------------------------------------------------------------
+    def read_usage(self, body: Any) -> Usage | None:
+        return chat_usage(body.get("usage")) if isinstance(body, dict) else None
+
     def parse_response(self, body: Any) -> CanonicalResponse:
         body = require_object(body, "response body")
         choice = _first_choice(body.get("choices"))

@@ -220,6 +220,9 @@ class OpenAIResponses(WireProtocol):
         )
 
     # --- responses ----------------------------------------------------------------
+    def read_usage(self, body: Any) -> Usage | None:
+        return responses_usage(body.get("usage")) if isinstance(body, dict) else None
+
     def parse_response(self, body: Any) -> CanonicalResponse:
         body = require_object(body, "response body")
         return CanonicalResponse(
