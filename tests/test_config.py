@@ -115,3 +115,8 @@ def test_credentials_are_never_kept(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as err:
         read_secrets_file(write(tmp_path, "bad.env", "sk-live-not-a-pair\n"))
     assert "sk-live" not in str(err.value)
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "policies" / "examples").glob("*.yaml")))
+def test_every_example_policy_loads(example: Path) -> None:
+    assert load_config(example).routes
