@@ -21,6 +21,7 @@ from addon.protocols.base import (
     build_request,
     dig,
     error_summary,
+    event_json,
     image_from_url,
     lenient_parts,
     load_event,
@@ -29,6 +30,7 @@ from addon.protocols.base import (
     optional_int,
     optional_list,
     optional_number,
+    replace_event_data,
     require_list,
     require_model,
     require_object,
@@ -319,6 +321,20 @@ class AnthropicMessages(WireProtocol):
         return kind == "compaction_delta" and bool(delta.get("content"))
 
     # --- errors -------------------------------------------------------------------
+    def stream_text(self, event: StreamEvent) -> str | None:
+        data = event_json(event)
+        if not data or data.get("type") != "content_block_delta":
+            return None
+        delta = data.get("delta")
+        if not isinstance(delta, dict) or delta.get("type") != "text_delta":
+            return None
+        return delta.get("text") if isinstance(delta.get("text"), str) else None
+
+    def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
+        data = event_json(event) or {}
+        data["delta"]["text"] = text
+        return replace_event_data(event, data)
+
     def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
         error_type = _ERROR_TYPES.get(status)
         if error_type is None:

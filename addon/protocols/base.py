@@ -140,6 +140,19 @@ class WireProtocol:
         """Update `state` from one stream event; True when it carried output content."""
         raise NotImplementedError
 
+    # --- stream text, for scanning and redacting replies as they stream ---------
+    def stream_text(self, event: StreamEvent) -> str | None:
+        """The answer text this event adds, or None when it is not a text delta."""
+        return None
+
+    def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
+        """A copy of a text-delta event carrying `text` instead."""
+        raise NotImplementedError
+
+    def error_event(self, status: int, kind: str, message: str) -> StreamEvent:
+        """An in-stream error in this protocol's format, to end a blocked stream."""
+        return StreamEvent(data=json.dumps(self.error_body(status, kind, message)), event="error")
+
     def hides_event(self, event: StreamEvent) -> bool:
         """True for an event llmgate injected and the caller must not see."""
         return False
@@ -147,6 +160,20 @@ class WireProtocol:
     # --- errors -------------------------------------------------------------------
     def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def event_json(event: StreamEvent) -> dict[str, Any] | None:
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def replace_event_data(event: StreamEvent, data: dict[str, Any]) -> StreamEvent:
+    return StreamEvent(
+        data=json.dumps(data, ensure_ascii=False, separators=(",", ":")), event=event.event
+    )
 
 
 def require_object(body: Any, what: str = "request body") -> dict[str, Any]:

@@ -24,9 +24,11 @@ from addon.protocols.base import (
     as_str,
     build_request,
     error_summary,
+    event_json,
     lenient_parts,
     load_event,
     merge_raw_usage,
+    replace_event_data,
     require_object,
     stop_list,
 )
@@ -359,6 +361,20 @@ class Gemini(WireProtocol):
         return carried
 
     # --- errors -------------------------------------------------------------------
+    def stream_text(self, event: StreamEvent) -> str | None:
+        parts = _text_parts(event_json(event))
+        return "".join(p["text"] for p in parts) if parts else None
+
+    def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
+        data = event_json(event) or {}
+        # The first answer-text part carries the (re)released text; the rest empty.
+        for index, part in enumerate(_text_parts(data)):
+            part["text"] = text if index == 0 else ""
+        return replace_event_data(event, data)
+
+    def error_event(self, status: int, kind: str, message: str) -> StreamEvent:
+        return StreamEvent(data=json.dumps(self.error_body(status, kind, message)))
+
     def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
         code = _STATUSES.get(status)
         if code is None:
@@ -378,3 +394,17 @@ class Gemini(WireProtocol):
                 ],
             }
         }
+
+
+def _text_parts(data: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Answer-text parts of candidate 0 (thought parts are reasoning, not the answer)."""
+    candidates = data.get("candidates") if data else None
+    if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
+        return []
+    content = candidates[0].get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return [
+        p
+        for p in (parts if isinstance(parts, list) else [])
+        if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
+    ]

@@ -7,6 +7,7 @@ and an `event: error` in the middle of a 200 stream.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from addon.protocols import jsonedit
@@ -21,6 +22,7 @@ from addon.protocols.base import (
     build_request,
     dig,
     error_summary,
+    event_json,
     image_from_url,
     json_arguments,
     lenient_parts,
@@ -29,6 +31,7 @@ from addon.protocols.base import (
     optional_int,
     optional_list,
     optional_number,
+    replace_event_data,
     require_list,
     require_model,
     require_object,
@@ -338,6 +341,21 @@ class OpenAIChat(WireProtocol):
     # --- errors -------------------------------------------------------------------
     def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
         return openai_error_body(status, kind, message)
+
+    def stream_text(self, event: StreamEvent) -> str | None:
+        data = event_json(event)
+        delta = _first_choice(data.get("choices")).get("delta") if data else None
+        text = delta.get("content") if isinstance(delta, dict) else None
+        return text if isinstance(text, str) else None
+
+    def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
+        data = event_json(event) or {}
+        _first_choice(data.get("choices"))["delta"]["content"] = text
+        return replace_event_data(event, data)
+
+    def error_event(self, status: int, kind: str, message: str) -> StreamEvent:
+        # OpenAI streams errors as a plain data line; the SDK raises on it.
+        return StreamEvent(data=json.dumps(self.error_body(status, kind, message)))
 
 
 def _first_choice(choices: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ sequence of named events that ends with `response.completed` (or `.incomplete`
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from addon.protocols.base import (
@@ -20,6 +21,7 @@ from addon.protocols.base import (
     build_request,
     dig,
     error_summary,
+    event_json,
     image_from_url,
     json_arguments,
     lenient_parts,
@@ -28,6 +30,7 @@ from addon.protocols.base import (
     optional_int,
     optional_list,
     optional_number,
+    replace_event_data,
     require_model,
     require_object,
 )
@@ -295,3 +298,19 @@ class OpenAIResponses(WireProtocol):
     # --- errors -------------------------------------------------------------------
     def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
         return openai_error_body(status, kind, message)
+
+    def stream_text(self, event: StreamEvent) -> str | None:
+        data = event_json(event)
+        if not data or data.get("type") != "response.output_text.delta":
+            return None
+        return data.get("delta") if isinstance(data.get("delta"), str) else None
+
+    def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
+        data = event_json(event) or {}
+        data["delta"] = text
+        return replace_event_data(event, data)
+
+    def error_event(self, status: int, kind: str, message: str) -> StreamEvent:
+        # The Responses stream's own error event shape.
+        payload = {"type": "error", "code": kind, "message": message, "param": None}
+        return StreamEvent(data=json.dumps(payload), event="error")
