@@ -58,9 +58,11 @@ if [ -z "${LLMGATE_DB:-}" ]; then
   export LLMGATE_DB="${XDG_STATE_HOME:-$HOME/.local/state}/llmgate/audit.db"
 fi
 
+# flow_detail=0: mitmdump's own flow lines would print URLs, which can carry a
+# caller's key (?key=); llmgate logs one line per call instead.
 proxy_args() {
   echo --listen-host "${LLMGATE_LISTEN_HOST:-127.0.0.1}" --listen-port "$LLMGATE_PORT" \
-    --set "confdir=$LLMGATE_CONFDIR" --set connection_strategy=lazy \
+    --set "confdir=$LLMGATE_CONFDIR" --set connection_strategy=lazy --set flow_detail=0 \
     -s "$ROOT/scripts/llmgate_addon.py"
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -144,6 +145,53 @@ class QuotaSettings(_Strict):
     default_output_reservation: int = Field(default=4096, gt=0)
 
 
+SafetyAction = Literal["log", "redact", "block"]
+SAFETY_CATEGORIES = ("secrets", "pii", "jailbreak", "custom")
+# The issue's default: block secrets in requests, redact card numbers, log the rest.
+DEFAULT_REQUEST_ACTIONS: dict[str, SafetyAction] = {
+    "secrets": "block", "credit_card": "redact", "pii": "log", "jailbreak": "log", "custom": "log",
+}  # fmt: skip
+# Replies are logged by default: a rewriting scanner must hold back a little text,
+# and the default should not slow any stream down.
+DEFAULT_RESPONSE_ACTIONS: dict[str, SafetyAction] = {
+    "secrets": "log", "pii": "log", "jailbreak": "log", "custom": "log",
+}  # fmt: skip
+
+
+class CustomPattern(_Strict):
+    name: str
+    regex: str
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+
+class SafetySettings(_Strict):
+    """Actions by category or detector name (a detector's action beats its category's).
+
+    A phase's map replaces the default map as a whole; anything it leaves out is logged.
+    """
+
+    enabled: bool = True
+    request: dict[str, SafetyAction] = Field(default_factory=lambda: dict(DEFAULT_REQUEST_ACTIONS))
+    response: dict[str, SafetyAction] = Field(
+        default_factory=lambda: dict(DEFAULT_RESPONSE_ACTIONS)
+    )
+    custom_patterns: list[CustomPattern] = Field(default_factory=list)
+    jailbreak_phrases: list[str] | None = None
+
+    def rewrites_responses(self) -> bool:
+        """Whether a reply may need editing (so streams must pass through the scanner)."""
+        return any(action != "log" for action in self.response.values())
+
+    def action(self, phase: str, category: str, detector: str) -> SafetyAction:
+        actions = self.request if phase == "request" else self.response
+        return actions.get(detector) or actions.get(category) or "log"
+
+
 class GatewayConfig(_Strict):
     routes: list[Route] = Field(default_factory=list)
     intercept_hosts: list[str] = Field(default_factory=list)
@@ -151,6 +199,7 @@ class GatewayConfig(_Strict):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     policies: list[PolicyRule] = Field(default_factory=list)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
 
     @field_validator("routes")
     @classmethod

@@ -29,6 +29,8 @@ from addon.policy import effective_policy
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol
 from addon.quota import Exceeded, QuotaStore
+from addon.screening import build_scanner, finding_rows, load_hmac_key, redact_json
+from addon.stream_guard import StreamGuard
 from addon.streaming import StreamTap
 
 REQUEST_ID_HEADER = "x-llmgate-request-id"
@@ -58,6 +60,8 @@ class Gateway:
         self.quota: QuotaStore | None = None
         self.keys: KeyStore | None = None
         self.identifier = Identifier(self.config.identity, None)
+        self.scanner = build_scanner(self.config.safety)
+        self.hmac_key = b""
         # One worker: reserves and settles run in order, off the event loop.
         self._quota_pool = ThreadPoolExecutor(1, thread_name_prefix="llmgate-quota")
         self.calls: dict[str, pipeline.Call] = {}
@@ -92,6 +96,10 @@ class Gateway:
                 self.pricer = Pricer(load_pricing(_pricing_path(policies)))
             except ConfigError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
+            try:
+                self.scanner = build_scanner(self.config.safety)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"{policies}: safety: {exc}") from None
             self._hosts = frozenset(self.config.intercepted_hosts())
             # Only LLM hosts are decrypted; everything else stays an opaque tunnel.
             updates: dict[str, object] = {
@@ -115,6 +123,7 @@ class Gateway:
             self.audit = AuditWriter(db)
             self.quota = QuotaStore(db)
             self.keys = KeyStore(db)
+            self.hmac_key = load_hmac_key(db.with_name(db.name + ".hmac-key"))
         if {"llmgate_policies", "llmgate_db"} & updated:
             self.identifier = Identifier(self.config.identity, self.keys)
 
@@ -163,6 +172,7 @@ class Gateway:
             pipeline.parse_call(call, raw)
             or pipeline.choose_route(call, self.config)
             or pipeline.check_policy(call, policy)
+            or self._screen_request(call)
             or pipeline.plan_rewrite(call, flow.request.path, raw, self.secrets)
         )
         if isinstance(outcome, pipeline.Rejection):
@@ -176,6 +186,11 @@ class Gateway:
                 return
         self._apply(flow, outcome)
         self._open(call, flow)
+
+    def _screen_request(self, call: pipeline.Call) -> pipeline.Rejection | None:
+        if not self.config.safety.enabled:
+            return None
+        return pipeline.screen_request(call, self.scanner, self.config.safety)
 
     def _new_call(self, flow: http.HTTPFlow) -> pipeline.Call:
         client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else None
@@ -292,17 +307,21 @@ class Gateway:
             return
         encoding = flow.response.headers.get("content-encoding", "").lower()
         decode = encoding in ("gzip", "deflate")
+        safety = self.config.safety
+        if safety.enabled and safety.rewrites_responses() and flow.response.status_code < 400:
+            call.guard = StreamGuard(call.protocol, self.scanner, safety, framing)
         call.tap = StreamTap(
             call.protocol,
             framing,
             hide_injected=call.hide_injected,
             gzip_encoded=decode,
             keep_bytes=self.config.audit.payload_max_bytes + 1,
+            guard=call.guard,
         )
         if decode:
             # The tap forwards what it decoded, so the caller must not decode again.
             flow.response.headers.pop("content-encoding", None)
-        if decode or call.hide_injected:
+        if decode or call.hide_injected or call.guard:
             flow.response.headers.pop("content-length", None)
         flow.response.stream = call.tap
 
@@ -320,6 +339,13 @@ class Gateway:
         if call is None or call.closed or flow.response is None:
             return
         body = None if call.tap else flow.response.get_content(strict=False)
+        if (
+            body
+            and self.config.safety.enabled
+            and call.protocol
+            and flow.response.status_code < 400
+        ):
+            self._screen_reply(flow, call, body)
         fields = pipeline.settle(
             call,
             http_status=flow.response.status_code,
@@ -329,6 +355,21 @@ class Gateway:
             pricer=self.pricer,
         )
         self._close(flow, call, fields)
+
+    def _screen_reply(self, flow: http.HTTPFlow, call: pipeline.Call, body: bytes) -> None:
+        assert flow.response is not None
+        if pipeline.screen_reply(call, body, self.scanner, self.config.safety):
+            assert call.reply_screening is not None
+            message = call.reply_screening.block_message("reply")
+            error = pipeline.Rejection(502, "safety_block", message)
+            flow.response = http.Response.make(
+                502,
+                error.body(call.protocol),
+                {"content-type": "application/json", REQUEST_ID_HEADER: call.id},
+            )
+            flow.marked, flow.comment = ":no_entry:", message
+        elif call.reply_screening and call.reply_screening.values("redact"):
+            flow.response.content = redact_json(body, call.reply_screening.values("redact"))
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = self.calls.get(flow.id)
@@ -350,9 +391,15 @@ class Gateway:
         assert self.audit is not None
         row = call.open_row() | {"upstream_host": flow.request.host}
         self.audit.insert("requests", row)
-        body, truncated = cap_body(
-            flow.request.get_content(strict=False) or b"", self.config.audit.payload_max_bytes
-        )
+        raw = flow.request.get_content(strict=False) or b""
+        screening = call.request_screening
+        if screening is not None and screening.items:
+            # Whatever the action, no found value reaches the ledger.
+            raw = redact_json(raw, screening.values())
+            self.audit.insert_many(
+                "findings", finding_rows(call.id, "request", screening.items, self.hmac_key)
+            )
+        body, truncated = cap_body(raw, self.config.audit.payload_max_bytes)
         self.audit.insert(
             "payloads",
             {
@@ -369,8 +416,16 @@ class Gateway:
         self.calls.pop(flow.id, None)
         self._quota_settle(call, pipeline.actual_demand(fields))
         self.audit.update("requests", call.id, fields)
+        log.info(pipeline.summary_line(call, fields))
+        reply_items = pipeline.reply_findings(call, self.scanner, self.config.safety)
+        if reply_items:
+            self.audit.insert_many(
+                "findings", finding_rows(call.id, "response", reply_items, self.hmac_key)
+            )
         if flow.response is not None:
             raw = call.tap.kept if call.tap else (flow.response.get_content(strict=False) or b"")
+            hidden = pipeline.stored_values(call)
+            raw = redact_json(raw, hidden) if hidden else raw
             body, truncated = cap_body(raw, self.config.audit.payload_max_bytes)
             self.audit.update(
                 "payloads",

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from addon.config import PROVIDER_BY_HOST, GatewayConfig, QuotaWindow, Route
+from addon.config import PROVIDER_BY_HOST, GatewayConfig, QuotaWindow, Route, SafetySettings
 from addon.credentials import (
     CREDENTIAL_HEADERS,
     SecretStore,
@@ -28,6 +28,9 @@ from addon.protocols import PROTOCOLS, WireProtocol
 from addon.protocols.canonical import CanonicalRequest, ProtocolError, Usage, part_texts
 from addon.quota import AppliedWindow, Demand, Exceeded, WindowState
 from addon.routes import Upstream, match_route, upstream_for
+from addon.safety import Scanner
+from addon.screening import Located, Screening, redact_json, request_locations, screen
+from addon.stream_guard import StreamGuard
 from addon.streaming import StreamTap
 
 # A random per-process prefix and a counter: unique across processes sharing a
@@ -66,6 +69,9 @@ class Call:
     estimated_input: int = 0
     quota_windows: list[AppliedWindow] = field(default_factory=list)
     quota_states: list[WindowState] = field(default_factory=list)
+    request_screening: Screening | None = None
+    reply_screening: Screening | None = None
+    guard: StreamGuard | None = None
 
     def open_row(self) -> dict[str, Any]:
         return {
@@ -208,6 +214,48 @@ def check_policy(call: Call, policy: EffectivePolicy) -> Rejection | None:
     return Rejection.deny(denial) if denial else None
 
 
+def screen_request(call: Call, scanner: Scanner, settings: SafetySettings) -> Rejection | None:
+    """Scan every prompt location; a `block` action refuses the call before it goes out."""
+    assert call.request
+    call.request_screening = screen(scanner, settings, "request", request_locations(call.request))
+    if call.request_screening.blocking is None:
+        return None
+    return Rejection(400, "safety_block", call.request_screening.block_message("request"), "denied")
+
+
+def screen_reply(call: Call, body: bytes, scanner: Scanner, settings: SafetySettings) -> bool:
+    """Scan a buffered reply; True when a `block` action means it must not be delivered."""
+    assert call.protocol
+    try:
+        content = call.protocol.parse_response(json.loads(body)).content
+    except (ValueError, ProtocolError):
+        return False
+    locations = [("reply", text) for text in part_texts(content) if text]
+    call.reply_screening = screen(scanner, settings, "response", locations)
+    return call.reply_screening.blocking is not None
+
+
+def reply_findings(call: Call, scanner: Scanner, settings: SafetySettings) -> list[Located]:
+    """The reply's findings; a stream nobody needed to rewrite is scanned whole, now."""
+    if call.guard is not None:
+        return call.guard.items
+    if call.reply_screening is None and call.tap is not None and settings.enabled:
+        text = "".join(part_texts(call.tap.state.response().content))
+        call.reply_screening = screen(scanner, settings, "response", [("stream", text)])
+    return call.reply_screening.items if call.reply_screening else []
+
+
+def stored_values(call: Call) -> dict[str, str]:
+    """Every value any scanner found in this call: none of them is written to the ledger."""
+    values: dict[str, str] = {}
+    for screening in (call.request_screening, call.reply_screening):
+        if screening is not None:
+            values.update(screening.values())
+    if call.guard is not None:
+        values.update(call.guard.redacted_values())
+    return values
+
+
 def bind_windows(
     user: str | None, groups: tuple[str, ...], windows: tuple[QuotaWindow, ...]
 ) -> list[AppliedWindow]:
@@ -293,6 +341,22 @@ def ratelimit_headers(states: list[WindowState], now: float) -> dict[str, str]:
     return headers
 
 
+def summary_line(call: Call, fields: dict[str, Any]) -> str:
+    """One log line per call. It names the call, never its content or credentials."""
+    model = call.request.model if call.request else "-"
+    if call.upstream_model and call.upstream_model != model:
+        model = f"{model}->{call.upstream_model}"
+    cost = fields.get("cost_usd")
+    return (
+        f"{call.id[-12:]} {call.user or '-'} {call.protocol_name} {model} "
+        f"route={call.route.id if call.route else '-'} {fields.get('status')} "
+        f"{fields.get('http_status') or '-'} {fields.get('reason') or ''} "
+        f"in={fields.get('input_tokens', '-')} out={fields.get('output_tokens', '-')} "
+        f"({fields.get('usage_source')}) "
+        f"cost={'-' if cost is None else f'${cost:.6f}'} {fields.get('latency_ms')}ms"
+    ).replace("  ", " ")
+
+
 def actual_demand(fields: dict[str, Any]) -> Demand:
     """What a finished call really consumed, for settling its reservation."""
     return Demand(
@@ -347,6 +411,8 @@ def plan_rewrite(
         body, call.hide_injected = protocol.edit_request(
             raw_body, call.body, model=model_change, max_tokens=call.clamp_max_tokens
         )
+        if call.request_screening is not None:
+            body = redact_json(body, call.request_screening.values("redact"))
     return Rewrite(upstream_for(route, path), body, set_headers, drop)
 
 
@@ -409,6 +475,12 @@ def settle(
         fields["usage_source"] = "estimated"
     else:
         fields["usage_source"] = "none"
+    blocked = call.guard.blocked if call.guard else None
+    if blocked is None and call.reply_screening is not None:
+        blocked = call.reply_screening.blocking
+    if blocked is not None:
+        what = f"{blocked.finding.category} ({blocked.finding.detector})"
+        fields.update(status="failed", reason="safety_block", error=f"reply blocked: {what}")
     if usage is not None:
         fields.update(
             input_tokens=usage.input_tokens,

@@ -11,9 +11,12 @@ import re
 import time
 import zlib
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from addon.protocols.base import StreamEvent, StreamState, WireProtocol
+
+if TYPE_CHECKING:
+    from addon.stream_guard import StreamGuard
 
 Framing = Literal["sse", "json_array"]
 
@@ -161,6 +164,7 @@ class StreamTap:
         hide_injected: bool = False,
         gzip_encoded: bool = False,
         keep_bytes: int = 0,
+        guard: StreamGuard | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.protocol = protocol
@@ -173,6 +177,9 @@ class StreamTap:
         self._keep_bytes = keep_bytes
         self._splitter = make_splitter(framing)
         self._hide = hide_injected
+        self.guard = guard
+        # Event granularity is needed to hide an event or to rewrite one.
+        self._per_event = hide_injected or guard is not None
         self._decoder = zlib.decompressobj(wbits=47) if gzip_encoded else None
         self._clock = clock
 
@@ -182,7 +189,7 @@ class StreamTap:
         self.bytes_received += len(chunk)
         data = self._decoder.decompress(chunk) if self._decoder else chunk
         pieces = self._consume(self._splitter.feed(data))
-        if not self._hide:
+        if not self._per_event:
             # A decoded stream is forwarded decoded: the gateway dropped the
             # content-encoding header when it installed this tap.
             pieces = [data] if data else []
@@ -201,7 +208,10 @@ class StreamTap:
         self.finished = True
         tail = self._decoder.flush() if self._decoder else b""
         pieces = self._consume(self._splitter.feed(tail) + self._splitter.finish())
-        if not self._hide:
+        if self.guard is not None:
+            # Text the scanner still holds goes out before the stream ends.
+            pieces += self.guard.finish()
+        if not self._per_event:
             pieces = [tail] if tail else []
         self._keep(pieces)
         return pieces
@@ -220,6 +230,9 @@ class StreamTap:
                 if carried_content and self.first_token_at is None:
                     self.first_token_at = self._clock()
                 if self._hide and self.protocol.hides_event(event):
+                    continue
+                if self.guard is not None:
+                    forward.extend(self.guard.on_event(event, raw))
                     continue
             forward.append(raw)
         return [piece for piece in forward if piece]

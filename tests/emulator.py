@@ -29,6 +29,7 @@ controls (pause, reset, gzip) apply to all three.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import ipaddress
@@ -89,6 +90,9 @@ DEFAULT_CHUNKS = 3
 HEADER_FIXTURE = "x-emulator-fixture"
 HEADER_STATUS = "x-emulator-status"
 HEADER_REPLY = "x-emulator-reply"
+# The reply text registered with Emulator.register_reply(), named by its reference:
+# keeps test secrets out of request headers, which the gateway stores.
+HEADER_REPLY_REF = "x-emulator-reply-ref"
 HEADER_CHUNKS = "x-emulator-chunks"
 HEADER_NO_USAGE = "x-emulator-no-usage"
 HEADER_PAUSE_MS = "x-emulator-pause-ms"
@@ -784,6 +788,9 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.server.emulator
         emulator._record(hit)
         controls = _Controls.from_headers(headers)
+        ref = headers.get(HEADER_REPLY_REF)
+        if ref is not None:
+            controls = dataclasses.replace(controls, reply=emulator.registered_reply(ref))
         try:
             reply = emulator._build_reply(self.command, self.path, body, controls)
         except Exception as exc:  # an emulator bug: say so instead of dropping the connection
@@ -910,6 +917,7 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._hits: list[Hit] = []
+        self._replies: dict[str, str] = {}
         self._conns: set[ssl.SSLSocket] = set()
         self._serial = itertools.count(1)
 
@@ -972,6 +980,17 @@ class Emulator:
         """A snapshot (new list) of the requests received so far, oldest first."""
         with self._lock:
             return list(self._hits)
+
+    def register_reply(self, text: str) -> str:
+        """Make `text` the reply for requests sending the returned x-emulator-reply-ref."""
+        with self._lock:
+            ref = f"reply-{len(self._replies) + 1}"
+            self._replies[ref] = text
+        return ref
+
+    def registered_reply(self, ref: str) -> str:
+        with self._lock:
+            return self._replies.get(ref, DEFAULT_REPLY)
 
     def reset(self) -> None:
         """Forget all recorded hits."""

@@ -48,6 +48,7 @@ class Proxy:
             "--listen-port", str(self.port),
             "--set", f"confdir={confdir}",
             "--set", "connection_strategy=lazy",
+            "--set", "flow_detail=0",  # as ./run.sh: llmgate logs its own lines
         ]  # fmt: skip
         if addon:
             args += ["-s", str(ENTRY), "--set", f"llmgate_policies={policies}"]

@@ -33,10 +33,14 @@ def test_run_sh_starts_the_default_proxy_and_prints_the_exports(tmp_path: Path) 
     try:
         ca = tmp_path / "conf" / "mitmproxy-ca-cert.pem"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not ca.exists():
+        while time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
-            time.sleep(0.1)
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert ca.exists()
         banner = log.read_text()
         for line in (
             f"export HTTPS_PROXY=http://127.0.0.1:{port}",

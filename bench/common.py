@@ -1,0 +1,94 @@
+"""What every part of the benchmark shares: paths, the request bodies, settings, statistics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRY = ROOT / "scripts" / "llmgate_addon.py"
+UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "upstream.py"
+# The venv's mitmdump: the benchmark runs under the venv's python (./run.sh bench).
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+BENCH_MD = ROOT / "BENCH.md"
+RESULTS_DIR = ROOT / "bench" / "results"
+REQUEST_ID_HEADER = b"x-llmgate-request-id"
+CALL_TIMEOUT = 15.0
+API_KEY = "sk-bench-not-a-real-key"
+MODEL = "gpt-4o-mini"
+
+
+def chat_body(prompt: str = "ping", **extra: object) -> str:
+    """A compact chat-completion request body with `prompt` as the user message.
+
+    Cases that need another request (a long prompt, a streamed call) build it here so
+    every body has the same model and shape apart from what the case varies.
+    """
+    body: dict[str, object] = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": prompt},
+        ],
+        "max_tokens": 16,
+    }
+    body.update(extra)
+    return json.dumps(body, separators=(",", ":"))
+
+
+CHAT_BODY = chat_body()
+STREAM_BODY = json.dumps(
+    {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "count to thirty"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    },
+    separators=(",", ":"),
+)
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot produce a trustworthy figure; the message says why."""
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    reps: int = 3
+    warmup_s: float = 2.0
+    throughput_s: float = 5.0
+    latency_s: float = 5.0
+    connections: int = 16
+    streams: int = 20
+    events: int = 30
+    interval_ms: float = 5.0
+    client: str = "auto"  # auto | wrk | python
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        s = cls(quick=args.quick, client=args.client)
+        if args.quick:
+            s.reps, s.warmup_s, s.throughput_s, s.latency_s, s.streams = 1, 1.0, 2.0, 2.0, 5
+        if args.reps:
+            s.reps = args.reps
+        if args.duration:
+            s.throughput_s = s.latency_s = args.duration
+        return s
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of unsorted values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]

@@ -1,0 +1,277 @@
+"""The processes a run measures: the fake upstream and one mitmdump per variant.
+
+A `Variant` is one way of running mitmdump that cases compare (bare, llmgate,
+llmgate with quota windows, ...). Adding one is a new entry in `VARIANTS`: the
+extra policy files it needs and, optionally, reply headers that prove its feature
+actually ran (the check call before any measurement fails without them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import ENTRY, MITMDUMP, ROOT, UPSTREAM_SCRIPT, BenchError
+
+# Lines in a proxy log that make its figures worthless (mitmdump runs with -q: errors only).
+ERROR_LINE = re.compile(r"Addon error|Traceback|Error|error:|audit write lost|audit batch failed")
+
+# The one route every llmgate variant has. It is priced because a quota window with
+# max_cost_usd denies calls to unpriced models; every llmgate variant gets the same
+# route, so the price is not a difference between the variants compared.
+ROUTE_YAML = """\
+routes:
+  - id: bench
+    model_pattern: "*"
+    provider: openai
+    endpoint: http://127.0.0.1:{upstream_port}
+    pricing: {{input: 1, output: 2}}
+"""
+
+# Two windows for every caller (a request-count minute and a token/cost day), with
+# limits no bench run can reach, so every call pays the full reserve + settle path
+# and none is ever denied.
+QUOTA_YAML = """\
+policies:
+  - name: bench
+    applies_to: {users: ["*"]}
+    quota_windows:
+      - {window_seconds: 60, scope: user, max_requests: 100000000}
+      - window_seconds: 86400
+        scope: user
+        max_input_tokens: 10000000000
+        max_output_tokens: 10000000000
+        max_cost_usd: 1000000
+"""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # key in results and the raw JSON
+    title: str  # column heading in BENCH.md
+    addon: bool = False  # load scripts/llmgate_addon.py with ROUTE_YAML
+    policy_files: tuple[tuple[str, str], ...] = ()  # extra policy files: (file name, YAML)
+    expect_headers: tuple[bytes, ...] = ()  # the check call's reply must carry these
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("bare", "bare mitmdump"),
+        Variant("llmgate", "llmgate", addon=True),
+        Variant(
+            "llmgate+quota",
+            "llmgate + 2 quota windows",
+            addon=True,
+            policy_files=(("quota.yaml", QUOTA_YAML),),
+            # One limit from each window: both were bound to the call and reserved.
+            expect_headers=(
+                b"x-llmgate-ratelimit-limit-requests",
+                b"x-llmgate-ratelimit-limit-cost-usd",
+            ),
+        ),
+    )
+}
+
+
+# --- process helpers ----------------------------------------------------------------
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with code {proc.returncode} while starting")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, steal included), from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of every child it has waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
+    """Terminate one process we started (by its handle, never by name), then kill if stuck."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- the upstream and the proxies -------------------------------------------------
+
+
+class Upstream:
+    def __init__(self, events: int, interval_ms: float) -> None:
+        self.args = [
+            sys.executable, str(UPSTREAM_SCRIPT), "--port", "0",
+            "--events", str(events), "--interval-ms", str(interval_ms),
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> Upstream:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode(errors="replace").strip()
+        if not line.startswith("LISTENING "):
+            stop_process(self.proc)
+            raise BenchError(f"bench/upstream.py did not start: {line!r}")
+        self.port = int(line.split()[1])
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=5)
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@dataclass
+class Proxy:
+    variant: Variant
+    options: tuple[str, ...]
+    workdir: Path
+    upstream_port: int
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    db: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return self.variant.name + "".join(f" [{o}]" for o in self.options)
+
+    @property
+    def log_path(self) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", self.label).strip("-")
+        return self.workdir / f"{slug}.log"
+
+    def start(self, confdir: Path) -> Proxy:
+        self.port = free_port()
+        args = [
+            str(MITMDUMP), "-q",
+            "--listen-host", "127.0.0.1",
+            "--listen-port", str(self.port),
+            "--set", f"confdir={confdir}",
+            "--set", "connection_strategy=lazy",
+        ]  # fmt: skip
+        for option in self.options:
+            args += ["--set", option]
+        if self.variant.addon:
+            slug = self.log_path.stem
+            policies = self.workdir / f"{slug}-policies"
+            policies.mkdir(exist_ok=True)
+            (policies / "bench.yaml").write_text(
+                ROUTE_YAML.format(upstream_port=self.upstream_port)
+            )
+            for name, text in self.variant.policy_files:
+                (policies / name).write_text(text)
+            self.db = self.workdir / f"{slug}-audit.db"
+            args += ["-s", str(ENTRY), "--set", f"llmgate_policies={policies}"]
+            args += ["--set", f"llmgate_db={self.db}"]
+        # No secrets file: the bench route passes the caller's (fake) key through.
+        env = {**os.environ, "LLMGATE_SECRETS": ""}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
+        try:
+            wait_for_port(self.port, self.proc, 60, f"mitmdump ({self.label})")
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n--- its log ---\n{self.log_tail()}") from None
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+    def errors(self) -> list[str]:
+        """Error lines mitmdump logged (addon exceptions, lost audit writes)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if ERROR_LINE.search(line)]
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid) if self.proc else float("nan")
+
+    def audit_summary(self) -> dict[str, Any] | None:
+        """Counts from the audit ledger; call after stop() so the writer has drained."""
+        if self.db is None or not self.db.exists():
+            return None
+        conn = sqlite3.connect(self.db)
+        try:
+            rows = conn.execute(
+                "select status, usage_source, stream, count(*) from requests "
+                "group by status, usage_source, stream"
+            ).fetchall()
+            priced = conn.execute("select count(cost_usd) from requests").fetchone()[0]
+            # The quota tables exist in every llmgate database; only a variant with
+            # windows writes rows, and those rows show the windows were really used.
+            reservations, settled = conn.execute(
+                "select count(*), coalesce(sum(settled), 0) from quota_ledger"
+            ).fetchone()
+            windows = conn.execute("select count(*) from quota_totals").fetchone()[0]
+        except sqlite3.Error as exc:
+            return {"error": str(exc)}
+        finally:
+            conn.close()
+        return {
+            "total": sum(r[3] for r in rows),
+            "groups": [
+                {"status": s, "usage_source": u, "stream": bool(st), "count": n}
+                for s, u, st, n in rows
+            ],
+            "priced": priced,
+            "quota": {"reservations": reservations, "settled": settled, "windows": windows},
+        }
