@@ -22,6 +22,7 @@ from addon.ledger import load_pricing
 from addon.pipeline import bind_windows
 from addon.policy import effective_policy
 from addon.quota import QuotaStore
+from addon.quota_worker import quota_path
 
 console = Console()
 
@@ -171,7 +172,7 @@ def cmd_quota(args: argparse.Namespace) -> None:
         table.add_column(
             column, justify="left" if column in ("window", "scope", "limit") else "right"
         )
-    store = QuotaStore(args.db)
+    store = QuotaStore(quota_path(args.db))
     for state in store.states(windows, now):
         remaining = state.remaining()
         for limit_name, field in _QUOTA_FIELDS.items():

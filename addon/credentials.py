@@ -6,6 +6,7 @@ Secrets are environment variables named by a route's `api_key_secret`, or lines
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -71,7 +72,13 @@ def storable_headers(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]])
     out: dict[str, str] = {}
     for name, value in pairs:
         key = name.decode("latin-1") if isinstance(name, bytes) else name
-        if not _SENSITIVE_HEADER.search(key):
+        if _storable_name(key):
             text = value.decode("latin-1") if isinstance(value, bytes) else value
             out[key.lower()] = text
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _storable_name(name: str) -> bool:
+    # Header names repeat on every call; the regex runs once per name.
+    return not _SENSITIVE_HEADER.search(name)

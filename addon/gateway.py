@@ -7,13 +7,11 @@ addon (or llmgate itself) may already have answered the flow.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import sqlite3
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -28,7 +26,8 @@ from addon.ledger import Pricer, load_pricing
 from addon.policy import effective_policy
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol
-from addon.quota import Exceeded, QuotaStore
+from addon.quota import Exceeded
+from addon.quota_worker import QuotaWorker, quota_path
 from addon.screening import build_scanner, finding_rows, load_hmac_key, redact_json
 from addon.stream_guard import StreamGuard
 from addon.streaming import StreamTap
@@ -38,11 +37,6 @@ _PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
 log = logging.getLogger("llmgate")
-
-
-def _log_failure(future: Future) -> None:
-    if future.exception() is not None:
-        log.error("quota settle failed: %s", future.exception())
 
 
 def _pricing_path(policies: Path) -> Path:
@@ -57,13 +51,11 @@ class Gateway:
         self.pricer = Pricer(load_pricing(None))
         self.secrets = SecretStore()
         self.audit: AuditWriter | None = None
-        self.quota: QuotaStore | None = None
+        self.quota: QuotaWorker | None = None
         self.keys: KeyStore | None = None
         self.identifier = Identifier(self.config.identity, None)
         self.scanner = build_scanner(self.config.safety)
         self.hmac_key = b""
-        # One worker: reserves and settles run in order, off the event loop.
-        self._quota_pool = ThreadPoolExecutor(1, thread_name_prefix="llmgate-quota")
         self.calls: dict[str, pipeline.Call] = {}
         self._hosts: frozenset[str] = frozenset()
 
@@ -121,7 +113,7 @@ class Gateway:
             self._close_stores()
             db = Path(ctx.options.llmgate_db).expanduser()
             self.audit = AuditWriter(db)
-            self.quota = QuotaStore(db)
+            self.quota = QuotaWorker(quota_path(db))
             self.keys = KeyStore(db)
             self.hmac_key = load_hmac_key(db.with_name(db.name + ".hmac-key"))
         if {"llmgate_policies", "llmgate_db"} & updated:
@@ -133,8 +125,7 @@ class Gateway:
                 store.close()
 
     def done(self) -> None:
-        # Settles still queued must land before the stores close.
-        self._quota_pool.shutdown(wait=True)
+        # Closing the quota worker applies the settles still queued.
         self._close_stores()
 
     # --- request -----------------------------------------------------------------
@@ -224,9 +215,7 @@ class Gateway:
             return demand
         assert self.quota is not None
         try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._quota_pool, self.quota.reserve, call.id, call.quota_windows, demand
-            )
+            result = await self.quota.reserve(call.id, call.quota_windows, demand)
         except sqlite3.Error as exc:
             # Fail closed: a budget that cannot be checked is not granted.
             log.error("quota store unavailable: %s", exc)
@@ -245,9 +234,7 @@ class Gateway:
     def _quota_settle(self, call: pipeline.Call, actual: pipeline.Demand) -> None:
         if self.quota is None or not call.quota_states:
             return
-        # Fire and forget: the single worker keeps it ordered after the reserve.
-        future = self._quota_pool.submit(self.quota.settle, call.id, actual)
-        future.add_done_callback(_log_failure)
+        self.quota.settle(call.id, actual)
 
     def _apply(self, flow: http.HTTPFlow, rewrite: pipeline.Rewrite) -> None:
         req = flow.request
@@ -301,7 +288,11 @@ class Gateway:
             return
         flow.response.headers[REQUEST_ID_HEADER] = call.id
         if call.quota_states:
-            flow.response.headers.update(pipeline.ratelimit_headers(call.quota_states, time.time()))
+            # Appending raw fields at once: each Headers.__setitem__ rescans every header.
+            extra = pipeline.ratelimit_headers(call.quota_states, time.time())
+            flow.response.headers.fields += tuple(
+                (k.encode(), v.encode()) for k, v in extra.items()
+            )
         framing = self._stream_framing(call, flow.response)
         if framing is None or call.protocol is None:
             return

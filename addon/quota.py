@@ -164,12 +164,14 @@ def _state(a: AppliedWindow, sums: dict[tuple[str, int], _Sums]) -> WindowState:
 class QuotaStore:
     """Quota counters in one SQLite file; one connection, used by one thread at a time."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 30_000) -> None:
+        """`busy_timeout_ms=0` makes a store that fails at once (SQLITE_BUSY) instead of
+        waiting for another writer: the gateway's event-loop fast path uses one."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
-            str(path), timeout=30, check_same_thread=False, isolation_level=None
+            str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
         )
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         # Turning a new file to WAL needs it alone, and SQLite fails that at once instead
         # of waiting (no busy handler), so stores opening together retry here.
         deadline = time.monotonic() + 30
@@ -243,16 +245,21 @@ class QuotaStore:
 
         `now` is accepted for symmetry with `reserve`; settling does not move a row in time.
         """
-        new = actual.units()
+        self.settle_many([(reservation_id, actual)])
+
+    def settle_many(self, settlements: list[tuple[str, Demand]]) -> None:
+        """Settle several reservations in one transaction (one commit, one lock)."""
         with self._write():
-            for key, ts, settled, *old in self._rows_of(reservation_id):
-                self._shift(key, ts, [-x for x in old], settled)
-                self._shift(key, ts, new, settled=1)
-            self._conn.execute(
-                f"UPDATE quota_ledger SET {', '.join(f'{c} = ?' for c in _COLS)}, settled = 1"
-                " WHERE reservation_id = ?",
-                (*new, reservation_id),
-            )
+            for reservation_id, actual in settlements:
+                new = actual.units()
+                for key, ts, settled, *old in self._rows_of(reservation_id):
+                    self._shift(key, ts, [-x for x in old], settled)
+                    self._shift(key, ts, new, settled=1)
+                self._conn.execute(
+                    f"UPDATE quota_ledger SET {', '.join(f'{c} = ?' for c in _COLS)}, settled = 1"
+                    " WHERE reservation_id = ?",
+                    (*new, reservation_id),
+                )
 
     def release(self, reservation_id: str) -> None:
         """The call never went out: it counts nowhere."""

@@ -19,6 +19,7 @@ from addon.config import load_config
 from addon.pipeline import bind_windows
 from addon.policy import effective_policy
 from addon.quota import QuotaStore
+from addon.quota_worker import quota_path
 from tests.conftest import UPSTREAM_KEYS, emulator_policy
 from tests.emulator import Emulator
 from tests.proxy import ROOT, Proxy
@@ -310,6 +311,7 @@ def test_token_budget_admits_nothing_past_settled_plus_reserved(
                 model="gpt-4o", messages=HELLO, max_completion_tokens=100
             )
             admitted += 1
+            time.sleep(0.06)  # settles are batched every 20 ms; let this one land
         except openai.RateLimitError as err:
             message = err.body["message"]
             break
@@ -356,7 +358,9 @@ def test_settled_counters_equal_the_ledger_and_headers_inform(
     config = load_config(policy_dir)
     policy = effective_policy(config.policies, "settler", [])
     time.sleep(0.3)  # settles are fire-and-forget on the quota worker
-    states = QuotaStore(gate.db).states(bind_windows("settler", (), policy.quota_windows))
+    states = QuotaStore(quota_path(gate.db)).states(
+        bind_windows("settler", (), policy.quota_windows)
+    )
     day = next(s for s in states if s.window.window_seconds == 86400)
     assert day.reserved.requests == 0
     assert (day.used.requests, day.used.input_tokens, day.used.output_tokens) == (
