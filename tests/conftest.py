@@ -12,8 +12,10 @@ import pytest
 from tests.emulator import Emulator
 from tests.proxy import ROOT, Proxy
 
+# A copy of ../shared/fixtures/recorded (see its README for provenance and licence),
+# so that a clone anywhere can run the suite.
 FIXTURES = Path(
-    os.environ.get("LLMGATE_FIXTURES", ROOT.parent / "shared" / "fixtures" / "recorded")
+    os.environ.get("LLMGATE_FIXTURES", ROOT / "tests" / "fixtures" / "recorded")
 )
 
 # The upstream keys the route table injects; callers never know them.

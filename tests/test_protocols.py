@@ -32,7 +32,9 @@ from addon.protocols.canonical import (
 from addon.protocols.jsonedit import top_level_spans
 from tests.test_jsonedit import changed_region, json_values
 
-FIXTURE_DIR = Path(os.environ.get("LLMGATE_FIXTURES", "/work/shared/fixtures/recorded"))
+FIXTURE_DIR = Path(
+    os.environ.get("LLMGATE_FIXTURES", Path(__file__).parent / "fixtures" / "recorded")
+)
 FIXTURES = sorted(FIXTURE_DIR.glob("*.json"))
 # Hosts that speak a provider's own error format (OpenRouter and Groq only mimic OpenAI's).
 OFFICIAL_HOSTS = ("api.openai.com", "api.anthropic.com", "googleapis.com")
