@@ -141,31 +141,34 @@ _TOK, _ALN, _ALN_, _SLACK, _B64RUN, _DIGITS, _JWT_TAIL = (
     re.compile(p) for p in ("[A-Za-z0-9_-]*", "[A-Za-z0-9]*", "[A-Za-z0-9_]*", "[A-Za-z0-9-]*",
                             "[A-Za-z0-9/+=]*", "[0-9]*", r"[A-Za-z0-9_-]*(?:\.([A-Za-z0-9_-]*))?")
 )  # fmt: skip
-_INF = 1 << 30
+# Real keys are shorter than this (sk-proj- keys: 164); a longer run is released, not held.
+_MAX = 200
 # detector: (the token's alphabet, min and max length, shape check, chars before a "k" pass)
 _TOKENS: dict[str, tuple[re.Pattern[str], int, int, Callable[[str], bool] | None, str]] = {
-    "anthropic_key": (_TOK, 40, _INF, _random_looking, "s"),
-    "openai_key": (_TOK, 23, _INF, _random_looking, "s"),
-    "stripe_live_key": (_ALN, 24, _INF, None, "sr"),
+    "anthropic_key": (_TOK, 40, _MAX, _random_looking, "s"),
+    "openai_key": (_TOK, 23, _MAX, _random_looking, "s"),
+    "stripe_live_key": (_ALN, 24, _MAX, None, "sr"),
     "google_api_key": (_TOK, 39, 39, None, ""),
     "aws_access_key_id": (_ALN, 20, 20, None, ""),
-    "github_token": (_ALN_, 40, _INF, _random_looking, ""),
-    "slack_token": (_SLACK, 20, _INF, lambda v: any(c.isdigit() for c in v), ""),
+    "github_token": (_ALN_, 40, _MAX, _random_looking, ""),
+    "slack_token": (_SLACK, 20, _MAX, lambda v: any(c.isdigit() for c in v), ""),
 }
 
 
 def _token(text: str, m: re.Match[str], s: int) -> _Hit | None:
-    """A token ends where its alphabet ends: the match is extended over the whole run."""
+    """A token ends where its alphabet ends: the match is extended over the whole run.
+    None (not merely invalid) when more text cannot make it valid, so it is not held."""
     name = m.lastgroup or ""
     tail, lo, hi, shape, lead = _TOKENS[name]
-    if lead and _before(text, m.start()) not in lead:
-        return None
     e = tail.match(text, m.end()).end()  # type: ignore[union-attr]
-    ok = _before(text, s) not in _TOKEN and lo <= e - s <= hi
-    return name, s, e, ok and (shape is None or shape(text[s:e]))
+    if (lead and _before(text, m.start()) not in lead) or _before(text, s) in _TOKEN or e - s > hi:
+        return None
+    return name, s, e, e - s >= lo and (shape is None or shape(text[s:e]))
 
 
-def _jwt(text: str, m: re.Match[str], s: int) -> _Hit:
+def _jwt(text: str, m: re.Match[str], s: int) -> _Hit | None:
+    if _before(text, s) in _TOKEN:
+        return None
     tail = _JWT_TAIL.match(text, m.end())
     e, sig = tail.end(), tail.group(1) or ""  # type: ignore[union-attr]
     header = text[s : text.index(".", s)]
@@ -173,7 +176,7 @@ def _jwt(text: str, m: re.Match[str], s: int) -> _Hit:
         alg = b'"alg"' in base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
     except (binascii.Error, ValueError):
         alg = False
-    return "jwt", s, e, _before(text, s) not in _TOKEN and len(sig) >= 16 and alg
+    return ("jwt", s, e, len(sig) >= 16) if alg else None
 
 
 def _aws_label(text: str, m: re.Match[str], s: int) -> _Hit:
@@ -245,6 +248,8 @@ def _email(text: str, m: re.Match[str], at: int) -> _Hit | None:  # the match st
     while s < at and text[s] == ".":
         s += 1
     e = _TOK.match(text, m.end()).end()  # type: ignore[union-attr]
+    if e - s > _MAX:
+        return None
     domain = f".{m.group(1).lower()}"
     ok = s < at and e == m.end() and not domain.endswith(_RESERVED)
     ok = ok and domain.rsplit(".", 1)[1] not in _FILE_TLDS and text[s:at] != "git"  # ssh user
@@ -269,34 +274,37 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _edges_ok(text: str, s: int, e: int) -> bool:
-    """Not part of a longer number, word, version or decimal."""
+_NOT_BEFORE_NUMBER = _ALNUM | set("._+-")  # else part of a longer number, word or version
+
+
+def _ends_ok(text: str, e: int) -> bool:
     after = text[e : e + 2]
-    return (
-        _before(text, s) not in _ALNUM | set("._+-")
-        and after[:1] not in _ALNUM
-        and not (after[:1] in "-.," and after[1:].isdigit())
-    )
+    return after[:1] not in _ALNUM and not (after[:1] in "-.," and after[1:].isdigit())
 
 
-def _digits(text: str, m: re.Match[str], s: int) -> _Hit:  # card, SSN or US phone, on the mask
+def _digits(text: str, m: re.Match[str], s: int) -> _Hit | None:  # on the mask
+    paren = m.group("paren") is not None  # "(415) 555-2671": the pass starts after "("
+    if _before(text, s - paren) in _NOT_BEFORE_NUMBER or (paren and _before(text, s) != "("):
+        return None
     if m.group("card") is not None:
         e = _DIGITS.match(text, m.end()).end()  # type: ignore[union-attr]
         d = "".join(c for c in text[s:e] if c.isdigit())
+        if len(d) > 19:  # a longer number never becomes a card: do not hold it
+            return None
         brand = any(lo <= int(d[:k]) <= hi and len(d) in ns for lo, hi, k, ns in _IIN)
-        return "credit_card", s, e, _edges_ok(text, s, e) and brand and _luhn(d)
+        return "credit_card", s, e, _ends_ok(text, e) and brand and _luhn(d)
     e = m.end()
     if m.group("ssn") is not None:
         area, group, serial = text[s : s + 3], text[s + 4 : s + 6], text[s + 7 : e]
         ok = area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
-        return "us_ssn", s, e, ok and _edges_ok(text, s, e)
-    if m.group("paren") is not None:  # "(415) 555-2671": the pass starts after "("
-        ok = _before(text, s) == "(" and text[s] > "1" < text[e - 8]
-        return "phone", s - 1, e, ok and _edges_ok(text, s - 1, e)
-    return "phone", s, e, text[s] > "1" < text[s + 4] and _edges_ok(text, s, e)  # NANP
+        return "us_ssn", s, e, ok and _ends_ok(text, e)
+    nanp = text[s] > "1" < text[e - 8]  # area code and exchange start with 2-9
+    return "phone", s - paren, e, nanp and _ends_ok(text, e)
 
 
-def _phone_plus(text: str, m: re.Match[str], s: int) -> _Hit:
+def _phone_plus(text: str, m: re.Match[str], s: int) -> _Hit | None:
+    if _before(text, s) in _ALNUM | {"+"} or text[s + 1] == "0":  # "x+1…", "++", "+05:30"
+        return None
     value = m.group()
     while value.count("0") > 15:  # trailing groups belong to the next number (this is the mask)
         cut = max(value.rfind(" "), value.rfind("-"), value.rfind("."))
@@ -304,8 +312,7 @@ def _phone_plus(text: str, m: re.Match[str], s: int) -> _Hit:
             break
         value = value[:cut].rstrip(" .-")
     e = s + len(value)
-    ok = text[s + 1] != "0" and 8 <= value.count("0") <= 15 and _before(text, s) not in _ALNUM
-    return "phone", s, e, ok and _before(text, s) != "+" and not text[e : e + 1].isdigit()
+    return "phone", s, e, 8 <= value.count("0") <= 15 and not text[e : e + 1].isdigit()
 
 
 _IBAN_LENGTHS = {
@@ -319,25 +326,28 @@ _IBAN_LENGTHS = {
 }  # fmt: skip
 
 
-def _iban(text: str, m: re.Match[str], s: int) -> _Hit:
+def _iban(text: str, m: re.Match[str], s: int) -> _Hit | None:
     length, e, chars = _IBAN_LENGTHS.get(text[s : s + 2], 0), s, []
+    if not length or _before(text, s) in _ALNUM:
+        return None
     while e < m.end() and len(chars) < length:  # the match may run on into the next word
         if text[e] != " ":
             chars.append(text[e])
         e += 1
-    if len(chars) < length or not length:
+    if len(chars) < length:
         return "iban", s, m.end(), False
     ok = int("".join(str(int(c, 36)) for c in chars[4:] + chars[:4])) % 97 == 1
-    return "iban", s, e, ok and _before(text, s) not in _ALNUM and text[e : e + 1] not in _ALNUM
+    return "iban", s, e, ok and text[e : e + 1] not in _ALNUM
 
 
 def _whole(name: str) -> _Fn:
     return lambda text, m, s: (name, s, m.end(), m.end() > s)
 
 
-def _phrase(text: str, m: re.Match[str], s: int) -> _Hit:  # whole words only
-    ok = _before(text, s) not in _ALNUM and text[m.end() : m.end() + 1] not in _ALNUM
-    return "jailbreak_phrase", s, m.end(), ok
+def _phrase(text: str, m: re.Match[str], s: int) -> _Hit | None:  # whole words only
+    if _before(text, s) in _ALNUM:
+        return None
+    return "jailbreak_phrase", s, m.end(), text[m.end() : m.end() + 1] not in _ALNUM
 
 
 def _builtin_passes() -> list[_Pass]:

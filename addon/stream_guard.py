@@ -45,7 +45,9 @@ class StreamGuard:
         self.blocked: Located | None = None
         self._redactor = self._new_redactor()
         self._base = 0  # stream offset where the current redactor started
-        self._held = 0  # characters pushed but not yet released
+        # Text was pushed since the last release. (Redaction changes lengths, so
+        # pushed-minus-released characters cannot tell whether anything is held.)
+        self._pushed = False
         self._template: tuple[StreamEvent, bytes] | None = None
         self._event_starts: list[int] = []  # stream offset of each text event
         self._event_numbers: list[int] = []
@@ -75,7 +77,7 @@ class StreamGuard:
         self._event_numbers.append(self._events)
         self._offset += len(text)
         released = self._redactor.push(text)
-        self._held += len(text) - len(released)
+        self._pushed = True
         self._collect()
         self._template = (event, raw)
         # An empty delta is valid in every protocol, so a held event keeps its place.
@@ -95,12 +97,12 @@ class StreamGuard:
 
     def _release_held(self) -> list[bytes]:
         """A structural event ends a run of text: release what the scanner still holds."""
-        if self._held == 0 or self._template is None:
+        if not self._pushed or self._template is None:
             return []
         rest = self._redactor.finish()
         self._collect()
         self._base = self._offset
-        self._held = 0
+        self._pushed = False
         self._redactor = self._new_redactor()
         self._seen = 0
         out = [self._with_text(*self._template, rest)] if rest else []
