@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from addon.audit import default_db_path
+from addon.budget import bind_windows
 from addon.config import ConfigError, GatewayConfig, load_config
 from addon.keys import KeyStore
 from addon.ledger import load_pricing
-from addon.pipeline import bind_windows
 from addon.policy import effective_policy
 from addon.quota import QuotaStore
 from addon.quota_worker import quota_path

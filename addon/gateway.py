@@ -16,19 +16,21 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import pipeline
-from addon.audit import AuditWriter, cap_body, default_db_path, json_text
+from addon import budget, pipeline
+from addon.audit import AuditWriter, default_db_path
+from addon.call import Call, Rejection, Rewrite, new_request_id
 from addon.config import ConfigError, GatewayConfig, load_config
-from addon.credentials import SecretStore, storable_headers, strip_credential_params
+from addon.credentials import SecretStore, strip_credential_params
 from addon.identity import Identifier
 from addon.keys import KeyStore
 from addon.ledger import Pricer, load_pricing
 from addon.policy import effective_policy
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol
-from addon.quota import Exceeded
+from addon.quota import Demand, Exceeded
 from addon.quota_worker import QuotaWorker, quota_path
-from addon.screening import build_scanner, finding_rows, load_hmac_key, redact_json
+from addon.records import write_half
+from addon.screening import build_scanner, load_hmac_key, redact_json
 from addon.stream_guard import StreamGuard
 from addon.streaming import StreamTap
 
@@ -56,7 +58,7 @@ class Gateway:
         self.identifier = Identifier(self.config.identity, None)
         self.scanner = build_scanner(self.config.safety)
         self.hmac_key = b""
-        self.calls: dict[str, pipeline.Call] = {}
+        self.calls: dict[str, Call] = {}
         self._hosts: frozenset[str] = frozenset()
 
     # --- options -----------------------------------------------------------------
@@ -151,7 +153,7 @@ class Gateway:
             outcome = pipeline.admit_other(
                 call, policy, self.config, flow.request.path, self.secrets
             )
-            if isinstance(outcome, pipeline.Rejection):
+            if isinstance(outcome, Rejection):
                 self._reject(flow, call, outcome)
                 return
             if outcome is not None:
@@ -166,10 +168,10 @@ class Gateway:
             or self._screen_request(call)
             or pipeline.plan_rewrite(call, flow.request.path, raw, self.secrets)
         )
-        if isinstance(outcome, pipeline.Rejection):
+        if isinstance(outcome, Rejection):
             self._reject(flow, call, outcome)
             return
-        call.quota_windows = pipeline.bind_windows(call.user, call.groups, policy.quota_windows)
+        call.quota_windows = budget.bind_windows(call.user, call.groups, policy.quota_windows)
         if call.quota_windows:
             denied = await self._reserve(call)
             if denied is not None:
@@ -178,12 +180,12 @@ class Gateway:
         self._apply(flow, outcome)
         self._open(call, flow)
 
-    def _screen_request(self, call: pipeline.Call) -> pipeline.Rejection | None:
+    def _screen_request(self, call: Call) -> Rejection | None:
         if not self.config.safety.enabled:
             return None
         return pipeline.screen_request(call, self.scanner, self.config.safety)
 
-    def _new_call(self, flow: http.HTTPFlow) -> pipeline.Call:
+    def _new_call(self, flow: http.HTTPFlow) -> Call:
         client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else None
         proxy_auth = flow.metadata.get("proxyauth")
         caller = self.identifier.identify(
@@ -192,8 +194,8 @@ class Gateway:
             proxy_auth[0] if proxy_auth else None,
             client_ip,
         )
-        call = pipeline.Call(
-            id=pipeline.new_request_id(),
+        call = Call(
+            id=new_request_id(),
             started_at=flow.request.timestamp_start,
             protocol_name=detect_protocol(flow.request.method, flow.request.path),
             host=flow.request.host,
@@ -207,11 +209,11 @@ class Gateway:
         flow.metadata["llmgate"] = {"request_id": call.id, "user": call.user}
         return call
 
-    async def _reserve(self, call: pipeline.Call) -> pipeline.Rejection | None:
-        demand = pipeline.quota_demand(
+    async def _reserve(self, call: Call) -> Rejection | None:
+        demand = budget.quota_demand(
             call, self.pricer, self.config.quota.default_output_reservation
         )
-        if isinstance(demand, pipeline.Rejection):
+        if isinstance(demand, Rejection):
             return demand
         assert self.quota is not None
         try:
@@ -219,7 +221,7 @@ class Gateway:
         except sqlite3.Error as exc:
             # Fail closed: a budget that cannot be checked is not granted.
             log.error("quota store unavailable: %s", exc)
-            return pipeline.Rejection(
+            return Rejection(
                 503,
                 "quota_unavailable",
                 "llmgate could not check your quota; retry shortly",
@@ -227,16 +229,16 @@ class Gateway:
                 {"retry-after": "1"},
             )
         if isinstance(result, Exceeded):
-            return pipeline.quota_rejection(result)
+            return budget.quota_rejection(result)
         call.quota_states = result
         return None
 
-    def _quota_settle(self, call: pipeline.Call, actual: pipeline.Demand) -> None:
+    def _quota_settle(self, call: Call, actual: Demand) -> None:
         if self.quota is None or not call.quota_states:
             return
         self.quota.settle(call.id, actual)
 
-    def _apply(self, flow: http.HTTPFlow, rewrite: pipeline.Rewrite) -> None:
+    def _apply(self, flow: http.HTTPFlow, rewrite: Rewrite) -> None:
         req = flow.request
         for name in rewrite.drop_headers:
             req.headers.pop(name, None)
@@ -252,9 +254,7 @@ class Gateway:
         if rewrite.body is not None and rewrite.body is not req.raw_content:
             req.content = rewrite.body
 
-    def _reject(
-        self, flow: http.HTTPFlow, call: pipeline.Call, rejection: pipeline.Rejection
-    ) -> None:
+    def _reject(self, flow: http.HTTPFlow, call: Call, rejection: Rejection) -> None:
         if call.protocol is None and call.protocol_name in PROTOCOLS:
             call.protocol = PROTOCOLS[call.protocol_name]
         flow.response = http.Response.make(
@@ -289,7 +289,7 @@ class Gateway:
         flow.response.headers[REQUEST_ID_HEADER] = call.id
         if call.quota_states:
             # Appending raw fields at once: each Headers.__setitem__ rescans every header.
-            extra = pipeline.ratelimit_headers(call.quota_states, time.time())
+            extra = budget.ratelimit_headers(call.quota_states, time.time())
             flow.response.headers.fields += tuple(
                 (k.encode(), v.encode()) for k, v in extra.items()
             )
@@ -317,7 +317,7 @@ class Gateway:
         flow.response.stream = call.tap
 
     @staticmethod
-    def _stream_framing(call: pipeline.Call, response: http.Response) -> str | None:
+    def _stream_framing(call: Call, response: http.Response) -> str | None:
         content_type = response.headers.get("content-type", "").lower()
         if content_type.startswith("text/event-stream"):
             return "sse"
@@ -347,12 +347,12 @@ class Gateway:
         )
         self._close(flow, call, fields)
 
-    def _screen_reply(self, flow: http.HTTPFlow, call: pipeline.Call, body: bytes) -> None:
+    def _screen_reply(self, flow: http.HTTPFlow, call: Call, body: bytes) -> None:
         assert flow.response is not None
         if pipeline.screen_reply(call, body, self.scanner, self.config.safety):
             assert call.reply_screening is not None
             message = call.reply_screening.block_message("reply")
-            error = pipeline.Rejection(502, "safety_block", message)
+            error = Rejection(502, "safety_block", message)
             flow.response = http.Response.make(
                 502,
                 error.body(call.protocol),
@@ -378,55 +378,44 @@ class Gateway:
         self._close(flow, call, fields)
 
     # --- audit -------------------------------------------------------------------
-    def _open(self, call: pipeline.Call, flow: http.HTTPFlow) -> None:
+    def _open(self, call: Call, flow: http.HTTPFlow) -> None:
         assert self.audit is not None
-        row = call.open_row() | {"upstream_host": flow.request.host}
-        self.audit.insert("requests", row)
-        raw = flow.request.get_content(strict=False) or b""
+        self.audit.insert("requests", call.open_row() | {"upstream_host": flow.request.host})
         screening = call.request_screening
-        if screening is not None and screening.items:
-            # Whatever the action, no found value reaches the ledger.
-            raw = redact_json(raw, screening.values())
-            self.audit.insert_many(
-                "findings", finding_rows(call.id, "request", screening.items, self.hmac_key)
-            )
-        body, truncated = cap_body(raw, self.config.audit.payload_max_bytes)
-        self.audit.insert(
-            "payloads",
-            {
-                "request_id": call.id,
-                "request_headers": json_text(storable_headers(flow.request.headers.fields)),
-                "request_body": body,
-                "request_truncated": int(truncated),
-            },
+        write_half(
+            self.audit,
+            "request",
+            call.id,
+            flow.request.headers.fields,
+            flow.request.get_content(strict=False) or b"",
+            findings=screening.items if screening else [],
+            hidden=screening.values() if screening else {},
+            hmac_key=self.hmac_key,
+            cap=self.config.audit.payload_max_bytes,
         )
 
-    def _close(self, flow: http.HTTPFlow, call: pipeline.Call, fields: dict) -> None:
+    def _close(self, flow: http.HTTPFlow, call: Call, fields: dict) -> None:
         assert self.audit is not None
         call.closed = True
         self.calls.pop(flow.id, None)
-        self._quota_settle(call, pipeline.actual_demand(fields))
+        self._quota_settle(call, budget.actual_demand(fields))
         self.audit.update("requests", call.id, fields)
         log.info(pipeline.summary_line(call, fields))
-        reply_items = pipeline.reply_findings(call, self.scanner, self.config.safety)
-        if reply_items:
-            self.audit.insert_many(
-                "findings", finding_rows(call.id, "response", reply_items, self.hmac_key)
-            )
-        if flow.response is not None:
-            raw = call.tap.kept if call.tap else (flow.response.get_content(strict=False) or b"")
-            hidden = pipeline.stored_values(call)
-            raw = redact_json(raw, hidden) if hidden else raw
-            body, truncated = cap_body(raw, self.config.audit.payload_max_bytes)
-            self.audit.update(
-                "payloads",
-                call.id,
-                {
-                    "response_headers": json_text(storable_headers(flow.response.headers.fields)),
-                    "response_body": body,
-                    "response_truncated": int(truncated),
-                },
-            )
+        response = flow.response
+        body = b""
+        if response is not None:
+            body = bytes(call.tap.kept) if call.tap else response.get_content(strict=False) or b""
+        write_half(
+            self.audit,
+            "response",
+            call.id,
+            response.headers.fields if response is not None else None,
+            body,
+            findings=pipeline.reply_findings(call, self.scanner, self.config.safety),
+            hidden=pipeline.stored_values(call),
+            hmac_key=self.hmac_key,
+            cap=self.config.audit.payload_max_bytes,
+        )
 
 
 addons = [Gateway()]

@@ -7,15 +7,12 @@ decision testable without a proxy.
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
-from addon.config import PROVIDER_BY_HOST, GatewayConfig, QuotaWindow, Route, SafetySettings
+from addon.call import Call, Rejection, Rewrite
+from addon.config import PROVIDER_BY_HOST, GatewayConfig, Route, SafetySettings
 from addon.credentials import (
     CREDENTIAL_HEADERS,
     SecretStore,
@@ -25,103 +22,10 @@ from addon.credentials import (
 from addon.ledger import Pricer, cost_usd, estimate_tokens
 from addon.policy import Denial, EffectivePolicy, check_model, check_size, check_unparsed
 from addon.protocols import PROTOCOLS, WireProtocol
-from addon.protocols.canonical import CanonicalRequest, ProtocolError, Usage, part_texts
-from addon.quota import AppliedWindow, Demand, Exceeded, WindowState
-from addon.routes import Upstream, match_route, upstream_for
+from addon.protocols.canonical import ProtocolError, Usage, part_texts
+from addon.routes import match_route, upstream_for
 from addon.safety import Scanner
-from addon.screening import Located, Screening, redact_json, request_locations, screen
-from addon.stream_guard import StreamGuard
-from addon.streaming import StreamTap
-
-# A random per-process prefix and a counter: unique across processes sharing a
-# ledger, and far cheaper than a getrandom() syscall per call.
-_ID_PREFIX = uuid.uuid4().hex[:16]
-_ID_COUNTER = itertools.count(int(time.time() * 1000) << 12)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
-
-
-@dataclass
-class Call:
-    """What llmgate knows about one intercepted call, from request to audit close."""
-
-    id: str
-    started_at: float
-    protocol_name: str
-    host: str
-    path: str
-    user: str | None = None
-    groups: tuple[str, ...] = ()
-    client_ip: str | None = None
-    virtual_key: bool = False
-    protocol: WireProtocol | None = None
-    request: CanonicalRequest | None = None
-    body: dict[str, Any] = field(default_factory=dict)  # the parsed JSON, for edits
-    route: Route | None = None
-    upstream_model: str | None = None
-    stream: bool = False
-    hide_injected: bool = False
-    tap: StreamTap | None = None
-    closed: bool = False
-    clamp_max_tokens: int | None = None
-    estimated_input: int = 0
-    quota_windows: list[AppliedWindow] = field(default_factory=list)
-    quota_states: list[WindowState] = field(default_factory=list)
-    request_screening: Screening | None = None
-    reply_screening: Screening | None = None
-    guard: StreamGuard | None = None
-
-    def open_row(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "started_at": self.started_at,
-            "user": self.user,
-            "groups": ",".join(self.groups) or None,
-            "client_ip": self.client_ip,
-            "protocol": self.protocol_name,
-            "host": self.host,
-            "path": self.path,
-            "model": self.request.model if self.request else None,
-            "upstream_model": self.upstream_model,
-            "provider": self.route.provider if self.route else None,
-            "route": self.route.id if self.route else None,
-            "stream": int(self.stream),
-            "status": "pending",
-        }
-
-
-@dataclass
-class Rejection:
-    """llmgate answers the call itself, in the caller's wire format."""
-
-    status: int
-    kind: str
-    message: str
-    outcome: str = "failed"  # the audit status: failed, or denied for policy decisions
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def body(self, protocol: WireProtocol | None) -> bytes:
-        if protocol is None:
-            payload: dict[str, Any] = {"error": {"message": self.message, "code": self.kind}}
-        else:
-            payload = protocol.error_body(self.status, self.kind, self.message)
-        return json.dumps(payload).encode()
-
-    @classmethod
-    def deny(cls, denial: Denial) -> Rejection:
-        return cls(denial.status, denial.reason, denial.message, "denied", dict(denial.headers))
-
-
-@dataclass
-class Rewrite:
-    """Everything the gateway must change on the outgoing request."""
-
-    upstream: Upstream
-    body: bytes | None  # None: forward the caller's body untouched
-    set_headers: dict[str, str]
-    drop_headers: tuple[str, ...]
+from addon.screening import Located, redact_json, request_locations, screen
 
 
 def parse_call(call: Call, raw_body: bytes) -> Rejection | None:
@@ -256,91 +160,6 @@ def stored_values(call: Call) -> dict[str, str]:
     return values
 
 
-def bind_windows(
-    user: str | None, groups: tuple[str, ...], windows: tuple[QuotaWindow, ...]
-) -> list[AppliedWindow]:
-    """Each window counts under its scope's key: the user, each of the user's groups, or all."""
-    bound: list[AppliedWindow] = []
-    for window in windows:
-        if window.scope == "global":
-            bound.append(AppliedWindow(window, "global"))
-        elif window.scope == "user":
-            bound.append(AppliedWindow(window, f"user:{user}"))
-        else:
-            bound.extend(AppliedWindow(window, f"group:{g}") for g in groups)
-    return bound
-
-
-def quota_demand(call: Call, pricer: Pricer, output_cap: int) -> Demand | Rejection:
-    """One request, the estimated input, the output reservation, and what that would cost."""
-    assert call.request and call.upstream_model
-    asked = call.clamp_max_tokens or call.request.max_tokens or output_cap
-    output = min(asked, output_cap)
-    price = pricer.price(call.upstream_model, call.route.pricing if call.route else None)
-    if price is None and any(w.window.max_cost_usd is not None for w in call.quota_windows):
-        return Rejection(
-            403,
-            "unpriced_model",
-            f"model '{call.upstream_model}' has no price, so the cost budget that applies to "
-            "you cannot be enforced. Add it to pricing.yaml or to the route's pricing.",
-            "denied",
-        )
-    usage = Usage(input_tokens=call.estimated_input, output_tokens=output)
-    return Demand(1, call.estimated_input, output, cost_usd(usage, price) or 0.0)
-
-
-def quota_rejection(exceeded: Exceeded) -> Rejection:
-    window = exceeded.window
-    wait = max(1, math.ceil(exceeded.retry_after))
-    if exceeded.never_fits:
-        message = (
-            f"this call alone needs {exceeded.requested:g} against {exceeded.limit_name}="
-            f"{exceeded.limit:g} of quota window '{window.label}' ({exceeded.scope_key}); "
-            "it can never fit. Ask for fewer tokens."
-        )
-    else:
-        message = (
-            f"quota window '{window.label}' ({exceeded.scope_key}, {window.window_seconds}s) "
-            f"is at {exceeded.current:g} of {exceeded.limit_name}={exceeded.limit:g}; "
-            f"retry in {wait}s"
-        )
-    return Rejection(429, "quota_exceeded", message, "denied", {"retry-after": str(wait)})
-
-
-_LIMITS = {
-    "requests": "max_requests",
-    "input-tokens": "max_input_tokens",
-    "output-tokens": "max_output_tokens",
-    "cost-usd": "max_cost_usd",
-}
-
-
-def ratelimit_headers(states: list[WindowState], now: float) -> dict[str, str]:
-    """`x-llmgate-ratelimit-*`, from the tightest window per kind.
-
-    Prefixed with llmgate so that the provider's own `x-ratelimit-*` headers
-    still reach the caller unchanged.
-    """
-    headers: dict[str, str] = {}
-    for kind, limit_name in _LIMITS.items():
-        tightest = None
-        for state in states:
-            limit = getattr(state.window, limit_name)
-            remaining = state.remaining().get(limit_name)
-            if limit is None or remaining is None:
-                continue
-            if tightest is None or remaining < tightest[1]:
-                tightest = (limit, remaining, state.reset_at)
-        if tightest is None:
-            continue
-        limit, remaining, reset_at = tightest
-        headers[f"x-llmgate-ratelimit-limit-{kind}"] = f"{limit:g}"
-        headers[f"x-llmgate-ratelimit-remaining-{kind}"] = f"{max(remaining, 0):g}"
-        if reset_at is not None:
-            headers[f"x-llmgate-ratelimit-reset-{kind}"] = f"{max(reset_at - now, 0):.3f}"
-    return headers
-
-
 def summary_line(call: Call, fields: dict[str, Any]) -> str:
     """One log line per call. It names the call, never its content or credentials."""
     model = call.request.model if call.request else "-"
@@ -355,16 +174,6 @@ def summary_line(call: Call, fields: dict[str, Any]) -> str:
         f"({fields.get('usage_source')}) "
         f"cost={'-' if cost is None else f'${cost:.6f}'} {fields.get('latency_ms')}ms"
     ).replace("  ", " ")
-
-
-def actual_demand(fields: dict[str, Any]) -> Demand:
-    """What a finished call really consumed, for settling its reservation."""
-    return Demand(
-        1,
-        fields.get("input_tokens") or 0,
-        fields.get("output_tokens") or 0,
-        fields.get("cost_usd") or 0.0,
-    )
 
 
 def _credentials(

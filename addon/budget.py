@@ -1,0 +1,107 @@
+"""Quota arithmetic for one call: which windows, how much to reserve, what to tell the caller."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from addon.call import Call, Rejection
+from addon.config import QuotaWindow
+from addon.ledger import Pricer, cost_usd
+from addon.protocols.canonical import Usage
+from addon.quota import AppliedWindow, Demand, Exceeded, WindowState
+
+
+def bind_windows(
+    user: str | None, groups: tuple[str, ...], windows: tuple[QuotaWindow, ...]
+) -> list[AppliedWindow]:
+    """Each window counts under its scope's key: the user, each of the user's groups, or all."""
+    bound: list[AppliedWindow] = []
+    for window in windows:
+        if window.scope == "global":
+            bound.append(AppliedWindow(window, "global"))
+        elif window.scope == "user":
+            bound.append(AppliedWindow(window, f"user:{user}"))
+        else:
+            bound.extend(AppliedWindow(window, f"group:{g}") for g in groups)
+    return bound
+
+
+def quota_demand(call: Call, pricer: Pricer, output_cap: int) -> Demand | Rejection:
+    """One request, the estimated input, the output reservation, and what that would cost."""
+    assert call.request and call.upstream_model
+    asked = call.clamp_max_tokens or call.request.max_tokens or output_cap
+    output = min(asked, output_cap)
+    price = pricer.price(call.upstream_model, call.route.pricing if call.route else None)
+    if price is None and any(w.window.max_cost_usd is not None for w in call.quota_windows):
+        return Rejection(
+            403,
+            "unpriced_model",
+            f"model '{call.upstream_model}' has no price, so the cost budget that applies to "
+            "you cannot be enforced. Add it to pricing.yaml or to the route's pricing.",
+            "denied",
+        )
+    usage = Usage(input_tokens=call.estimated_input, output_tokens=output)
+    return Demand(1, call.estimated_input, output, cost_usd(usage, price) or 0.0)
+
+
+def quota_rejection(exceeded: Exceeded) -> Rejection:
+    window = exceeded.window
+    wait = max(1, math.ceil(exceeded.retry_after))
+    if exceeded.never_fits:
+        message = (
+            f"this call alone needs {exceeded.requested:g} against {exceeded.limit_name}="
+            f"{exceeded.limit:g} of quota window '{window.label}' ({exceeded.scope_key}); "
+            "it can never fit. Ask for fewer tokens."
+        )
+    else:
+        message = (
+            f"quota window '{window.label}' ({exceeded.scope_key}, {window.window_seconds}s) "
+            f"is at {exceeded.current:g} of {exceeded.limit_name}={exceeded.limit:g}; "
+            f"retry in {wait}s"
+        )
+    return Rejection(429, "quota_exceeded", message, "denied", {"retry-after": str(wait)})
+
+
+_LIMITS = {
+    "requests": "max_requests",
+    "input-tokens": "max_input_tokens",
+    "output-tokens": "max_output_tokens",
+    "cost-usd": "max_cost_usd",
+}
+
+
+def ratelimit_headers(states: list[WindowState], now: float) -> dict[str, str]:
+    """`x-llmgate-ratelimit-*`, from the tightest window per kind.
+
+    Prefixed with llmgate so that the provider's own `x-ratelimit-*` headers
+    still reach the caller unchanged.
+    """
+    headers: dict[str, str] = {}
+    for kind, limit_name in _LIMITS.items():
+        tightest = None
+        for state in states:
+            limit = getattr(state.window, limit_name)
+            remaining = state.remaining().get(limit_name)
+            if limit is None or remaining is None:
+                continue
+            if tightest is None or remaining < tightest[1]:
+                tightest = (limit, remaining, state.reset_at)
+        if tightest is None:
+            continue
+        limit, remaining, reset_at = tightest
+        headers[f"x-llmgate-ratelimit-limit-{kind}"] = f"{limit:g}"
+        headers[f"x-llmgate-ratelimit-remaining-{kind}"] = f"{max(remaining, 0):g}"
+        if reset_at is not None:
+            headers[f"x-llmgate-ratelimit-reset-{kind}"] = f"{max(reset_at - now, 0):.3f}"
+    return headers
+
+
+def actual_demand(fields: dict[str, Any]) -> Demand:
+    """What a finished call really consumed, for settling its reservation."""
+    return Demand(
+        1,
+        fields.get("input_tokens") or 0,
+        fields.get("output_tokens") or 0,
+        fields.get("cost_usd") or 0.0,
+    )

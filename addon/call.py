@@ -1,0 +1,112 @@
+"""What llmgate knows about one call, and the answers it can give instead of the upstream."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from addon.config import Route
+from addon.policy import Denial
+from addon.protocols import WireProtocol
+from addon.protocols.canonical import CanonicalRequest
+from addon.quota import AppliedWindow, WindowState
+from addon.routes import Upstream
+
+if TYPE_CHECKING:
+    from addon.screening import Screening
+    from addon.stream_guard import StreamGuard
+    from addon.streaming import StreamTap
+
+# A random per-process prefix and a counter: unique across processes sharing a
+# ledger, and far cheaper than a getrandom() syscall per call.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(int(time.time() * 1000) << 12)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+@dataclass
+class Call:
+    """What llmgate knows about one intercepted call, from request to audit close."""
+
+    id: str
+    started_at: float
+    protocol_name: str
+    host: str
+    path: str
+    user: str | None = None
+    groups: tuple[str, ...] = ()
+    client_ip: str | None = None
+    virtual_key: bool = False
+    protocol: WireProtocol | None = None
+    request: CanonicalRequest | None = None
+    body: dict[str, Any] = field(default_factory=dict)  # the parsed JSON, for edits
+    route: Route | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    hide_injected: bool = False
+    tap: StreamTap | None = None
+    closed: bool = False
+    clamp_max_tokens: int | None = None
+    estimated_input: int = 0
+    quota_windows: list[AppliedWindow] = field(default_factory=list)
+    quota_states: list[WindowState] = field(default_factory=list)
+    request_screening: Screening | None = None
+    reply_screening: Screening | None = None
+    guard: StreamGuard | None = None
+
+    def open_row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "started_at": self.started_at,
+            "user": self.user,
+            "groups": ",".join(self.groups) or None,
+            "client_ip": self.client_ip,
+            "protocol": self.protocol_name,
+            "host": self.host,
+            "path": self.path,
+            "model": self.request.model if self.request else None,
+            "upstream_model": self.upstream_model,
+            "provider": self.route.provider if self.route else None,
+            "route": self.route.id if self.route else None,
+            "stream": int(self.stream),
+            "status": "pending",
+        }
+
+
+@dataclass
+class Rejection:
+    """llmgate answers the call itself, in the caller's wire format."""
+
+    status: int
+    kind: str
+    message: str
+    outcome: str = "failed"  # the audit status: failed, or denied for policy decisions
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self, protocol: WireProtocol | None) -> bytes:
+        if protocol is None:
+            payload: dict[str, Any] = {"error": {"message": self.message, "code": self.kind}}
+        else:
+            payload = protocol.error_body(self.status, self.kind, self.message)
+        return json.dumps(payload).encode()
+
+    @classmethod
+    def deny(cls, denial: Denial) -> Rejection:
+        return cls(denial.status, denial.reason, denial.message, "denied", dict(denial.headers))
+
+
+@dataclass
+class Rewrite:
+    """Everything the gateway must change on the outgoing request."""
+
+    upstream: Upstream
+    body: bytes | None  # None: forward the caller's body untouched
+    set_headers: dict[str, str]
+    drop_headers: tuple[str, ...]

@@ -1,0 +1,43 @@
+"""What one call leaves in the ledger: its payload halves and its findings.
+
+Every value a scanner found is replaced before a body is stored, whatever the
+action was, and headers that can carry credentials are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from addon.audit import AuditWriter, cap_body, json_text
+from addon.credentials import storable_headers
+from addon.screening import Located, finding_rows, redact_json
+
+
+def write_half(
+    audit: AuditWriter,
+    side: Literal["request", "response"],
+    request_id: str,
+    headers: Iterable[tuple[bytes, bytes]] | None,
+    body: bytes,
+    *,
+    findings: list[Located],
+    hidden: dict[str, str],
+    hmac_key: bytes,
+    cap: int,
+) -> None:
+    """The request half opens the payload row; the response half completes it."""
+    if findings:
+        audit.insert_many("findings", finding_rows(request_id, side, findings, hmac_key))
+    if headers is None:
+        return
+    stored, truncated = cap_body(redact_json(body, hidden) if hidden else body, cap)
+    fields = {
+        f"{side}_headers": json_text(storable_headers(headers)),
+        f"{side}_body": stored,
+        f"{side}_truncated": int(truncated),
+    }
+    if side == "request":
+        audit.insert("payloads", {"request_id": request_id, **fields})
+    else:
+        audit.update("payloads", request_id, fields)
