@@ -22,6 +22,8 @@ from typing import Any
 
 import sqlite_utils
 
+from addon.sqlite_wal import connect_wal, retry_locked
+
 log = logging.getLogger("llmgate.audit")
 
 REQUEST_COLUMNS: dict[str, type] = {
@@ -97,19 +99,18 @@ def cap_body(body: bytes, limit: int) -> tuple[str, bool]:
 
 def open_database(path: str | Path) -> sqlite_utils.Database:
     """Open (and create) the ledger: WAL mode, so readers never block the writer."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-    db = sqlite_utils.Database(conn)
-    db.enable_wal()
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
+    db = sqlite_utils.Database(connect_wal(path))
+    retry_locked(lambda: _ensure_schema(db))
+    return db
+
+
+def _ensure_schema(db: sqlite_utils.Database) -> None:
     _ensure_table(db, "requests", REQUEST_COLUMNS, pk="id")
     _ensure_table(db, "payloads", PAYLOAD_COLUMNS, pk="request_id")
     _ensure_table(db, "findings", FINDING_COLUMNS, pk="id")
     db["requests"].create_index(["started_at"], if_not_exists=True)
     db["requests"].create_index(["user", "started_at"], if_not_exists=True)
     db["findings"].create_index(["request_id"], if_not_exists=True)
-    return db
 
 
 def _ensure_table(db: sqlite_utils.Database, name: str, columns: dict[str, type], pk: str) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from addon.sqlite_wal import connect_wal, retry_locked
 
 KEY_PREFIX = "lg-"
 
@@ -45,11 +46,8 @@ def hint(key: str) -> str:
 
 class KeyStore:
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        with self._conn:
-            self._conn.execute(_SCHEMA)
+        self._conn = connect_wal(path)
+        retry_locked(lambda: self._conn.execute(_SCHEMA))
 
     def issue(self, user: str, groups: list[str]) -> str:
         key = KEY_PREFIX + secrets.token_urlsafe(24)

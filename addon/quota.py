@@ -32,7 +32,6 @@ one). `reserve` prunes its own scope keys every `PRUNE_EVERY` calls.
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from addon.config import QuotaWindow
+from addon.sqlite_wal import connect_wal, retry_locked
 
 KINDS = ("requests", "input_tokens", "output_tokens", "cost_usd")
 LIMIT_NAMES = tuple(f"max_{kind}" for kind in KINDS)
@@ -167,25 +167,9 @@ class QuotaStore:
     def __init__(self, path: str | Path, busy_timeout_ms: int = 30_000) -> None:
         """`busy_timeout_ms=0` makes a store that fails at once (SQLITE_BUSY) instead of
         waiting for another writer: the gateway's event-loop fast path uses one."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
-        )
-        self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        # Turning a new file to WAL needs it alone, and SQLite fails that at once instead
-        # of waiting (no busy handler), so stores opening together retry here.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.005)
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = connect_wal(path, busy_timeout_ms)
         # In the script itself: executescript would otherwise commit an open BEGIN.
-        self._conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        retry_locked(lambda: self._conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;"))
         self._horizon = 0  # longest window this store has recorded in quota_meta
         self._reserves = 0
 

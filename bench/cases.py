@@ -8,33 +8,30 @@ that prove the feature ran) and let `variant_overhead` do the measuring: it give
 latency at one connection and throughput at `--connections`, and BENCH.md gets a
 table for that pair of variants by itself.
 
-The next planned case, a safety scan of a 1 MB prompt, is meant to be exactly that
-(not implemented yet):
+The safety case (`case_safety`) is the exception that compares three variants:
+bare mitmdump, llmgate with safety off (`llmgate-nosafety`: the default policy plus
+`safety: {enabled: false}`) and llmgate as it ships (safety on), all sending one 1 MB
+prompt of real Python source (`bench.common.code_prompt`) at one connection. It reports
+the scan's cost per request (llmgate minus llmgate-nosafety), its share of llmgate's
+overhead over bare mitmdump, and `Scanner().scan` of the same text timed in this
+process (no JSON, no proxy); its table has the two llmgate variants as columns and
+bare mitmdump's figures in the metric names.
 
-    SAFETY_YAML = "..."  # llmgate's safety policy, scanning requests
-    # harness.VARIANTS:  Variant("llmgate+safety", "llmgate + safety scan", addon=True,
-    #                            policy_files=(("safety.yaml", SAFETY_YAML),))
-    BIG_PROMPT = chat_body("lorem ipsum ... " * n)  # about 1 MB, via bench.common
-
-    def case_safety(bench: Bench) -> CaseResult:
-        return variant_overhead(
-            bench, "safety", "Safety scan of a 1 MB prompt",
-            ("llmgate", "llmgate+safety"), body=BIG_PROMPT, latency_target_ms=...,
-        )
-
-Nothing else needs to change: `bench.load(..., body=...)` sends any body (wrk embeds
-it in its Lua script, the asyncio client sends it as is), and bench/upstream.py reads
-large bodies without re-scanning them. With 1 MB bodies the proxies' warm-up and check
-still use the small chat body, so only the measured calls carry the big one.
+`bench.load(..., body=...)` sends any body (wrk embeds it in its Lua script, the
+asyncio client sends it as is), and bench/upstream.py reads large bodies without
+re-scanning them. With 1 MB bodies the proxies' warm-up and check still use the small
+chat body, so a case sending a big body checks and warms up with it itself, as
+`case_safety` does.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import yaml
 
-from bench.common import CHAT_BODY, median
+from bench.common import CHAT_BODY, BenchError, chat_body, code_prompt, median
 from bench.harness import QUOTA_YAML
 from bench.measure import Bench, CaseResult, Row
 
@@ -273,4 +270,193 @@ def case_quota(bench: Bench) -> CaseResult:
             "reply carries x-llmgate-ratelimit-* headers from both (checked before measuring); "
             "both llmgate variants have the same priced route",
         ),
+    )
+
+
+SAFETY_TARGET_MS = 20.0
+# bare first: the three are interleaved, and bare gives the overhead llmgate adds at all.
+SAFETY_VARIANTS = ("bare", "llmgate-nosafety", "llmgate")
+# In-process scans: this many before each latency measurement (3 reps x 3 variants: 27
+# runs), so the runs are spread over the case like the proxies' figures are, and one
+# burst of other load on the shared machine cannot land on all of them; each batch
+# waits SCAN_SETTLE_S first, for the proxy measured last to finish its audit writes.
+SCANS_PER_MEASURE = 3
+SCAN_SETTLE_S = 0.5
+# A made-up value in the shape of an OpenAI key (assembled here so the source holds no
+# key-shaped literal): llmgate's default policy must refuse a prompt carrying it, the
+# variant with safety off must let it through, or the two do not differ as claimed.
+PROBE_KEY = "sk-" + "benchProbe" + "0NotAKey" + "1234567890"
+
+
+class ScanTimer:
+    """`Scanner().scan(text)` timed in this process: the scan alone, no JSON, no proxy.
+
+    Wall time (`perf_counter`) is what the target is held to; the thread's CPU time is
+    kept beside it, as it barely moves with other load on the machine.
+    """
+
+    def __init__(self, text: str) -> None:
+        from addon.safety import Scanner  # the bench process needs it for this case only
+
+        self.text = text
+        self.scanner = Scanner()  # what llmgate builds from the default policy
+        self.findings = len(self.scanner.scan(text))  # also a warm-up
+        self.wall_ms: list[float] = []
+        self.cpu_ms: list[float] = []
+
+    def run(self, times: int) -> None:
+        for _ in range(times):
+            c0, t0 = time.thread_time(), time.perf_counter()
+            self.scanner.scan(self.text)
+            self.wall_ms.append((time.perf_counter() - t0) * 1000)
+            self.cpu_ms.append((time.thread_time() - c0) * 1000)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "runs": len(self.wall_ms),
+            "findings": self.findings,
+            "median_ms": median(self.wall_ms),
+            "min_ms": min(self.wall_ms),
+            "max_ms": max(self.wall_ms),
+            "cpu_median_ms": median(self.cpu_ms),
+            "ms": [round(t, 3) for t in self.wall_ms],
+            "cpu_ms": [round(t, 3) for t in self.cpu_ms],
+        }
+
+
+def check_safety_variants(bench: Bench, body: str) -> None:
+    """The big request gets the upstream's reply through every variant; only the
+    variant with safety on refuses a key-shaped value."""
+    for variant in SAFETY_VARIANTS:
+        proxy = bench.proxy(variant)
+        status, _, reply = bench.call(proxy, body)
+        if status != 200 or b'"usage"' not in reply:
+            raise BenchError(
+                f"the 1 MB code prompt through mitmdump ({proxy.label}) got HTTP {status}: "
+                f"{reply[:300]!r}\n--- its log ---\n{proxy.log_tail()}"
+            )
+    probe = chat_body(f"my key is {PROBE_KEY}")
+    for variant, want in (("llmgate", 400), ("llmgate-nosafety", 200)):
+        status, _, reply = bench.call(bench.proxy(variant), probe)
+        if status != want or (want == 400 and b"safety_block" not in reply):
+            raise BenchError(
+                f"a prompt with a key-shaped value through {variant} got HTTP {status} "
+                f"(expected {want}): {reply[:300]!r}"
+            )
+
+
+def case_safety(bench: Bench) -> CaseResult:
+    prompt = code_prompt()
+    body = chat_body(prompt.text)
+    size = len(prompt.text.encode())
+    check_safety_variants(bench, body)
+    for variant in SAFETY_VARIANTS:  # a moment of the big request, discarded
+        bench.load(bench.proxy(variant), 1, 1.0, body=body)
+    timer = ScanTimer(prompt.text)
+
+    def measure(variant: str) -> dict[str, Any]:
+        time.sleep(SCAN_SETTLE_S)
+        timer.run(SCANS_PER_MEASURE)  # while every proxy is idle
+        return bench.load(bench.proxy(variant), 1, bench.s.latency_s, body=body)
+
+    lat = bench.interleaved(measure, SAFETY_VARIANTS)
+    scan = timer.summary()
+    p50, p99 = per_rep(lat, "p50_us"), per_rep(lat, "p99_us")
+    cpu = per_rep(lat, "cpu_us_per_request")
+    bare, off, on = SAFETY_VARIANTS
+
+    def ms(us: float) -> str:
+        return f"{us / 1000:.3f} ms"
+
+    def share(fig: dict[str, float]) -> str:
+        whole = fig[on] - fig[bare]
+        return f"{(fig[on] - fig[off]) / whole:.0%}" if whole > 0 else "n/a (no overhead)"
+
+    added = (p50[on] - p50[off]) / 1000
+    rows = [
+        Row(
+            "median latency, 1 connection",
+            ms(p50[off]),
+            ms(p50[on]),
+            f"scan adds {added:+.3f} ms",
+            f"<= {SAFETY_TARGET_MS:g} ms added",
+            added <= SAFETY_TARGET_MS,
+        ),
+        Row(
+            "p99 latency, 1 connection",
+            ms(p99[off]),
+            ms(p99[on]),
+            f"scan adds {(p99[on] - p99[off]) / 1000:+.3f} ms",
+        ),
+        Row(
+            "proxy CPU per request, 1 connection",
+            ms(cpu[off]),
+            ms(cpu[on]),
+            f"scan adds {(cpu[on] - cpu[off]) / 1000:+.3f} ms",
+        ),
+        Row(
+            f"median overhead over bare mitmdump (bare: {ms(p50[bare])})",
+            f"{(p50[off] - p50[bare]) / 1000:+.3f} ms",
+            f"{(p50[on] - p50[bare]) / 1000:+.3f} ms",
+            f"scan's share of llmgate's overhead: {share(p50)}",
+        ),
+        Row(
+            f"p99 overhead over bare mitmdump (bare: {ms(p99[bare])})",
+            f"{(p99[off] - p99[bare]) / 1000:+.3f} ms",
+            f"{(p99[on] - p99[bare]) / 1000:+.3f} ms",
+            f"scan's share: {share(p99)} (noisy: few calls per repetition)",
+        ),
+        Row(
+            f"proxy CPU over bare mitmdump (bare: {ms(cpu[bare])})",
+            f"{(cpu[off] - cpu[bare]) / 1000:+.3f} ms",
+            f"{(cpu[on] - cpu[bare]) / 1000:+.3f} ms",
+            f"scan's share: {share(cpu)}",
+        ),
+        Row(
+            f"in-process `Scanner().scan` of the prompt, median of {scan['runs']} runs",
+            "—",
+            f"{scan['median_ms']:.3f} ms",
+            f"median {scan['median_ms']:.3f} ms (min {scan['min_ms']:.3f}, "
+            f"max {scan['max_ms']:.3f}); CPU median {scan['cpu_median_ms']:.3f} ms",
+            f"<= {SAFETY_TARGET_MS:g} ms",
+            scan["median_ms"] <= SAFETY_TARGET_MS,
+        ),
+    ]
+    kib = len(body.encode()) / 1024
+    return CaseResult(
+        "safety",
+        f"Safety scan (default policy), 1 MB prompt of Python code ({size:,} bytes), "
+        "buffered chat completion",
+        rows,
+        {**lat, "scan_in_process": [scan]},
+        [
+            f"median µs at 1 connection per repetition: {spread(lat, 'p50_us', '{:.0f}')}",
+            f"p99 µs at 1 connection per repetition: {spread(lat, 'p99_us', '{:.0f}')}",
+            f"proxy CPU µs per request at 1 connection per repetition: "
+            f"{spread(lat, 'cpu_us_per_request', '{:.0f}')}",
+            f"requests per repetition: {spread(lat, 'requests', '{}')}",
+            "in-process scan, ms per run (wall): " + ", ".join(f"{t:.2f}" for t in scan["ms"]),
+            "in-process scan, ms per run (thread CPU): "
+            + ", ".join(f"{t:.2f}" for t in scan["cpu_ms"]),
+            f"the in-process runs are spread over the case: {SCANS_PER_MEASURE} before each "
+            f"latency measurement, {SCAN_SETTLE_S:g} s after the one before (every proxy "
+            "idle); the proxies' scans run in mitmdump's event loop, the same single thread",
+            f"the prompt: {prompt.files} of mitmproxy's own modules from the venv "
+            f"(sorted by path, each under a `# ---- path ----` line, the last cut at a line "
+            f"end) up to 1 MiB, one user message; the request body is {kib:,.0f} KiB of JSON; "
+            f"the scanner finds {scan['findings']} things in it. Left out because the scanner "
+            f"flags them (a test private key, authors' e-mail addresses): "
+            + ", ".join(f"`{name}`" for name in prompt.skipped),
+            "variants: llmgate is the default policy (safety on: prompts are scanned, secrets "
+            "blocked); llmgate-nosafety is the same plus `safety: {enabled: false}`; bare "
+            "mitmdump gets the same request. Before measuring, the 1 MB request was checked "
+            "to get the upstream's 200 through all three, and a prompt with a made-up "
+            "key-shaped value to get 400 safety_block from llmgate (the one `denied` call in "
+            "its ledger) and 200 from llmgate-nosafety",
+            "the scan's cost per request is llmgate minus llmgate-nosafety; its share of "
+            "llmgate's overhead is that over (llmgate minus bare mitmdump). Both llmgate "
+            "variants parse the JSON body and store the payload (capped at 256 KiB) the same "
+            "way, so the difference is the scan alone",
+        ],
+        (off, on),
     )

@@ -41,6 +41,7 @@ def chat_body(prompt: str = "ping", **extra: object) -> str:
 
 
 CHAT_BODY = chat_body()
+
 STREAM_BODY = json.dumps(
     {
         "model": MODEL,
@@ -50,6 +51,56 @@ STREAM_BODY = json.dumps(
     },
     separators=(",", ":"),
 )
+
+
+# The safety case's prompt: this many bytes of real source code.
+CODE_PROMPT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class CodePrompt:
+    text: str  # at most CODE_PROMPT_BYTES of UTF-8, ending at a line end
+    files: int  # source files concatenated (the last one possibly cut at a line)
+    skipped: tuple[str, ...]  # files left out because the scanner finds something in them
+
+
+def code_prompt(limit: int = CODE_PROMPT_BYTES) -> CodePrompt:
+    """About 1 MiB of Python: mitmproxy's own modules from the venv, in path order.
+
+    Each file is preceded by a `# ---- mitmproxy/... ----` line. A file in which the
+    default scanner finds anything is left out whole: mitmproxy ships a test private
+    key, which llmgate's default policy blocks (the calls would be refused before they
+    went upstream), and authors' e-mail addresses, which would add findings rows to
+    one variant's work. The prompt is therefore code without a single finding, and the
+    case measures the scan itself. Deterministic for one installed mitmproxy.
+    """
+    import mitmproxy  # imported here: only this case needs it in the bench process
+
+    from addon.safety import Scanner
+
+    scanner = Scanner()
+    root = Path(mitmproxy.__file__).resolve().parent
+    parts: list[str] = []
+    skipped: list[str] = []
+    size = 0
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        text = path.read_text(encoding="utf-8")
+        if scanner.scan(text):
+            skipped.append(rel)
+            continue
+        part = f"# ---- {rel} ----\n{text}"
+        if not part.endswith("\n"):
+            part += "\n"
+        room = limit - size
+        data = part.encode()
+        if len(data) > room:  # the last file: cut at the last whole line that fits
+            cut = data[:room].decode("utf-8", "ignore")
+            parts.append(cut[: cut.rfind("\n") + 1])
+            break
+        parts.append(part)
+        size += len(data)
+    return CodePrompt("".join(parts), len(parts), tuple(skipped))
 
 
 class BenchError(RuntimeError):

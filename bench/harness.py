@@ -52,6 +52,12 @@ policies:
         max_cost_usd: 1000000
 """
 
+# llmgate's safety scanning is on by default (the llmgate variant scans every prompt with
+# the default policy); this file turns it off, for the safety case's baseline.
+SAFETY_OFF_YAML = """\
+safety: {enabled: false}
+"""
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -67,6 +73,12 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("bare", "bare mitmdump"),
         Variant("llmgate", "llmgate", addon=True),
+        Variant(
+            "llmgate-nosafety",
+            "llmgate, safety off",
+            addon=True,
+            policy_files=(("safety.yaml", SAFETY_OFF_YAML),),
+        ),
         Variant(
             "llmgate+quota",
             "llmgate + 2 quota windows",
@@ -245,6 +257,32 @@ class Proxy:
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid) if self.proc else float("nan")
 
+    def quota_counts(self) -> tuple[int, int, int]:
+        """(reservations, settled, window totals) from the quota tables.
+
+        They live in their own file beside the ledger (`<db>.quota`, see
+        addon/quota_worker.py), in older llmgate in the ledger itself. Every llmgate
+        variant has them; only a variant with windows writes rows, and those rows show
+        the windows were really used.
+        """
+        assert self.db is not None
+        for path in (self.db.with_name(self.db.name + ".quota"), self.db):
+            if not path.exists():
+                continue
+            conn = sqlite3.connect(path)
+            try:
+                tables = {r[0] for r in conn.execute("select name from sqlite_master")}
+                if "quota_ledger" not in tables:
+                    continue
+                reservations, settled = conn.execute(
+                    "select count(*), coalesce(sum(settled), 0) from quota_ledger"
+                ).fetchone()
+                windows = conn.execute("select count(*) from quota_totals").fetchone()[0]
+                return reservations, settled, windows
+            finally:
+                conn.close()
+        return 0, 0, 0
+
     def audit_summary(self) -> dict[str, Any] | None:
         """Counts from the audit ledger; call after stop() so the writer has drained."""
         if self.db is None or not self.db.exists():
@@ -256,16 +294,14 @@ class Proxy:
                 "group by status, usage_source, stream"
             ).fetchall()
             priced = conn.execute("select count(cost_usd) from requests").fetchone()[0]
-            # The quota tables exist in every llmgate database; only a variant with
-            # windows writes rows, and those rows show the windows were really used.
-            reservations, settled = conn.execute(
-                "select count(*), coalesce(sum(settled), 0) from quota_ledger"
-            ).fetchone()
-            windows = conn.execute("select count(*) from quota_totals").fetchone()[0]
         except sqlite3.Error as exc:
             return {"error": str(exc)}
         finally:
             conn.close()
+        try:
+            reservations, settled, windows = self.quota_counts()
+        except sqlite3.Error as exc:
+            return {"error": f"quota tables: {exc}"}
         return {
             "total": sum(r[3] for r in rows),
             "groups": [

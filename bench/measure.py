@@ -113,18 +113,21 @@ class Bench:
             self.load(proxy, self.s.connections, self.s.warmup_s)  # warm-up, discarded
         return self.proxies[key]
 
-    def check(self, proxy: Proxy) -> None:
-        """One real call, so a figure never comes from a proxy that is not doing its job."""
-        request = clients.proxy_request(self.upstream.port, CHAT_BODY)
+    def call(self, proxy: Proxy, body: str = CHAT_BODY) -> tuple[int, dict[bytes, bytes], bytes]:
+        """One chat completion with `body` through the proxy: (status, headers, reply body)."""
+        request = clients.proxy_request(self.upstream.port, body)
         try:
-            status, headers, body = asyncio.run(
-                asyncio.wait_for(clients.one_call(proxy.port, request), CALL_TIMEOUT)
-            )
+            call = clients.one_call(proxy.port, request)
+            return asyncio.run(asyncio.wait_for(call, CALL_TIMEOUT))
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             raise BenchError(
-                f"mitmdump ({proxy.label}) check call failed: {exc!r}\n"
+                f"mitmdump ({proxy.label}) call failed: {exc!r}\n"
                 f"--- its log ---\n{proxy.log_tail()}"
             ) from None
+
+    def check(self, proxy: Proxy) -> None:
+        """One real call, so a figure never comes from a proxy that is not doing its job."""
+        status, headers, body = self.call(proxy)
         time.sleep(0.2)  # let the audit writer and the log catch up
         variant = proxy.variant
         missing = [h.decode() for h in variant.expect_headers if h not in headers]

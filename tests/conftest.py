@@ -14,9 +14,7 @@ from tests.proxy import ROOT, Proxy
 
 # A copy of ../shared/fixtures/recorded (see its README for provenance and licence),
 # so that a clone anywhere can run the suite.
-FIXTURES = Path(
-    os.environ.get("LLMGATE_FIXTURES", ROOT / "tests" / "fixtures" / "recorded")
-)
+FIXTURES = Path(os.environ.get("LLMGATE_FIXTURES", ROOT / "tests" / "fixtures" / "recorded"))
 
 # The upstream keys the route table injects; callers never know them.
 UPSTREAM_KEYS = {

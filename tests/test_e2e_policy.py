@@ -15,8 +15,8 @@ import bcrypt
 import openai
 import pytest
 
+from addon.budget import bind_windows
 from addon.config import load_config
-from addon.pipeline import bind_windows
 from addon.policy import effective_policy
 from addon.quota import QuotaStore
 from addon.quota_worker import quota_path
@@ -368,3 +368,28 @@ def test_settled_counters_equal_the_ledger_and_headers_inform(
     )  # fmt: skip
     assert day.used.cost_usd == pytest.approx(ledger["c"])
     assert ledger["c"] > 0
+
+
+def test_cli_shows_quota_windows_and_the_ledger(
+    gate: Proxy, keys: dict[str, str], policy_dir: Path
+) -> None:
+    client = oa(gate, keys["settler"])
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+    request_id = raw.headers[REQUEST_ID]
+    gate.row(request_id)
+    time.sleep(0.1)  # the settle lands 20 ms after the call
+    cli = [sys.executable, "-m", "addon.cli", "--db", str(gate.db)]
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> str:
+        return subprocess.run([*cli, *args], check=True, capture_output=True, text=True,
+                              env=env).stdout  # fmt: skip
+
+    quota = run("quota", "settler", "--policies", str(policy_dir))
+    assert "max_requests=100" in quota and "user:settler" in quota
+    assert "max_cost_usd=20" in quota and "resets in" in quota
+    assert request_id in run("tail", "-n", "500") or request_id[:12] in run("tail", "-n", "500")
+    assert "settler" in run("report", "--by", "user")
+    shown = run("show", request_id)
+    assert "completed" in shown and "gpt-4o" in shown
+    assert "OK" in run("check", str(policy_dir))
