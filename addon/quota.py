@@ -276,6 +276,14 @@ class QuotaStore:
             self._conn.executemany(f"DELETE FROM quota_totals WHERE {by_key}cutoff < ?", params)
         return deleted
 
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the file without blocking writers (PASSIVE)."""
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def never_checkpoint(self) -> None:
+        """This connection's commits must stay short; another one checkpoints."""
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+
     def close(self) -> None:
         self._conn.close()
 

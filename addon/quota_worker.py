@@ -27,6 +27,8 @@ log = logging.getLogger("llmgate.quota")
 # Settles wait this long to share one commit: a settle only frees budget, so a
 # short delay can only make a window look fuller, never let a call through.
 SETTLE_DELAY = 0.02
+# Inline commits between two checkpoints on the worker thread (~a few hundred KB of WAL).
+CHECKPOINT_EVERY = 200
 
 
 def quota_path(ledger: str | Path) -> Path:
@@ -38,7 +40,11 @@ def quota_path(ledger: str | Path) -> Path:
 class QuotaWorker:
     def __init__(self, path: str | Path) -> None:
         self._fast = QuotaStore(path, busy_timeout_ms=0)
+        # An automatic checkpoint would run inside an inline commit and stall the
+        # event loop for milliseconds; the worker thread checkpoints instead.
+        self._fast.never_checkpoint()
         self._store = QuotaStore(path)
+        self._fast_writes = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="llmgate-quota")
         self._lock = threading.Lock()
         self._settles: list[tuple[str, Demand]] = []
@@ -49,7 +55,9 @@ class QuotaWorker:
         self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
     ) -> list[WindowState] | Exceeded:
         try:
-            return self._fast.reserve(reservation_id, windows, demand)
+            result = self._fast.reserve(reservation_id, windows, demand)
+            self._wrote()
+            return result
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
@@ -73,6 +81,7 @@ class QuotaWorker:
             return
         try:
             self._fast.settle_many(batch)
+            self._wrote()
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
@@ -84,6 +93,17 @@ class QuotaWorker:
                 return
             self._drain_queued = True
         self._pool.submit(self._drain)
+
+    def _wrote(self) -> None:
+        self._fast_writes += 1
+        if self._fast_writes % CHECKPOINT_EVERY == 0:
+            self._pool.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            self._store.checkpoint()
+        except sqlite3.Error as exc:
+            log.warning("quota checkpoint skipped: %s", exc)
 
     def _drain(self) -> None:
         with self._lock:
