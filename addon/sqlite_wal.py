@@ -12,14 +12,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
-
 SETUP_PATIENCE = 30.0
 
 
-def retry_locked(step: Callable[[], T], patience: float = SETUP_PATIENCE) -> T:
+def retry_locked[T](step: Callable[[], T], patience: float = SETUP_PATIENCE) -> T:
     deadline = time.monotonic() + patience
     while True:
         try:
