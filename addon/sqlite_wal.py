@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+
 SETUP_PATIENCE = 30.0
 
 
