@@ -400,7 +400,8 @@ class Gateway:
         self.calls.pop(flow.id, None)
         self._quota_settle(call, budget.actual_demand(fields))
         self.audit.update("requests", call.id, fields)
-        log.info(pipeline.summary_line(call, fields))
+        if log.isEnabledFor(logging.INFO):  # the line is not free to build
+            log.info(pipeline.summary_line(call, fields))
         response = flow.response
         body = b""
         if response is not None:
