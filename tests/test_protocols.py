@@ -30,6 +30,7 @@ from addon.protocols.canonical import (
     Usage,
 )
 from addon.protocols.jsonedit import top_level_spans
+from addon.streaming import SseSplitter
 from tests.test_jsonedit import changed_region, json_values
 
 FIXTURE_DIR = Path(
@@ -65,22 +66,10 @@ def is_success(fx: dict[str, Any]) -> bool:
 
 
 def sse_events(text: str) -> list[StreamEvent]:
-    """A deliberately small SSE splitter (events end at a blank line; CRLF, LF or CR)."""
-    events: list[StreamEvent] = []
-    for block in re.split(r"(?:\r\n|\r|\n){2}", text):
-        name, data = None, []
-        for line in re.split(r"\r\n|\r|\n", block):
-            if not line or line.startswith(":"):
-                continue
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "data":
-                data.append(value)
-            elif field == "event":
-                name = value
-        if data:
-            events.append(StreamEvent(data="\n".join(data), event=name))
-    return events
+    """The recorded stream's events, split by the gateway's splitter (tested on its own)."""
+    splitter = SseSplitter()
+    pairs = splitter.feed(text.encode()) + splitter.finish()
+    return [event for event, _ in pairs if event is not None]
 
 
 def event_json(fx: dict[str, Any]) -> list[dict[str, Any]]:
