@@ -146,7 +146,6 @@ class QuotaSettings(_Strict):
 
 
 SafetyAction = Literal["log", "redact", "block"]
-SAFETY_CATEGORIES = ("secrets", "pii", "jailbreak", "custom")
 # The default: block secrets in requests, redact card numbers, log the rest.
 DEFAULT_REQUEST_ACTIONS: dict[str, SafetyAction] = {
     "secrets": "block", "credit_card": "redact", "pii": "log", "jailbreak": "log", "custom": "log",

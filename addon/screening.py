@@ -126,15 +126,6 @@ def _replace_strings(node: Any, values: dict[str, str]) -> Any:
     return node
 
 
-def redact_text(text: str, values: dict[str, str]) -> str:
-    for value, token in values.items():
-        text = text.replace(value, token)
-        escaped = json.dumps(value)[1:-1]
-        if escaped != value:
-            text = text.replace(escaped, token)
-    return text
-
-
 def finding_rows(
     request_id: str, phase: str, items: list[Located], hmac_key: bytes
 ) -> list[dict[str, Any]]:

@@ -171,7 +171,6 @@ class StreamTap:
         self.state = StreamState()
         self.first_token_at: float | None = None
         self.bytes_received = 0
-        self.finished = False
         # What the caller received, up to the audit's payload cap.
         self.kept = bytearray()
         self._keep_bytes = keep_bytes
@@ -205,7 +204,6 @@ class StreamTap:
             room -= len(piece)
 
     def _finish(self) -> list[bytes]:
-        self.finished = True
         tail = self._decoder.flush() if self._decoder else b""
         pieces = self._consume(self._splitter.feed(tail) + self._splitter.finish())
         if self.guard is not None:
@@ -232,7 +230,8 @@ class StreamTap:
                 if self._hide and self.protocol.hides_event(event):
                     continue
                 if self.guard is not None:
-                    forward.extend(self.guard.on_event(event, raw))
+                    forward.extend(piece for piece in self.guard.on_event(event, raw) if piece)
                     continue
-            forward.append(raw)
-        return [piece for piece in forward if piece]
+            if self._per_event and raw:
+                forward.append(raw)
+        return forward
