@@ -237,11 +237,22 @@ def _sql(kind: str, table: str, columns: tuple[str, ...]) -> str:
     return f"{verb} INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))})"
 
 
+def storable_text(value: str) -> str:
+    """A string SQLite can store and a log can print: no lone surrogates."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _param(value: Any) -> Any:
+    return storable_text(value) if isinstance(value, str) else value
+
+
 def _statement(kind: str, table: str, payload: Any) -> tuple[str, tuple[Any, ...]]:
     if kind == "update":
         key, fields = payload
-        return _sql(kind, table, tuple(fields)), (*fields.values(), key)
-    return _sql(kind, table, tuple(payload)), tuple(payload.values())
+        return _sql(kind, table, tuple(fields)), (*map(_param, fields.values()), key)
+    return _sql(kind, table, tuple(payload)), tuple(map(_param, payload.values()))
 
 
 def json_text(value: Any) -> str:

@@ -44,6 +44,7 @@ class Call:
     groups: tuple[str, ...] = ()
     client_ip: str | None = None
     virtual_key: bool = False
+    stray_key: bool = False
     protocol: WireProtocol | None = None
     request: CanonicalRequest | None = None
     body: dict[str, Any] = field(default_factory=dict)  # the parsed JSON, for edits
@@ -60,6 +61,10 @@ class Call:
     request_screening: Screening | None = None
     reply_screening: Screening | None = None
     guard: StreamGuard | None = None
+    # Whose credential went upstream, for the masked copy the flow keeps.
+    credential_label: str | None = None
+    masked: bool = False
+    internal_error: bool = False
 
     def open_row(self) -> dict[str, Any]:
         return {
@@ -110,3 +115,4 @@ class Rewrite:
     body: bytes | None  # None: forward the caller's body untouched
     set_headers: dict[str, str]
     drop_headers: tuple[str, ...]
+    credential_label: str = "caller key"

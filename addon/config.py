@@ -124,6 +124,9 @@ class PolicyRule(_Strict):
     allowed_routes: list[str] | None = None
     allowed_providers: list[Provider] | None = None
     allow_unparsed: bool | None = None
+    # Path globs (e.g. "/v1/batches*") of unparsed endpoints that may carry an
+    # llmgate credential; see policy.check_unparsed.
+    allowed_endpoints: list[str] | None = None
     quota_windows: list[QuotaWindow] = Field(default_factory=list)
 
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 # Every header a caller may put a provider credential in.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
 _SENSITIVE_HEADER = re.compile(r"auth|key|token|secret|cookie|session|credential", re.I)
-_CREDENTIAL_PARAMS = {"key", "api_key", "apikey", "access_token"}
+CREDENTIAL_PARAMS = frozenset({"key", "api_key", "apikey", "access_token"})
 
 
 class SecretStore:
@@ -57,9 +57,12 @@ def strip_credential_params(path: str) -> str:
     if not sep:
         return path
     kept = [
-        (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in _CREDENTIAL_PARAMS
+        (k, v)
+        for k, v in parse_qsl(query, keep_blank_values=True)
+        if k.lower() not in CREDENTIAL_PARAMS
     ]
-    return bare + ("?" + urlencode(kept) if kept else "")
+    # surrogateescape: a raw non-UTF-8 byte in the query survives as %XX, not an error.
+    return bare + ("?" + urlencode(kept, errors="surrogateescape") if kept else "")
 
 
 def storable_headers(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -82,3 +85,57 @@ def storable_headers(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]])
 def _storable_name(name: str) -> bool:
     # Header names repeat on every call; the regex runs once per name.
     return not _SENSITIVE_HEADER.search(name)
+
+
+# Headers whose values are credentials in any API llmgate fronts; the flow copy
+# that mitmweb shows and `-w` saves must only ever hold them masked.
+_MASKED_HEADER = re.compile(r"auth|key|token|secret|credential|cookie|password", re.I)
+_SCHEME_AND_VALUE = re.compile(r"^\s*(?:([A-Za-z]+)\s+)?(\S+)\s*$")
+
+Fields = tuple[tuple[bytes, bytes], ...]
+
+
+def masked(value: str, label: str) -> str:
+    """`Bearer sk-…(route secret OPENAI_API_KEY)`: the scheme, a hint, and whose it is."""
+    found = _SCHEME_AND_VALUE.match(value)
+    scheme, token = (found.group(1), found.group(2)) if found else (None, value)
+    hint = token[:3] if len(token) >= 16 else ""
+    return f"{scheme + ' ' if scheme else ''}{hint}…({label})"
+
+
+def is_masked_header(name: str) -> bool:
+    return bool(_MASKED_HEADER.search(name))
+
+
+def mask_fields(fields: Fields, label: str) -> tuple[Fields, Fields]:
+    """(fields with every credential-bearing value masked, the original fields masked)."""
+    kept: list[tuple[bytes, bytes]] = []
+    originals: list[tuple[bytes, bytes]] = []
+    for name, value in fields:
+        if is_masked_header(name.decode("latin-1")) and b"\xe2\x80\xa6(" not in value:
+            originals.append((name, value))
+            whose = "llmgate key" if b"lg-" in value.lower() else label
+            value = masked(value.decode("latin-1"), whose).encode("utf-8")
+        kept.append((name, value))
+    return tuple(kept), tuple(originals)
+
+
+def unmask_fields(fields: Fields, originals: Fields) -> Fields:
+    """Put the caller's own credential headers back, for a call that forwards them."""
+    names = {name.lower() for name, _ in originals}
+    return tuple(f for f in fields if f[0].lower() not in names) + originals
+
+
+def mask_query(path: str, label: str) -> str:
+    """The path with every credential query parameter's value masked."""
+    bare, sep, query = path.partition("?")
+    if not sep:
+        return path
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(k.lower() in CREDENTIAL_PARAMS for k, _ in pairs):
+        return path
+    edited = [
+        (k, masked(v, label).replace("…", "...") if k.lower() in CREDENTIAL_PARAMS else v)
+        for k, v in pairs
+    ]
+    return bare + "?" + urlencode(edited, errors="surrogateescape")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -20,7 +21,15 @@ from addon import budget, pipeline
 from addon.audit import AuditWriter, default_db_path
 from addon.call import Call, Rejection, Rewrite, new_request_id
 from addon.config import ConfigError, GatewayConfig, load_config
-from addon.credentials import SecretStore, strip_credential_params
+from addon.credentials import (
+    Fields,
+    SecretStore,
+    mask_fields,
+    mask_query,
+    strip_credential_params,
+    unmask_fields,
+)
+from addon.hosts import HostSet
 from addon.identity import Identifier
 from addon.keys import KeyStore
 from addon.ledger import Pricer, load_pricing
@@ -41,6 +50,14 @@ _PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 log = logging.getLogger("llmgate")
 
 
+@dataclass(frozen=True)
+class _Held:
+    """The caller's credentials as sent, kept off the flow (which mitmweb shows)."""
+
+    originals: Fields
+    path: str
+
+
 def _pricing_path(policies: Path) -> Path:
     return (policies if policies.is_dir() else policies.parent) / "pricing.yaml"
 
@@ -59,7 +76,8 @@ class Gateway:
         self.scanner = build_scanner(self.config.safety)
         self.hmac_key = b""
         self.calls: dict[str, Call] = {}
-        self._hosts: frozenset[str] = frozenset()
+        self._held: dict[str, _Held] = {}
+        self._hosts = HostSet(())
 
     # --- options -----------------------------------------------------------------
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -94,10 +112,13 @@ class Gateway:
                 self.scanner = build_scanner(self.config.safety)
             except ValueError as exc:
                 raise exceptions.OptionsError(f"{policies}: safety: {exc}") from None
-            self._hosts = frozenset(self.config.intercepted_hosts())
+            self._hosts = HostSet(
+                self.config.intercepted_hosts(),
+                resolve=[*self.config.intercept_hosts, *(r.host for r in self.config.routes)],
+            )
             # Only LLM hosts are decrypted; everything else stays an opaque tunnel.
             updates: dict[str, object] = {
-                "allow_hosts": [rf"^{re.escape(h)}(:\d+)?$" for h in sorted(self._hosts)],
+                "allow_hosts": self._hosts.allow_patterns(),
                 "connection_strategy": "lazy",
             }
             if self.config.identity.proxy_auth:
@@ -131,33 +152,62 @@ class Gateway:
         self._close_stores()
 
     # --- request -----------------------------------------------------------------
+    def _intercepts(self, flow: http.HTTPFlow) -> bool:
+        """An LLM call: the host it is for, or the TLS name the client asked for, is ours."""
+        if flow.request.host in self._hosts:
+            return True
+        sni = flow.client_conn.sni
+        return bool(sni) and sni in self._hosts
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        if flow.request.host.lower() in self._hosts:
-            # llmgate must read the whole call before anything goes upstream, even
-            # when stream_large_bodies would otherwise stream it past unseen.
-            flow.request.stream = False
+        if not self._intercepts(flow):
+            return
+        # llmgate must read the whole call before anything goes upstream, even
+        # when stream_large_bodies would otherwise stream it past unseen.
+        flow.request.stream = False
+        # From the first moment any view shows this flow, it shows no credential;
+        # the caller's own are put back only on a call that forwards them.
+        try:
+            fields, originals = mask_fields(flow.request.headers.fields, "caller key")
+            path = flow.request.path
+            flow.request.headers.fields = fields
+            flow.request.path = mask_query(path, "caller key")
+            self._held[flow.id] = _Held(originals, path)
+        except Exception as exc:  # noqa: BLE001 - the request hook refuses the call
+            log.error("llmgate could not hide credentials: %s", _where(exc))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        if flow.request.host.lower() not in self._hosts:
+        if not self._intercepts(flow):
             return
-        call = self._new_call(flow)
+        call: Call | None = None
+        try:
+            call = self._new_call(flow)
+            await self._decide(flow, call)
+        except Exception as exc:  # noqa: BLE001 - fail closed, whatever went wrong
+            self._internal_error(flow, call, exc)
+
+    async def _decide(self, flow: http.HTTPFlow, call: Call) -> None:
+        problem = self._misdirected(flow) or _bad_target(flow)
+        if problem is not None:
+            self._reject(flow, call, problem)
+            return
         if call.user is None:
             self._reject(flow, call, pipeline.unauthenticated(call))
             return
+        raw_path = self._raw_path(flow)
         policy = effective_policy(self.config.policies, call.user, list(call.groups))
         if call.protocol_name == "other":
-            outcome = pipeline.admit_other(
-                call, policy, self.config, flow.request.path, self.secrets
-            )
+            outcome = pipeline.admit_other(call, policy, self.config, raw_path, self.secrets)
             if isinstance(outcome, Rejection):
                 self._reject(flow, call, outcome)
                 return
+            self._release_credentials(flow)
             if outcome is not None:
-                self._apply(flow, outcome)
+                self._apply(flow, call, outcome)
             self._open(call, flow)
             return
         raw = flow.request.get_content(strict=False) or b""
@@ -165,8 +215,8 @@ class Gateway:
             pipeline.parse_call(call, raw)
             or pipeline.choose_route(call, self.config)
             or pipeline.check_policy(call, policy)
-            or self._screen_request(call)
-            or pipeline.plan_rewrite(call, flow.request.path, raw, self.secrets)
+            or self._screen_request(call, self._held_fields(flow))
+            or pipeline.plan_rewrite(call, raw_path, raw, self.secrets)
         )
         if isinstance(outcome, Rejection):
             self._reject(flow, call, outcome)
@@ -177,35 +227,103 @@ class Gateway:
             if denied is not None:
                 self._reject(flow, call, denied)
                 return
-        self._apply(flow, outcome)
+        self._release_credentials(flow)
+        self._apply(flow, call, outcome)
         self._open(call, flow)
 
-    def _screen_request(self, call: Call) -> Rejection | None:
+    def _misdirected(self, flow: http.HTTPFlow) -> Rejection | None:
+        """TLS for an LLM host while the tunnel leads elsewhere: never send it on."""
+        sni = flow.client_conn.sni
+        if not sni or sni not in self._hosts or self._hosts.same(sni, flow.request.host):
+            return None
+        return Rejection(
+            421,
+            "misdirected_request",
+            f"the TLS server name ({sni}) is an LLM host but the connection was opened to "
+            "another host; llmgate refuses it. Connect to the host you name.",
+            "denied",
+        )
+
+    def _held_fields(self, flow: http.HTTPFlow) -> Fields:
+        held = self._held.get(flow.id)
+        fields = flow.request.headers.fields
+        return unmask_fields(fields, held.originals) if held else fields
+
+    def _raw_path(self, flow: http.HTTPFlow) -> str:
+        held = self._held.get(flow.id)
+        return held.path if held else flow.request.path
+
+    def _release_credentials(self, flow: http.HTTPFlow) -> None:
+        """The call goes upstream: the caller's headers and path as sent, then any rewrite."""
+        held = self._held.pop(flow.id, None)
+        if held is not None:
+            flow.request.headers.fields = unmask_fields(flow.request.headers.fields, held.originals)
+            flow.request.path = held.path
+
+    def _mask_sent(self, flow: http.HTTPFlow, call: Call) -> None:
+        """Once the request has left, the flow keeps only masked credentials."""
+        if call.masked:
+            return
+        call.masked = True
+        label = call.credential_label or "caller key"
+        flow.request.headers.fields = mask_fields(flow.request.headers.fields, label)[0]
+        flow.request.path = mask_query(flow.request.path, label)
+
+    def _internal_error(self, flow: http.HTTPFlow, call: Call | None, exc: BaseException) -> None:
+        # Only where it broke, never the message: it may quote the caller's body.
+        log.error("llmgate internal error, call refused: %s", _where(exc))
+        try:
+            if call is None:
+                call = self._bare_call(flow)
+            elif call.closed:
+                return
+            message = (
+                "llmgate could not decide this call (internal error), so it refused it; "
+                f"nothing was sent upstream. Report request id {call.id} to your operator."
+            )
+            self._reject(flow, call, Rejection(500, "internal_error", message))
+        except Exception as second:  # noqa: BLE001 - last resort: still never forward
+            log.error("llmgate could not record the refusal: %s", _where(second))
+            flow.response = http.Response.make(
+                500,
+                b'{"error": {"message": "llmgate internal error", "code": "internal_error"}}',
+                {"content-type": "application/json"},
+            )
+
+    def _screen_request(self, call: Call, headers: Fields) -> Rejection | None:
         if not self.config.safety.enabled:
             return None
-        return pipeline.screen_request(call, self.scanner, self.config.safety)
+        return pipeline.screen_request(call, self.scanner, self.config.safety, headers)
 
-    def _new_call(self, flow: http.HTTPFlow) -> Call:
-        client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else None
-        proxy_auth = flow.metadata.get("proxyauth")
-        caller = self.identifier.identify(
-            flow.request.headers.fields,
-            flow.request.path,
-            proxy_auth[0] if proxy_auth else None,
-            client_ip,
-        )
+    def _bare_call(self, flow: http.HTTPFlow) -> Call:
+        """A call with no identity yet: the record of a refusal that came early."""
+        path = self._raw_path(flow)
         call = Call(
             id=new_request_id(),
-            started_at=flow.request.timestamp_start,
-            protocol_name=detect_protocol(flow.request.method, flow.request.path),
-            host=flow.request.host,
-            path=strip_credential_params(flow.request.path),
-            client_ip=client_ip,
-            user=caller.user,
-            groups=caller.groups,
-            virtual_key=caller.virtual_key,
+            started_at=flow.request.timestamp_start or time.time(),
+            protocol_name=detect_protocol(flow.request.method, path),
+            host=self._hosts.canonical(flow.request.host) or flow.request.host,
+            path=strip_credential_params(path),
+            client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
         )
         self.calls[flow.id] = call
+        flow.metadata["llmgate"] = {"request_id": call.id, "user": None}
+        return call
+
+    def _new_call(self, flow: http.HTTPFlow) -> Call:
+        call = self._bare_call(flow)
+        proxy_auth = flow.metadata.get("proxyauth")
+        caller = self.identifier.identify(
+            self._held_fields(flow),
+            self._raw_path(flow),
+            proxy_auth[0] if proxy_auth else None,
+            call.client_ip,
+        )
+        if proxy_auth:
+            # mitmproxy keeps the proxy password here, and `-w` would save it.
+            flow.metadata["proxyauth"] = (proxy_auth[0], "…(proxy password)")
+        call.user, call.groups = caller.user, caller.groups
+        call.virtual_key, call.stray_key = caller.virtual_key, caller.stray_key
         flow.metadata["llmgate"] = {"request_id": call.id, "user": call.user}
         return call
 
@@ -238,7 +356,8 @@ class Gateway:
             return
         self.quota.settle(call.id, actual)
 
-    def _apply(self, flow: http.HTTPFlow, rewrite: Rewrite) -> None:
+    def _apply(self, flow: http.HTTPFlow, call: Call, rewrite: Rewrite) -> None:
+        call.credential_label = rewrite.credential_label
         req = flow.request
         for name in rewrite.drop_headers:
             req.headers.pop(name, None)
@@ -257,6 +376,12 @@ class Gateway:
     def _reject(self, flow: http.HTTPFlow, call: Call, rejection: Rejection) -> None:
         if call.protocol is None and call.protocol_name in PROTOCOLS:
             call.protocol = PROTOCOLS[call.protocol_name]
+        self._held.pop(flow.id, None)  # nothing leaves: the credentials stay masked
+        if call.request_screening is not None and call.request_screening.items:
+            # The flow must not show what the scanner found either.
+            hidden = call.request_screening.values()
+            content = flow.request.get_content(strict=False) or b""
+            flow.request.content = redact_json(content, hidden)
         flow.response = http.Response.make(
             rejection.status,
             rejection.body(call.protocol),
@@ -286,6 +411,28 @@ class Gateway:
         call = self.calls.get(flow.id)
         if call is None or flow.response is None:
             return
+        try:
+            self._mask_sent(flow, call)
+            self._install_tap(flow, call)
+        except Exception as exc:  # noqa: BLE001 - an unread reply is replaced, not passed
+            log.error("llmgate internal error on a reply: %s", _where(exc))
+            call.internal_error = True
+            self._replace_reply(flow, call)
+
+    def _replace_reply(self, flow: http.HTTPFlow, call: Call) -> None:
+        """Before the reply's headers leave: answer a 500 in the caller's format instead."""
+        assert flow.response is not None
+        body = Rejection(500, "internal_error", "llmgate failed while reading the reply").body(
+            call.protocol
+        )
+        flow.response.status_code = 500
+        flow.response.headers.clear()
+        flow.response.headers["content-type"] = "application/json"
+        flow.response.headers[REQUEST_ID_HEADER] = call.id
+        flow.response.stream = lambda chunk: body if not chunk else []
+
+    def _install_tap(self, flow: http.HTTPFlow, call: Call) -> None:
+        assert flow.response is not None
         flow.response.headers[REQUEST_ID_HEADER] = call.id
         if call.quota_states:
             # Appending raw fields at once: each Headers.__setitem__ rescans every header.
@@ -329,6 +476,36 @@ class Gateway:
         call = self.calls.get(flow.id)
         if call is None or call.closed or flow.response is None:
             return
+        try:
+            self._mask_sent(flow, call)
+            self._finish(flow, call)
+        except Exception as exc:  # noqa: BLE001
+            self._failed_after_send(flow, call, exc, replace=True)
+
+    def _failed_after_send(
+        self, flow: http.HTTPFlow, call: Call, exc: BaseException, *, replace: bool
+    ) -> None:
+        """An internal error once the call went out: refuse the reply, close the row."""
+        log.error("llmgate internal error on a reply: %s", _where(exc))
+        try:
+            if replace and flow.response is not None and call.tap is None:
+                flow.response = http.Response.make(
+                    500,
+                    Rejection(500, "internal_error", "llmgate failed on the reply").body(
+                        call.protocol
+                    ),
+                    {"content-type": "application/json", REQUEST_ID_HEADER: call.id},
+                )
+            if not call.closed:
+                self._close(flow, call, pipeline.internal_error_fields(call))
+        except Exception as second:  # noqa: BLE001
+            log.error("llmgate could not record a failed reply: %s", _where(second))
+
+    def _finish(self, flow: http.HTTPFlow, call: Call) -> None:
+        assert flow.response is not None
+        if call.internal_error:
+            self._close(flow, call, pipeline.internal_error_fields(call, 500))
+            return
         body = None if call.tap else flow.response.get_content(strict=False)
         if (
             body
@@ -364,8 +541,16 @@ class Gateway:
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = self.calls.get(flow.id)
+        self._held.pop(flow.id, None)
         if call is None or call.closed:
             return
+        try:
+            self._mask_sent(flow, call)
+            self._settle_error(flow, call)
+        except Exception as exc:  # noqa: BLE001
+            self._failed_after_send(flow, call, exc, replace=False)
+
+    def _settle_error(self, flow: http.HTTPFlow, call: Call) -> None:
         message = flow.error.msg if flow.error else "unknown error"
         fields = pipeline.settle(
             call,
@@ -417,6 +602,21 @@ class Gateway:
             hmac_key=self.hmac_key,
             cap=self.config.audit.payload_max_bytes,
         )
+
+
+def _where(exc: BaseException) -> str:
+    """An exception's type and the frames it passed through, without its message."""
+    frames = traceback.extract_tb(exc.__traceback__)[-4:]
+    trail = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(exc).__name__} at {trail}"
+
+
+def _bad_target(flow: http.HTTPFlow) -> Rejection | None:
+    try:
+        flow.request.data.path.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejection(400, "invalid_request_target", "the request path is not valid UTF-8")
+    return None
 
 
 addons = [Gateway()]

@@ -9,15 +9,22 @@ unidentified caller is refused.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from addon.config import IdentitySettings
+from addon.credentials import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS
 from addon.keys import KEY_PREFIX, KeyStore
 
-_KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
-_KEY_BYTES = KEY_PREFIX.encode()
+_KEY_HEADERS = frozenset(CREDENTIAL_HEADERS)
+_KEY_PARAMS = frozenset(CREDENTIAL_PARAMS)
+# Any spelling a provider SDK might send: an optional scheme word (Bearer, BEARER,
+# Token, ...) then the key, with any whitespace between them.
+_SCHEME_AND_KEY = re.compile(r"^\s*(?:[A-Za-z]+\s+)?(\S+)\s*$")
+# A key-shaped token anywhere else in a header: refused so it never reaches a provider.
+_STRAY_KEY = re.compile(rb"(?i)(?<![a-z0-9_-])lg-[a-z0-9_-]{8,}")
 
 
 @dataclass(frozen=True)
@@ -27,23 +34,47 @@ class Caller:
     source: str = "default"  # virtual_key | proxy_auth | client_address | default | none
     virtual_key: bool = False
     bad_key: bool = False
+    stray_key: bool = False  # a key-shaped value outside every credential slot
+
+
+def _looks_like_key(value: str) -> bool:
+    return value[: len(KEY_PREFIX)].lower() == KEY_PREFIX
 
 
 def find_virtual_key(headers: Iterable[tuple[bytes, bytes]], path: str) -> str | None:
-    """An llmgate key in a provider credential slot; `headers` are raw (name, value) pairs."""
+    """An llmgate key in a provider credential slot; `headers` are raw (name, value) pairs.
+
+    Slots: the credential headers, in any scheme spelling, and the credential query
+    parameters, percent-decoded. Anything shaped like a key counts, valid or not,
+    so that a mistyped key is refused rather than forwarded.
+    """
     for name, raw in headers:
-        # Cheap byte test first: this runs on every call, and almost none carry a key.
-        if _KEY_BYTES not in raw or name.lower().decode("latin-1") not in _KEY_HEADERS:
+        if name.lower().decode("latin-1") not in _KEY_HEADERS:
             continue
-        value = raw.decode("latin-1").strip()
-        value = value.removeprefix("Bearer ").removeprefix("bearer ").strip()
-        if value.startswith(KEY_PREFIX):
-            return value
-    if "key=" + KEY_PREFIX in path:
-        for name, value in parse_qsl(path.partition("?")[2]):
-            if name == "key" and value.startswith(KEY_PREFIX):
-                return value
+        found = _SCHEME_AND_KEY.match(raw.decode("latin-1"))
+        if found and _looks_like_key(found.group(1)):
+            return found.group(1)
+    _, sep, query = path.partition("?")
+    if sep:
+        for param, value in parse_qsl(query, keep_blank_values=True):
+            if param.lower() in _KEY_PARAMS and _looks_like_key(value.strip()):
+                return value.strip()
     return None
+
+
+def has_stray_key(headers: Iterable[tuple[bytes, bytes]], path: str) -> bool:
+    """Whether a key-shaped value sits outside every credential slot (header or query)."""
+    if any(
+        _STRAY_KEY.search(raw)
+        for name, raw in headers
+        if name.lower().decode("latin-1") not in _KEY_HEADERS
+    ):
+        return True
+    _, sep, query = path.partition("?")
+    return bool(sep) and any(
+        param.lower() not in _KEY_PARAMS and _STRAY_KEY.search(value.encode("utf-8", "replace"))
+        for param, value in parse_qsl(query, keep_blank_values=True)
+    )
 
 
 class Identifier:
@@ -70,6 +101,9 @@ class Identifier:
         proxy_user: str | None,
         client_ip: str | None,
     ) -> Caller:
+        headers = list(headers)
+        if has_stray_key(headers, path):
+            return Caller(None, source="none", stray_key=True)
         key = find_virtual_key(headers, path)
         if key is not None:
             found = self.keys.lookup(key) if self.keys else None

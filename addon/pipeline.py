@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from addon.audit import storable_text
 from addon.call import Call, Rejection, Rewrite
 from addon.config import PROVIDER_BY_HOST, GatewayConfig, Route, SafetySettings
 from addon.credentials import (
@@ -21,7 +23,7 @@ from addon.credentials import (
 )
 from addon.ledger import Pricer, cost_usd, estimate_tokens
 from addon.policy import Denial, EffectivePolicy, check_model, check_size, check_unparsed
-from addon.protocols import PROTOCOLS, WireProtocol
+from addon.protocols import PROTOCOLS, WireProtocol, strictjson
 from addon.protocols.canonical import ProtocolError, Usage, part_texts
 from addon.routes import match_route, upstream_for
 from addon.safety import Scanner
@@ -33,13 +35,15 @@ def parse_call(call: Call, raw_body: bytes) -> Rejection | None:
     protocol = PROTOCOLS[call.protocol_name]
     call.protocol = protocol
     try:
-        body = json.loads(raw_body)
-    except ValueError as exc:
-        return Rejection(400, "invalid_json", f"request body is not valid JSON: {exc}")
+        body = strictjson.loads(raw_body)
+    except strictjson.BodyError as exc:
+        return Rejection(400, "invalid_json", f"request body refused: {exc}")
     try:
         call.request = protocol.parse_request(body, call.path)
     except ProtocolError as exc:
         return Rejection(400, "invalid_request", str(exc))
+    except RecursionError:
+        return Rejection(400, "invalid_request", "the request nests too deeply to be read")
     call.stream = protocol.is_stream_request(body, call.path)
     call.body = body
     return None
@@ -62,7 +66,12 @@ def choose_route(call: Call, config: GatewayConfig) -> Rejection | None:
 
 
 def unauthenticated(call: Call) -> Rejection:
-    if call.virtual_key:
+    if call.stray_key:
+        message = (
+            "an llmgate key was found outside the credential slots; llmgate refuses to forward "
+            "it. Send it as 'Authorization: Bearer lg-…' or in x-api-key / x-goog-api-key."
+        )
+    elif call.virtual_key:
         message = "this llmgate key is unknown or revoked; ask for a new one (llmgate keys issue)"
     else:
         message = (
@@ -77,15 +86,16 @@ def admit_other(
 ) -> Rewrite | Rejection | None:
     """Endpoints llmgate does not parse pass through to the host the caller named.
 
-    A virtual key cannot go to a provider, so such a call is sent through the
-    first route of that host's provider that has a secret, re-keyed.
+    A virtual key cannot go to a provider, so such a call, when the policy allows
+    its path, is sent through the first route of that host's provider that has a
+    secret, re-keyed.
     """
-    denial = check_unparsed(policy)
+    denial = check_unparsed(policy, call.path, governed=call.virtual_key)
     if denial is not None:
         return Rejection.deny(denial)
     if not call.virtual_key:
         return None
-    provider = PROVIDER_BY_HOST.get(call.host.lower())
+    provider = PROVIDER_BY_HOST.get(call.host)
     route = next((r for r in config.routes if r.provider == provider and r.api_key_secret), None)
     if route is None:
         return Rejection.deny(
@@ -118,10 +128,23 @@ def check_policy(call: Call, policy: EffectivePolicy) -> Rejection | None:
     return Rejection.deny(denial) if denial else None
 
 
-def screen_request(call: Call, scanner: Scanner, settings: SafetySettings) -> Rejection | None:
-    """Scan every prompt location; a `block` action refuses the call before it goes out."""
+def screen_request(
+    call: Call,
+    scanner: Scanner,
+    settings: SafetySettings,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> Rejection | None:
+    """Scan every prompt location and header value; `block` refuses the call before it goes out.
+
+    Credential headers are the one place a key belongs, so they are not scanned.
+    """
     assert call.request
-    call.request_screening = screen(scanner, settings, "request", request_locations(call.request))
+    locations = request_locations(call.request) + [
+        (f"header {name.decode('latin-1').lower()}", value.decode("latin-1"))
+        for name, value in headers
+        if name.lower().decode("latin-1") not in CREDENTIAL_HEADERS and value
+    ]
+    call.request_screening = screen(scanner, settings, "request", locations)
     if call.request_screening.blocking is None:
         return None
     return Rejection(400, "safety_block", call.request_screening.block_message("request"), "denied")
@@ -132,7 +155,7 @@ def screen_reply(call: Call, body: bytes, scanner: Scanner, settings: SafetySett
     assert call.protocol
     try:
         content = call.protocol.parse_response(json.loads(body)).content
-    except (ValueError, ProtocolError):
+    except (ValueError, RecursionError, ProtocolError):
         return False
     locations = [("reply", text) for text in part_texts(content) if text]
     call.reply_screening = screen(scanner, settings, "response", locations)
@@ -166,7 +189,7 @@ def summary_line(call: Call, fields: dict[str, Any]) -> str:
     if call.upstream_model and call.upstream_model != model:
         model = f"{model}->{call.upstream_model}"
     cost = fields.get("cost_usd")
-    return (
+    return storable_text(
         f"{call.id[-12:]} {call.user or '-'} {call.protocol_name} {model} "
         f"route={call.route.id if call.route else '-'} {fields.get('status')} "
         f"{fields.get('http_status') or '-'} {fields.get('reason') or ''} "
@@ -174,6 +197,20 @@ def summary_line(call: Call, fields: dict[str, Any]) -> str:
         f"({fields.get('usage_source')}) "
         f"cost={'-' if cost is None else f'${cost:.6f}'} {fields.get('latency_ms')}ms"
     ).replace("  ", " ")
+
+
+def internal_error_fields(call: Call, http_status: int | None = None) -> dict[str, Any]:
+    """The closing fields of a call llmgate itself failed on."""
+    finished = time.time()
+    return {
+        "status": "failed",
+        "http_status": http_status,
+        "error": "llmgate internal error",
+        "reason": "internal_error",
+        "usage_source": "none",
+        "finished_at": finished,
+        "latency_ms": round((finished - call.started_at) * 1000, 3),
+    }
 
 
 def _credentials(
@@ -222,7 +259,8 @@ def plan_rewrite(
         )
         if call.request_screening is not None:
             body = redact_json(body, call.request_screening.values("redact"))
-    return Rewrite(upstream_for(route, path), body, set_headers, drop)
+    label = f"route secret {route.api_key_secret}" if route.api_key_secret else "caller key"
+    return Rewrite(upstream_for(route, path), body, set_headers, drop, label)
 
 
 def settle(
@@ -248,7 +286,7 @@ def settle(
     received = False
     if call.tap is not None:
         state = call.tap.state
-        usage, state_error = state.usage, state.error
+        usage, state_error = state.usage, state.error or call.tap.failure
         output_texts = part_texts(state.response().content)
         received = call.tap.bytes_received > 0
         if call.tap.first_token_at is not None:
@@ -261,7 +299,7 @@ def settle(
             if usage is None:
                 # Only an estimate needs the reply's text.
                 output_texts = part_texts(call.protocol.parse_response(body).content)
-        except (ValueError, ProtocolError):
+        except (ValueError, RecursionError, ProtocolError):
             output_texts = [response_body.decode("utf-8", "replace")]
 
     if cancelled:

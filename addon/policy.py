@@ -24,6 +24,7 @@ _MERGED_FIELDS = (
     "allowed_routes",
     "allowed_providers",
     "allow_unparsed",
+    "allowed_endpoints",
 )
 
 
@@ -37,6 +38,7 @@ class EffectivePolicy:
     allowed_routes: list[str] | None = None
     allowed_providers: list[str] | None = None
     allow_unparsed: bool | None = None
+    allowed_endpoints: list[str] | None = None
     quota_windows: tuple[QuotaWindow, ...] = ()
 
 
@@ -136,11 +138,29 @@ def check_size(
     return None, out.limit
 
 
-def check_unparsed(policy: EffectivePolicy) -> Denial | None:
+def check_unparsed(policy: EffectivePolicy, path: str, governed: bool) -> Denial | None:
+    """An endpoint llmgate does not parse (batches, files, model lists, ...).
+
+    `governed`: llmgate would put its own credential on the call (the caller used an
+    llmgate key, or the route injects a secret). Such a call spends the team's
+    account with no model policy and no quota, so it needs an explicit
+    `allowed_endpoints` glob; a caller's own key passes and is recorded.
+    """
     if policy.allow_unparsed is False:
         return Denial(
             403,
             "unparsed_not_allowed",
             "policy forbids calls to LLM endpoints llmgate cannot parse",
         )
-    return None
+    if not governed:
+        return None
+    bare = path.split("?", 1)[0]
+    if policy.allowed_endpoints and _matches_any(bare, policy.allowed_endpoints):
+        return None
+    return Denial(
+        403,
+        "endpoint_not_allowed",
+        f"llmgate does not parse {bare}, so it cannot apply model policy or quotas to it, "
+        "and it will not put the team's credential on it. An operator can allow it with a "
+        "path glob in the policy's allowed_endpoints.",
+    )

@@ -32,8 +32,15 @@ def write_half(
     if headers is None:
         return
     stored, truncated = cap_body(redact_json(body, hidden) if hidden else body, cap)
+    kept_headers = storable_headers(headers)
+    if hidden:
+        # A header value the scanner found something in is stored with it replaced.
+        for name, value in kept_headers.items():
+            for found, token in hidden.items():
+                value = value.replace(found, token)
+            kept_headers[name] = value
     fields = {
-        f"{side}_headers": json_text(storable_headers(headers)),
+        f"{side}_headers": json_text(kept_headers),
         f"{side}_body": stored,
         f"{side}_truncated": int(truncated),
     }

@@ -16,6 +16,7 @@ from addon.config import SafetyAction, SafetySettings
 from addon.protocols.base import StreamEvent, WireProtocol
 from addon.safety import Finding, Scanner, StreamRedactor
 from addon.screening import TOKEN, Located
+from addon.streaming import render_sse
 
 
 def render_event(event: StreamEvent, template: bytes, framing: str) -> bytes:
@@ -23,10 +24,7 @@ def render_event(event: StreamEvent, template: bytes, framing: str) -> bytes:
     if framing == "json_array":
         start = template.find(b"{")
         return template[: max(start, 0)] + event.data.encode()
-    newline = "\r\n" if b"\r\n" in template else "\n"
-    lines = [f"event: {event.event}"] if event.event else []
-    lines += [f"data: {line}" for line in event.data.split("\n")]
-    return (newline.join(lines) + newline + newline).encode()
+    return render_sse(event, "\r\n" if b"\r\n" in template else "\n")
 
 
 class StreamGuard:

@@ -148,6 +148,12 @@ def make_splitter(framing: Framing) -> Splitter:
     return SseSplitter() if framing == "sse" else JsonArraySplitter()
 
 
+def render_sse(event: StreamEvent, newline: str = "\n") -> bytes:
+    lines = [f"event: {event.event}"] if event.event else []
+    lines += [f"data: {line}" for line in event.data.split("\n")]
+    return (newline.join(lines) + newline + newline).encode()
+
+
 class StreamTap:
     """The callable installed as `flow.response.stream`.
 
@@ -181,8 +187,21 @@ class StreamTap:
         self._per_event = hide_injected or guard is not None
         self._decoder = zlib.decompressobj(wbits=47) if gzip_encoded else None
         self._clock = clock
+        self._framing = framing
+        self.failure: str | None = None
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        if self.failure is not None:
+            return []
+        try:
+            return self._forward(chunk)
+        except Exception as exc:  # noqa: BLE001 - fail closed: stop the stream
+            # A stream llmgate can no longer read (and so cannot scan) goes no further.
+            self.failure = f"llmgate stopped the stream: {type(exc).__name__}"
+            event = self.protocol.error_event(500, "internal_error", self.failure)
+            return [render_sse(event)] if self._framing == "sse" else []
+
+    def _forward(self, chunk: bytes) -> bytes | list[bytes]:
         if not chunk:
             return self._finish()
         self.bytes_received += len(chunk)

@@ -187,22 +187,35 @@ def test_credentials_never_reach_the_ledger(proxy: Proxy, emulator: Emulator) ->
         assert secret.encode() not in raw
 
 
-def test_non_llm_hosts_are_tunnelled_not_intercepted(proxy: Proxy, emulator: Emulator) -> None:
-    # "localhost" names the emulator but no route or intercept list does, so the
-    # client must see the emulator's own certificate through the proxy.
-    own_ca = ssl.create_default_context(cafile=emulator.ca_path)
-    with httpx2.Client(proxy=proxy.url, verify=own_ca) as client:
-        response = client.post(f"https://localhost:{emulator.port}/v1/chat/completions",
-                               json={"model": "gpt-4o", "messages": []})  # fmt: skip
-    assert response.status_code == 200
-    assert REQUEST_ID not in response.headers
+def _non_loopback_address() -> str:
+    """This machine's own address on a non-loopback interface (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.254", 9))
+        address = probe.getsockname()[0]
+    assert not address.startswith("127."), "the test needs a non-loopback interface"
+    return address
 
-    # And the mitmproxy CA would not verify it: nobody forged a certificate.
-    with (
-        pytest.raises(httpx2.ConnectError),
-        httpx2.Client(proxy=proxy.url, verify=proxy.ssl_context()) as client,
-    ):
-        client.get(f"https://localhost:{emulator.port}/")
+
+def test_non_llm_hosts_are_tunnelled_not_intercepted(proxy: Proxy) -> None:
+    # Every loopback spelling is an LLM host here (the routes point at 127.0.0.1), so
+    # the non-LLM host is an emulator on this machine's other interface. The client
+    # must see the emulator's own certificate through the proxy.
+    with Emulator(host=_non_loopback_address()) as other:
+        own_ca = ssl.create_default_context(cafile=other.ca_path)
+        own_ca.check_hostname = False  # its certificate names 127.0.0.1; the issuer is the point
+        with httpx2.Client(proxy=proxy.url, verify=own_ca) as client:
+            response = client.post(f"https://{other.host}:{other.port}/v1/chat/completions",
+                                   json={"model": "gpt-4o", "messages": []})  # fmt: skip
+        assert response.status_code == 200
+        assert REQUEST_ID not in response.headers
+
+        # And the mitmproxy CA would not verify it: nobody forged a certificate.
+        mitm_ca = proxy.ssl_context()
+        mitm_ca.check_hostname = False
+        with pytest.raises(httpx2.ConnectError), httpx2.Client(
+            proxy=proxy.url, verify=mitm_ca
+        ) as client:
+            client.get(f"https://{other.host}:{other.port}/")
 
 
 def test_a_raw_connect_to_an_llm_host_gets_the_mitmproxy_certificate(proxy: Proxy) -> None:

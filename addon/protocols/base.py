@@ -76,7 +76,7 @@ class StreamState:
             raw = "".join(call.arguments)
             try:
                 args: Any = json.loads(raw) if raw else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 args = raw
             content.append(ToolUsePart(id=call.id, name=call.name, arguments=args))
         return CanonicalResponse(
@@ -165,7 +165,7 @@ class WireProtocol:
 def event_json(event: StreamEvent) -> dict[str, Any] | None:
     try:
         data = json.loads(event.data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -285,7 +285,7 @@ def json_arguments(raw: Any) -> Any:
         return raw
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw
 
 
@@ -325,7 +325,7 @@ def load_event(event: StreamEvent) -> Any:
         return None
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

@@ -1,0 +1,91 @@
+"""Decoding a caller's JSON body once, strictly.
+
+A body that two readers could read two ways is refused, because llmgate decides
+on what it reads and the provider acts on what it reads:
+- a duplicate key (`{"model": "denied", "model": "allowed"}`): Python keeps the
+  last value, other parsers the first;
+- a byte-order mark, or UTF-16/32: `json.loads(bytes)` sniffs and accepts them,
+  while llmgate's byte-exact edits and most providers expect UTF-8;
+- a lone surrogate escape (`"\\ud800"`): it has no UTF-8 spelling, so it cannot be
+  stored, logged or re-encoded;
+- nesting deeper than `MAX_DEPTH`: deep enough for any real tool schema, shallow
+  enough that no recursive reader (ours, pydantic's, the provider's) overflows.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_DEPTH = 128
+
+
+class BodyError(ValueError):
+    """The body is not strict UTF-8 JSON; the message says what to fix."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BodyError(f"duplicate key {key!r} in a JSON object")
+            seen.add(key)
+    return obj
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
+def loads(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse a JSON document; `BodyError` for anything a strict reader would refuse."""
+    if isinstance(raw, bytes):
+        if raw[:3] == b"\xef\xbb\xbf" or raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise BodyError("the body starts with a byte-order mark; send UTF-8 without one")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BodyError(f"the body is not UTF-8 (byte {exc.start})") from None
+    else:
+        text = raw
+    if text[:1] == "\ufeff":
+        raise BodyError("the body starts with a byte-order mark; send UTF-8 without one")
+    try:
+        value = _decoder.decode(text)
+    except RecursionError:
+        raise BodyError(f"JSON nested deeper than {max_depth} levels") from None
+    except BodyError:
+        raise
+    except ValueError as exc:
+        raise BodyError(f"not valid JSON: {exc}") from None
+    check_value(value, max_depth)
+    return value
+
+
+def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
+    """Depth and encodability of an already parsed value (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > max_depth:
+                raise BodyError(f"JSON nested deeper than {max_depth} levels")
+            for key, item in node.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        elif isinstance(node, list):
+            if depth > max_depth:
+                raise BodyError(f"JSON nested deeper than {max_depth} levels")
+            stack.extend((item, depth + 1) for item in node)
+        elif isinstance(node, str):
+            _check_text(node)
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BodyError("a string holds a lone surrogate (\\ud800-\\udfff) escape") from None
