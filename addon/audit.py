@@ -55,6 +55,7 @@ REQUEST_COLUMNS: dict[str, type] = {
     "latency_ms": float,
     "ttft_ms": float,
     "upstream_host": str,
+    "transport": str,
 }
 
 PAYLOAD_COLUMNS: dict[str, type] = {

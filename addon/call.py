@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from addon.config import Route
@@ -31,6 +33,14 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
+def describe_exception(exc: BaseException) -> str:
+    """An exception's type and the frames it passed through, never its message: a
+    message may quote the caller's body, and this goes to the log."""
+    frames = traceback.extract_tb(exc.__traceback__)[-4:]
+    trail = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(exc).__name__} at {trail}"
+
+
 @dataclass
 class Call:
     """What llmgate knows about one intercepted call, from request to audit close."""
@@ -45,6 +55,7 @@ class Call:
     client_ip: str | None = None
     virtual_key: bool = False
     stray_key: bool = False
+    transport: str = "http"  # or "websocket": one message of a Responses WebSocket
     protocol: WireProtocol | None = None
     request: CanonicalRequest | None = None
     body: dict[str, Any] = field(default_factory=dict)  # the parsed JSON, for edits
@@ -81,6 +92,7 @@ class Call:
             "provider": self.route.provider if self.route else None,
             "route": self.route.id if self.route else None,
             "stream": int(self.stream),
+            "transport": self.transport,
             "status": "pending",
         }
 

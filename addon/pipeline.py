@@ -199,18 +199,24 @@ def summary_line(call: Call, fields: dict[str, Any]) -> str:
     ).replace("  ", " ")
 
 
-def internal_error_fields(call: Call, http_status: int | None = None) -> dict[str, Any]:
-    """The closing fields of a call llmgate itself failed on."""
+def refusal_fields(call: Call, rejection: Rejection) -> dict[str, Any]:
+    """The closing fields of a call llmgate answered itself."""
     finished = time.time()
     return {
-        "status": "failed",
-        "http_status": http_status,
-        "error": "llmgate internal error",
-        "reason": "internal_error",
+        "status": rejection.outcome,
+        "http_status": rejection.status,
+        "error": rejection.message,
+        "reason": rejection.kind,
         "usage_source": "none",
         "finished_at": finished,
         "latency_ms": round((finished - call.started_at) * 1000, 3),
     }
+
+
+def internal_error_fields(call: Call, http_status: int | None = None) -> dict[str, Any]:
+    """The closing fields of a call llmgate itself failed on."""
+    failure = Rejection(0, "internal_error", "llmgate internal error")
+    return refusal_fields(call, failure) | {"http_status": http_status}
 
 
 def _credentials(

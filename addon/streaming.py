@@ -201,6 +201,22 @@ class StreamTap:
             event = self.protocol.error_event(500, "internal_error", self.failure)
             return [render_sse(event)] if self._framing == "sse" else []
 
+    def message(self, data: bytes) -> list[bytes]:
+        """One WebSocket message, which is one whole event; returns the messages to send."""
+        if self.failure is not None:
+            return []
+        try:
+            self.bytes_received += len(data)
+            event = StreamEvent(data=data.decode("utf-8", "replace"))
+            pieces = self._consume([(event, data)])
+            if not self._per_event:
+                pieces = [data]
+            self._keep([piece + b"\n" for piece in pieces])
+            return pieces
+        except Exception as exc:  # noqa: BLE001 - fail closed: nothing more goes through
+            self.failure = f"llmgate stopped the reply: {type(exc).__name__}"
+            return []
+
     def _forward(self, chunk: bytes) -> bytes | list[bytes]:
         if not chunk:
             return self._finish()

@@ -310,6 +310,10 @@ class OpenAIResponses(WireProtocol):
         data["delta"] = text
         return replace_event_data(event, data)
 
+    def websocket_error(self, status: int, kind: str, message: str) -> dict[str, Any]:
+        """The WebSocket mode's error event: the HTTP status and the HTTP API's error object."""
+        return {"type": "error", "status": status, **self.error_body(status, kind, message)}
+
     def error_event(self, status: int, kind: str, message: str) -> StreamEvent:
         # The Responses stream's own error event shape.
         payload = {"type": "error", "code": kind, "message": message, "param": None}

@@ -11,24 +11,17 @@ import logging
 import os
 import sqlite3
 import time
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
 from addon import budget, pipeline
 from addon.audit import AuditWriter, default_db_path
-from addon.call import Call, Rejection, Rewrite, new_request_id
+from addon.call import Call, Rejection, Rewrite, describe_exception, new_request_id
 from addon.config import ConfigError, GatewayConfig, load_config
-from addon.credentials import (
-    Fields,
-    SecretStore,
-    mask_fields,
-    mask_query,
-    strip_credential_params,
-    unmask_fields,
-)
+from addon.credentials import Fields, SecretStore, strip_credential_params
+from addon.gateway.flow_masking import FlowMasking
+from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
 from addon.hosts import HostSet
 from addon.identity import Identifier
 from addon.keys import KeyStore
@@ -50,14 +43,6 @@ _PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 log = logging.getLogger("llmgate")
 
 
-@dataclass(frozen=True)
-class _Held:
-    """The caller's credentials as sent, kept off the flow (which mitmweb shows)."""
-
-    originals: Fields
-    path: str
-
-
 def _pricing_path(policies: Path) -> Path:
     return (policies if policies.is_dir() else policies.parent) / "pricing.yaml"
 
@@ -76,7 +61,11 @@ class Gateway:
         self.scanner = build_scanner(self.config.safety)
         self.hmac_key = b""
         self.calls: dict[str, Call] = {}
-        self._held: dict[str, _Held] = {}
+        self.masking = FlowMasking()
+        self.request_id_header = REQUEST_ID_HEADER
+        self.websockets = WebSocketCalls(self)
+        # mitmproxy calls a child addon's hooks after its parent's.
+        self.addons = [self.websockets]
         self._hosts = HostSet(())
 
     # --- options -----------------------------------------------------------------
@@ -98,6 +87,14 @@ class Gateway:
             str,
             os.environ.get("LLMGATE_SECRETS", ""),
             "File of NAME=value secrets for routes' api_key_secret. Env: LLMGATE_SECRETS.",
+        )
+        loader.add_option(
+            "llmgate_websocket",
+            bool,
+            os.environ.get("LLMGATE_WEBSOCKET", "true").lower() not in ("0", "false", "no"),
+            "Accept the Responses API over WebSocket on LLM hosts, each message a call. "
+            "False refuses the upgrade (426) and Codex falls back to HTTPS. "
+            "Env: LLMGATE_WEBSOCKET.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -170,13 +167,9 @@ class Gateway:
         # From the first moment any view shows this flow, it shows no credential;
         # the caller's own are put back only on a call that forwards them.
         try:
-            fields, originals = mask_fields(flow.request.headers.fields, "caller key")
-            path = flow.request.path
-            flow.request.headers.fields = fields
-            flow.request.path = mask_query(path, "caller key")
-            self._held[flow.id] = _Held(originals, path)
+            self.masking.hide(flow)
         except Exception as exc:  # noqa: BLE001 - the request hook refuses the call
-            log.error("llmgate could not hide credentials: %s", _where(exc))
+            log.error("llmgate could not hide credentials: %s", describe_exception(exc))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -198,16 +191,23 @@ class Gateway:
         if call.user is None:
             self._reject(flow, call, pipeline.unauthenticated(call))
             return
-        raw_path = self._raw_path(flow)
+        raw_path = self.masking.caller_path(flow)
         policy = effective_policy(self.config.policies, call.user, list(call.groups))
+        if is_responses_websocket(flow):
+            refused = self.websockets.handshake(flow, call, raw_path)
+            if refused is not None:
+                self._reject(flow, call, refused)
+            else:
+                self.calls.pop(flow.id, None)  # the calls are the messages, not the upgrade
+            return
         if call.protocol_name == "other":
             outcome = pipeline.admit_other(call, policy, self.config, raw_path, self.secrets)
             if isinstance(outcome, Rejection):
                 self._reject(flow, call, outcome)
                 return
-            self._release_credentials(flow)
+            self.masking.release(flow)
             if outcome is not None:
-                self._apply(flow, call, outcome)
+                self.apply_rewrite(flow, call, outcome)
             self._open(call, flow)
             return
         raw = flow.request.get_content(strict=False) or b""
@@ -215,7 +215,7 @@ class Gateway:
             pipeline.parse_call(call, raw)
             or pipeline.choose_route(call, self.config)
             or pipeline.check_policy(call, policy)
-            or self._screen_request(call, self._held_fields(flow))
+            or self._screen_request(call, self.masking.caller_fields(flow))
             or pipeline.plan_rewrite(call, raw_path, raw, self.secrets)
         )
         if isinstance(outcome, Rejection):
@@ -223,12 +223,12 @@ class Gateway:
             return
         call.quota_windows = budget.bind_windows(call.user, call.groups, policy.quota_windows)
         if call.quota_windows:
-            denied = await self._reserve(call)
+            denied = await self.reserve(call)
             if denied is not None:
                 self._reject(flow, call, denied)
                 return
-        self._release_credentials(flow)
-        self._apply(flow, call, outcome)
+        self.masking.release(flow)
+        self.apply_rewrite(flow, call, outcome)
         self._open(call, flow)
 
     def _misdirected(self, flow: http.HTTPFlow) -> Rejection | None:
@@ -244,34 +244,14 @@ class Gateway:
             "denied",
         )
 
-    def _held_fields(self, flow: http.HTTPFlow) -> Fields:
-        held = self._held.get(flow.id)
-        fields = flow.request.headers.fields
-        return unmask_fields(fields, held.originals) if held else fields
-
-    def _raw_path(self, flow: http.HTTPFlow) -> str:
-        held = self._held.get(flow.id)
-        return held.path if held else flow.request.path
-
-    def _release_credentials(self, flow: http.HTTPFlow) -> None:
-        """The call goes upstream: the caller's headers and path as sent, then any rewrite."""
-        held = self._held.pop(flow.id, None)
-        if held is not None:
-            flow.request.headers.fields = unmask_fields(flow.request.headers.fields, held.originals)
-            flow.request.path = held.path
-
-    def _mask_sent(self, flow: http.HTTPFlow, call: Call) -> None:
-        """Once the request has left, the flow keeps only masked credentials."""
-        if call.masked:
-            return
-        call.masked = True
-        label = call.credential_label or "caller key"
-        flow.request.headers.fields = mask_fields(flow.request.headers.fields, label)[0]
-        flow.request.path = mask_query(flow.request.path, label)
+    def mask_sent(self, flow: http.HTTPFlow, call: Call) -> None:
+        if not call.masked:
+            call.masked = True
+            self.masking.mask_sent(flow, call.credential_label or "caller key")
 
     def _internal_error(self, flow: http.HTTPFlow, call: Call | None, exc: BaseException) -> None:
         # Only where it broke, never the message: it may quote the caller's body.
-        log.error("llmgate internal error, call refused: %s", _where(exc))
+        log.error("llmgate internal error, call refused: %s", describe_exception(exc))
         try:
             if call is None:
                 call = self._bare_call(flow)
@@ -283,7 +263,7 @@ class Gateway:
             )
             self._reject(flow, call, Rejection(500, "internal_error", message))
         except Exception as second:  # noqa: BLE001 - last resort: still never forward
-            log.error("llmgate could not record the refusal: %s", _where(second))
+            log.error("llmgate could not record the refusal: %s", describe_exception(second))
             flow.response = http.Response.make(
                 500,
                 b'{"error": {"message": "llmgate internal error", "code": "internal_error"}}',
@@ -297,7 +277,7 @@ class Gateway:
 
     def _bare_call(self, flow: http.HTTPFlow) -> Call:
         """A call with no identity yet: the record of a refusal that came early."""
-        path = self._raw_path(flow)
+        path = self.masking.caller_path(flow)
         call = Call(
             id=new_request_id(),
             started_at=flow.request.timestamp_start or time.time(),
@@ -314,8 +294,8 @@ class Gateway:
         call = self._bare_call(flow)
         proxy_auth = flow.metadata.get("proxyauth")
         caller = self.identifier.identify(
-            self._held_fields(flow),
-            self._raw_path(flow),
+            self.masking.caller_fields(flow),
+            self.masking.caller_path(flow),
             proxy_auth[0] if proxy_auth else None,
             call.client_ip,
         )
@@ -327,7 +307,7 @@ class Gateway:
         flow.metadata["llmgate"] = {"request_id": call.id, "user": call.user}
         return call
 
-    async def _reserve(self, call: Call) -> Rejection | None:
+    async def reserve(self, call: Call) -> Rejection | None:
         demand = budget.quota_demand(
             call, self.pricer, self.config.quota.default_output_reservation
         )
@@ -356,7 +336,7 @@ class Gateway:
             return
         self.quota.settle(call.id, actual)
 
-    def _apply(self, flow: http.HTTPFlow, call: Call, rewrite: Rewrite) -> None:
+    def apply_rewrite(self, flow: http.HTTPFlow, call: Call, rewrite: Rewrite) -> None:
         call.credential_label = rewrite.credential_label
         req = flow.request
         for name in rewrite.drop_headers:
@@ -376,7 +356,7 @@ class Gateway:
     def _reject(self, flow: http.HTTPFlow, call: Call, rejection: Rejection) -> None:
         if call.protocol is None and call.protocol_name in PROTOCOLS:
             call.protocol = PROTOCOLS[call.protocol_name]
-        self._held.pop(flow.id, None)  # nothing leaves: the credentials stay masked
+        self.masking.forget(flow)  # nothing leaves: the credentials stay masked
         if call.request_screening is not None and call.request_screening.items:
             # The flow must not show what the scanner found either.
             hidden = call.request_screening.values()
@@ -392,19 +372,7 @@ class Gateway:
             flow.marked = ":no_entry:"
             flow.comment = f"llmgate denied: {rejection.kind}: {rejection.message}"
         self._open(call, flow)
-        self._close(
-            flow,
-            call,
-            {
-                "status": rejection.outcome,
-                "http_status": rejection.status,
-                "error": rejection.message,
-                "reason": rejection.kind,
-                "usage_source": "none",
-                "finished_at": time.time(),
-                "latency_ms": round((time.time() - call.started_at) * 1000, 3),
-            },
-        )
+        self._close(flow, call, pipeline.refusal_fields(call, rejection))
 
     # --- response ----------------------------------------------------------------
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -412,10 +380,10 @@ class Gateway:
         if call is None or flow.response is None:
             return
         try:
-            self._mask_sent(flow, call)
+            self.mask_sent(flow, call)
             self._install_tap(flow, call)
         except Exception as exc:  # noqa: BLE001 - an unread reply is replaced, not passed
-            log.error("llmgate internal error on a reply: %s", _where(exc))
+            log.error("llmgate internal error on a reply: %s", describe_exception(exc))
             call.internal_error = True
             self._replace_reply(flow, call)
 
@@ -477,7 +445,7 @@ class Gateway:
         if call is None or call.closed or flow.response is None:
             return
         try:
-            self._mask_sent(flow, call)
+            self.mask_sent(flow, call)
             self._finish(flow, call)
         except Exception as exc:  # noqa: BLE001
             self._failed_after_send(flow, call, exc, replace=True)
@@ -486,7 +454,7 @@ class Gateway:
         self, flow: http.HTTPFlow, call: Call, exc: BaseException, *, replace: bool
     ) -> None:
         """An internal error once the call went out: refuse the reply, close the row."""
-        log.error("llmgate internal error on a reply: %s", _where(exc))
+        log.error("llmgate internal error on a reply: %s", describe_exception(exc))
         try:
             if replace and flow.response is not None and call.tap is None:
                 flow.response = http.Response.make(
@@ -499,7 +467,7 @@ class Gateway:
             if not call.closed:
                 self._close(flow, call, pipeline.internal_error_fields(call))
         except Exception as second:  # noqa: BLE001
-            log.error("llmgate could not record a failed reply: %s", _where(second))
+            log.error("llmgate could not record a failed reply: %s", describe_exception(second))
 
     def _finish(self, flow: http.HTTPFlow, call: Call) -> None:
         assert flow.response is not None
@@ -541,11 +509,11 @@ class Gateway:
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = self.calls.get(flow.id)
-        self._held.pop(flow.id, None)
+        self.masking.forget(flow)
         if call is None or call.closed:
             return
         try:
-            self._mask_sent(flow, call)
+            self.mask_sent(flow, call)
             self._settle_error(flow, call)
         except Exception as exc:  # noqa: BLE001
             self._failed_after_send(flow, call, exc, replace=False)
@@ -564,38 +532,48 @@ class Gateway:
 
     # --- audit -------------------------------------------------------------------
     def _open(self, call: Call, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        self.open_row(call, req.host, req.headers.fields, req.get_content(strict=False) or b"")
+
+    def _close(self, flow: http.HTTPFlow, call: Call, fields: dict) -> None:
+        self.calls.pop(flow.id, None)
+        response = flow.response
+        body = b""
+        if response is not None:
+            body = bytes(call.tap.kept) if call.tap else response.get_content(strict=False) or b""
+        self.close_row(
+            call, fields, response.headers.fields if response is not None else None, body
+        )
+
+    # --- the ledger, for HTTP and WebSocket calls alike --------------------------
+    def open_row(self, call: Call, upstream_host: str, headers: Fields, body: bytes) -> None:
         assert self.audit is not None
-        self.audit.insert("requests", call.open_row() | {"upstream_host": flow.request.host})
+        self.audit.insert("requests", call.open_row() | {"upstream_host": upstream_host})
         screening = call.request_screening
         write_half(
             self.audit,
             "request",
             call.id,
-            flow.request.headers.fields,
-            flow.request.get_content(strict=False) or b"",
+            headers,
+            body,
             findings=screening.items if screening else [],
             hidden=screening.values() if screening else {},
             hmac_key=self.hmac_key,
             cap=self.config.audit.payload_max_bytes,
         )
 
-    def _close(self, flow: http.HTTPFlow, call: Call, fields: dict) -> None:
+    def close_row(self, call: Call, fields: dict, headers: Fields | None, body: bytes) -> None:
         assert self.audit is not None
         call.closed = True
-        self.calls.pop(flow.id, None)
         self._quota_settle(call, budget.actual_demand(fields))
         self.audit.update("requests", call.id, fields)
         if log.isEnabledFor(logging.INFO):  # the line is not free to build
             log.info(pipeline.summary_line(call, fields))
-        response = flow.response
-        body = b""
-        if response is not None:
-            body = bytes(call.tap.kept) if call.tap else response.get_content(strict=False) or b""
         write_half(
             self.audit,
             "response",
             call.id,
-            response.headers.fields if response is not None else None,
+            headers,
             body,
             findings=pipeline.reply_findings(call, self.scanner, self.config.safety),
             hidden=pipeline.stored_values(call),
@@ -604,19 +582,9 @@ class Gateway:
         )
 
 
-def _where(exc: BaseException) -> str:
-    """An exception's type and the frames it passed through, without its message."""
-    frames = traceback.extract_tb(exc.__traceback__)[-4:]
-    trail = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
-    return f"{type(exc).__name__} at {trail}"
-
-
 def _bad_target(flow: http.HTTPFlow) -> Rejection | None:
     try:
         flow.request.data.path.decode("utf-8")
     except UnicodeDecodeError:
         return Rejection(400, "invalid_request_target", "the request path is not valid UTF-8")
     return None
-
-
-addons = [Gateway()]
