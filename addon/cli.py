@@ -10,21 +10,26 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from addon.audit import default_db_path
 from addon.budget import bind_windows
+from addon.checks import config_warnings
 from addon.config import ConfigError, GatewayConfig, load_config
+from addon.credentials import SecretStore
 from addon.keys import KeyStore
 from addon.ledger import load_pricing
 from addon.policy import effective_policy
 from addon.quota import QuotaStore
 from addon.quota_worker import quota_path
+from addon.screening import build_scanner
 
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _connect(db: str) -> sqlite3.Connection:
@@ -111,16 +116,29 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
+    """Everything the gateway checks at start-up (exit 1), then warnings (exit 0)."""
     path = Path(args.policies)
     config = _load_or_exit(path)
     try:
         pricing = load_pricing((path if path.is_dir() else path.parent) / "pricing.yaml")
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/]", markup=False)
-        sys.exit(1)
+        build_scanner(config.safety)
+        secrets = SecretStore(args.secrets or None)
+    except ValueError as exc:  # ConfigError is one
+        _fail(str(exc))
+    warnings = config_warnings(config, pricing, secrets)
+    for warning in warnings:
+        err_console.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
+    fallback = f" ({len(config.fallback_routes)} fallback)" if config.fallback_routes else ""
+    verdict = Text("OK", style="green") + (
+        Text(f" with {len(warnings)} warning(s)", style="yellow") if warnings else Text("")
+    )
     console.print(
-        f"[green]OK[/]: {len(config.routes)} routes, {len(pricing.models)} priced models; "
-        f"intercepting {', '.join(config.intercepted_hosts())}"
+        verdict
+        + Text(
+            f": {len(config.routes)} routes{fallback}, {len(pricing.models)} priced models; "
+            f"intercepting {', '.join(config.intercepted_hosts())}"
+        ),
+        soft_wrap=True,
     )
 
 
@@ -203,8 +221,14 @@ def _load_or_exit(path: Path) -> GatewayConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/]", markup=False)
-        sys.exit(1)
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    # Text, not markup: messages quote the files, and "routes[1]" would read as a tag.
+    for line in message.splitlines():
+        err_console.print(Text("error: ", style="bold red") + Text(line), soft_wrap=True)
+    sys.exit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     check = sub.add_parser("check", help="validate the policy files")
     check.add_argument("policies", nargs="?", default=_default_policies())
+    check.add_argument(
+        "--secrets",
+        default=os.environ.get("LLMGATE_SECRETS", ""),
+        help="the NAME=value secrets file the gateway reads (default: $LLMGATE_SECRETS)",
+    )
     check.set_defaults(func=cmd_check)
     keys = sub.add_parser("keys", help="issue, list and revoke llmgate virtual keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

@@ -1,22 +1,36 @@
 """The policy files: pydantic models, loading, validation with precise errors.
 
 `LLMGATE_POLICIES` names a file or a directory. In a directory every `*.yaml`
-except `pricing.yaml` is a policy file, read in name order; `routes` lists are
-concatenated in that order and any other top-level section may appear in one
-file only. `pricing.yaml` beside the policies is the pricing table.
+except `pricing.yaml` is a policy file, read in name order; `routes`,
+`fallback_routes`, `intercept_hosts` and `policies` lists are concatenated in
+that order and any other top-level section may appear in one file only.
+`fallback_routes` are tried after every file's `routes`, so the shipped
+catch-alls never shadow a user's routes whatever the file names.
+`pricing.yaml` beside the policies overlays the built-in price table.
+
+Nothing in a policy file may weaken protection by being misread: unknown keys,
+safety categories, detector names and actions are errors that name the file,
+the entry and the field.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+
+from addon.safety_config import DEFAULT_REQUEST_ACTIONS as DEFAULT_REQUEST_ACTIONS
+from addon.safety_config import DEFAULT_RESPONSE_ACTIONS as DEFAULT_RESPONSE_ACTIONS
+from addon.safety_config import SafetyAction as SafetyAction
+from addon.safety_config import SafetySettings
+from addon.schema import ConfigError, Loc, Problem, problems_error
+from addon.schema import Strict as _Strict
 
 Provider = Literal["openai", "anthropic", "gemini"]
 
@@ -27,14 +41,6 @@ PROVIDER_BY_HOST = {
     "generativelanguage.googleapis.com": "gemini",
 }
 PROVIDER_HOSTS = tuple(PROVIDER_BY_HOST)
-
-
-class ConfigError(ValueError):
-    """A policy file is wrong; the message names the file, the entry and the field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Pricing(_Strict):
@@ -148,77 +154,48 @@ class QuotaSettings(_Strict):
     default_output_reservation: int = Field(default=4096, gt=0)
 
 
-SafetyAction = Literal["log", "redact", "block"]
-# The issue's default: block secrets in requests, redact card numbers, log the rest.
-DEFAULT_REQUEST_ACTIONS: dict[str, SafetyAction] = {
-    "secrets": "block", "credit_card": "redact", "pii": "log", "jailbreak": "log", "custom": "log",
-}  # fmt: skip
-# Replies are logged by default: a rewriting scanner must hold back a little text,
-# and the default should not slow any stream down.
-DEFAULT_RESPONSE_ACTIONS: dict[str, SafetyAction] = {
-    "secrets": "log", "pii": "log", "jailbreak": "log", "custom": "log",
-}  # fmt: skip
-
-
-class CustomPattern(_Strict):
-    name: str
-    regex: str
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        re.compile(value)
-        return value
-
-
-class SafetySettings(_Strict):
-    """Actions by category or detector name (a detector's action beats its category's).
-
-    A phase's map replaces the default map as a whole; anything it leaves out is logged.
-    """
-
-    enabled: bool = True
-    request: dict[str, SafetyAction] = Field(default_factory=lambda: dict(DEFAULT_REQUEST_ACTIONS))
-    response: dict[str, SafetyAction] = Field(
-        default_factory=lambda: dict(DEFAULT_RESPONSE_ACTIONS)
-    )
-    custom_patterns: list[CustomPattern] = Field(default_factory=list)
-    jailbreak_phrases: list[str] | None = None
-
-    def rewrites_responses(self) -> bool:
-        """Whether a reply may need editing (so streams must pass through the scanner)."""
-        return any(action != "log" for action in self.response.values())
-
-    def action(self, phase: str, category: str, detector: str) -> SafetyAction:
-        actions = self.request if phase == "request" else self.response
-        return actions.get(detector) or actions.get(category) or "log"
-
-
 class GatewayConfig(_Strict):
-    routes: list[Route] = Field(default_factory=list)
+    """The merged policy files. `routes` is what routing sees: the files' `routes`,
+    then their `fallback_routes` (the section is `routes` in YAML; `user_routes` here)."""
+
+    user_routes: list[Route] = Field(default_factory=list, alias="routes")
+    fallback_routes: list[Route] = Field(default_factory=list)
     intercept_hosts: list[str] = Field(default_factory=list)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     policies: list[PolicyRule] = Field(default_factory=list)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    # Built once: routing reads it on every call.
+    _routes: list[Route] = PrivateAttr(default_factory=list)
 
-    @field_validator("routes")
-    @classmethod
-    def _ids_are_unique(cls, routes: list[Route]) -> list[Route]:
-        seen: set[str] = set()
-        for route in routes:
-            if route.id in seen:
-                raise ValueError(f"route id {route.id!r} is used twice")
-            seen.add(route.id)
-        return routes
+    @model_validator(mode="after")
+    def _ids_are_unique_and_fallbacks_last(self) -> GatewayConfig:
+        first: dict[str, Loc] = {}
+        problems: list[Problem] = []
+        sections = (("routes", self.user_routes), ("fallback_routes", self.fallback_routes))
+        for section, routes in sections:
+            for i, route in enumerate(routes):
+                if route.id in first:
+                    message = f"route id {route.id!r} is used twice"
+                    problems.append(Problem((section, i, "id"), message, first[route.id]))
+                else:
+                    first[route.id] = (section, i)
+        if problems:
+            raise problems_error(problems)
+        self._routes = [*self.user_routes, *self.fallback_routes]
+        return self
+
+    @property
+    def routes(self) -> list[Route]:
+        return self._routes
 
     def intercepted_hosts(self) -> list[str]:
         hosts = [*PROVIDER_HOSTS, *self.intercept_hosts, *(r.host for r in self.routes)]
         return list(dict.fromkeys(h.lower() for h in hosts))
 
 
-_LIST_SECTIONS = ("routes", "intercept_hosts", "policies")
+_LIST_SECTIONS = ("routes", "fallback_routes", "intercept_hosts", "policies")
 
 
 def policy_files(path: Path) -> list[Path]:
@@ -277,12 +254,32 @@ def load_config(path: Path) -> GatewayConfig:
         return GatewayConfig.model_validate(merged)
     except ValidationError as exc:
         lines = []
-        for err in exc.errors():
-            where = _describe(tuple(err["loc"]), merged)
-            loc = err["loc"]
-            file = origin.get((str(loc[0]), loc[1]) if len(loc) > 1 else "") or origin.get(
-                str(loc[0]) if loc else "", path
-            )
-            message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{file}: {where}: {message}")
+        for problem in (p for err in exc.errors() for p in _problems_of(err)):
+            where = f"{_file_of(problem.loc, origin, path)}: {_describe(problem.loc, merged)}"
+            line = f"{where}: {problem.message}"
+            if problem.see is not None:
+                first = f"{_file_of(problem.see, origin, path)}: {_describe(problem.see, merged)}"
+                line += f" (first in {first})"
+            lines.append(line)
         raise ConfigError("\n".join(lines)) from None
+
+
+def _problems_of(err: ErrorDetails) -> list[Problem]:
+    loc = tuple(err["loc"])
+    if err["type"] == "config_problems":
+        return [
+            Problem((*loc, *p.loc), p.message, None if p.see is None else (*loc, *p.see))
+            for p in err.get("ctx", {})["problems"]
+        ]
+    if err["type"] == "extra_forbidden":
+        return [Problem(loc, "unknown field")]
+    return [Problem(loc, err["msg"].removeprefix("Value error, "))]
+
+
+def _file_of(loc: Loc, origin: dict[str | tuple[str, int], Path], default: Path) -> Path:
+    """The file an entry of a concatenated list came from, else the file of its section."""
+    if len(loc) > 1 and isinstance(loc[1], int):
+        entry = origin.get((str(loc[0]), loc[1]))
+        if entry is not None:
+            return entry
+    return origin.get(str(loc[0]), default) if loc else default

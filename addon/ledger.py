@@ -23,6 +23,8 @@ log = logging.getLogger("llmgate.ledger")
 # The documented local estimate: about four characters of text per token, the
 # rule of thumb OpenAI and Anthropic both publish for English text and code.
 CHARS_PER_TOKEN = 4
+# Inside the package, so an installed llmgate always finds it (pyproject's package-data).
+BUILTIN_PRICING = Path(__file__).parent / "data" / "pricing.yaml"
 
 
 class PricingTable(BaseModel):
@@ -39,11 +41,26 @@ class PricingTable(BaseModel):
 
 
 def load_pricing(path: Path | None) -> PricingTable:
-    if path is None or not path.exists():
-        return PricingTable()
+    """The built-in table with the user's table at `path` (if it exists) over it.
+
+    The built-in table always applies: a policy directory without a pricing.yaml
+    of its own must not leave every cost NULL and every cost budget refusing.
+    The user's entries win model prefix by model prefix.
+    """
+    table = _read_table(BUILTIN_PRICING)
+    if path is None or not path.exists() or path.resolve() == BUILTIN_PRICING.resolve():
+        return table
+    return PricingTable(models={**table.models, **_read_table(path).models})
+
+
+def _read_table(path: Path) -> PricingTable:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if isinstance(raw, dict) and raw.get("models") is None:
+            raw = {**raw, "models": {}}  # `models:` with every entry commented out
         return PricingTable.model_validate(raw)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the price table: {exc}") from None
     except (yaml.YAMLError, ValidationError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

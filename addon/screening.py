@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from addon.config import SafetyAction, SafetySettings
+from addon.private_files import FILE_MODE, private_dir, tighten
 from addon.protocols import jsonedit
 from addon.protocols.canonical import CanonicalRequest, part_texts
 from addon.safety import Finding, Scanner, value_hmac
@@ -101,7 +102,7 @@ def redact_json(raw: bytes, values: dict[str, str]) -> bytes:
     edited = text.encode("utf-8", errors="surrogateescape")
     try:
         document = json.loads(edited)
-    except ValueError:
+    except (ValueError, RecursionError):
         return edited
     if not any(value in json.dumps(document, ensure_ascii=False) for value in values):
         return edited
@@ -152,11 +153,12 @@ def load_hmac_key(path: Path) -> bytes:
     A key stored in the database would let anyone holding the file test guesses
     of low-entropy values (an SSN, a card number) against the stored HMACs.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
         # Made earlier, or by another llmgate process starting at the same moment.
+        tighten(path)
         for _ in range(50):
             text = path.read_text().strip()
             if len(text) == 64:

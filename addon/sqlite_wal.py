@@ -4,6 +4,10 @@ Switching a new file to WAL, and some schema statements racing another process
 that is doing the same, fail with "database is locked" at once instead of
 waiting for SQLite's busy handler. Processes (and the `llmgate` command) that
 start together therefore retry their set-up for a while.
+
+Every file is private to llmgate's user (`addon.private_files`): the main file
+is created 0600 before SQLite opens it, so the `-wal` and `-shm` SQLite makes
+get the same mode.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from addon.private_files import private_sqlite, tighten_sqlite_side_files
 
 SETUP_PATIENCE = 30.0
 
@@ -31,11 +37,14 @@ def retry_locked[T](step: Callable[[], T], patience: float = SETUP_PATIENCE) -> 
 
 def connect_wal(path: str | Path, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
     """An autocommit connection in WAL mode; `busy_timeout_ms=0` never waits for a lock."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = Path(path)
+    private_sqlite(db)
     conn = sqlite3.connect(
-        str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+        str(db), timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
     )
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
     conn.execute("PRAGMA synchronous=NORMAL")
+    # Made by SQLite just now with the main file's mode; checked again all the same.
+    tighten_sqlite_side_files(db)
     return conn

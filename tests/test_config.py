@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.config import ConfigError, load_config
+from addon.config import ConfigError, SafetySettings, load_config
 from addon.credentials import read_secrets_file, storable_headers, strip_credential_params
 from addon.routes import match_route, upstream_for
 from tests.proxy import ROOT
@@ -120,3 +120,119 @@ def test_credentials_are_never_kept(tmp_path: Path) -> None:
 @pytest.mark.parametrize("example", sorted((ROOT / "policies" / "examples").glob("*.yaml")))
 def test_every_example_policy_loads(example: Path) -> None:
     assert load_config(example).routes
+
+
+# --- safety settings cannot silently weaken protection -------------------------------
+
+
+def safety_error(tmp_path: Path, safety: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "safety.yaml", f"safety:\n{safety}"))
+    return str(err.value)
+
+
+def test_a_misspelt_safety_category_is_an_error_naming_file_entry_and_field(
+    tmp_path: Path,
+) -> None:
+    message = safety_error(tmp_path, "  request: {secret: block}\n")
+    assert "safety.yaml: safety.request.secret: unknown safety category" in message
+    assert "did you mean 'secrets'?" in message
+
+
+def test_an_unknown_detector_is_an_error(tmp_path: Path) -> None:
+    message = safety_error(tmp_path, "  response: {openai_keys: redact}\n")
+    assert "safety.yaml: safety.response.openai_keys: unknown" in message
+    assert "did you mean 'openai_key'?" in message
+
+
+def test_an_unknown_action_is_an_error(tmp_path: Path) -> None:
+    message = safety_error(tmp_path, "  request: {secrets: blok}\n")
+    assert "safety.yaml: safety.request.secrets:" in message
+    assert "'log', 'redact' or 'block'" in message
+
+
+def test_a_bad_custom_regex_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    message = safety_error(tmp_path, "  custom_patterns: [{name: codename, regex: 'a(b'}]\n")
+    assert "safety.custom_patterns[0] (name=codename).regex: not a valid regular expression" in (
+        message
+    )
+
+
+def test_custom_pattern_names_act_as_detectors_and_may_not_reuse_built_in_names(
+    tmp_path: Path,
+) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "ok.yaml",
+            "safety:\n  request: {codename: block}\n"
+            "  custom_patterns: [{name: codename, regex: 'ZEBRA'}]\n",
+        )
+    )
+    assert config.safety.action("request", "custom", "codename") == "block"
+    message = safety_error(tmp_path, "  custom_patterns: [{name: email, regex: x}]\n")
+    assert "safety.custom_patterns[0] (name=email).name: 'email' is a built-in name" in message
+
+
+def test_an_empty_jailbreak_phrase_is_an_error(tmp_path: Path) -> None:
+    message = safety_error(tmp_path, "  jailbreak_phrases: ['ignore me', ' ']\n")
+    assert "safety.jailbreak_phrases[1]: a phrase must have at least one word" in message
+
+
+def test_a_partial_safety_map_merges_over_the_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "p.yaml", "safety:\n  request: {pii: redact}\n"))
+    action = config.safety.action
+    assert action("request", "secrets", "openai_key") == "block"
+    assert action("request", "pii", "email") == "redact"
+    assert action("request", "pii", "credit_card") == "redact"
+    assert action("response", "secrets", "openai_key") == "log"
+
+
+def test_a_category_the_user_sets_beats_a_default_for_one_of_its_detectors() -> None:
+    # The defaults redact card numbers; `pii: block` must block them, not redact them.
+    settings = SafetySettings(request={"pii": "block"})
+    assert settings.action("request", "pii", "credit_card") == "block"
+    assert settings.action("request", "secrets", "jwt") == "block"
+    assert SafetySettings(request={"credit_card": "log"}).request["secrets"] == "block"
+
+
+# --- fallback routes rank below every user route ------------------------------------
+
+
+def test_a_user_file_sorting_after_default_yaml_still_wins(tmp_path: Path) -> None:
+    (tmp_path / "default.yaml").write_text((ROOT / "policies" / "default.yaml").read_text())
+    route = "{id: team, model_pattern: 'gpt-*', provider: openai, endpoint: https://t.example}"
+    write(tmp_path, "zz-team.yaml", f"routes:\n  - {route}\n")
+    config = load_config(tmp_path)
+    assert match_route(config.routes, "gpt-4o", "openai").id == "team"
+    assert match_route(config.routes, "o3", "openai").id == "openai"  # the fallback
+    assert [r.id for r in config.fallback_routes] == ["openai", "anthropic", "gemini"]
+
+
+def test_the_team_example_copied_beside_default_yaml_is_live(tmp_path: Path) -> None:
+    for source in (ROOT / "policies" / "default.yaml", ROOT / "policies/examples/team.yaml"):
+        (tmp_path / source.name).write_text(source.read_text())
+    config = load_config(tmp_path)
+    assert match_route(config.routes, "gpt-4.1", "openai").id == "openai-team"
+    assert match_route(config.routes, "claude-default", "anthropic").id == "claude-default"
+    assert match_route(config.routes, "gemini-2.5-pro", "gemini").id == "gemini"
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "policies" / "examples").glob("*.yaml")))
+def test_every_example_loads_beside_the_shipped_default(tmp_path: Path, example: Path) -> None:
+    (tmp_path / "default.yaml").write_text((ROOT / "policies" / "default.yaml").read_text())
+    (tmp_path / example.name).write_text(example.read_text())
+    assert load_config(tmp_path).user_routes
+
+
+def test_route_ids_are_unique_across_routes_and_fallback_routes(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", "fallback_routes:\n"
+          "  - {id: same, provider: openai, endpoint: https://a.example}\n")  # fmt: skip
+    write(tmp_path, "b.yaml", "routes:\n"
+          "  - {id: same, provider: openai, endpoint: https://b.example}\n")  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert "a.yaml: fallback_routes[0] (id=same).id: route id 'same' is used twice" in str(
+        err.value
+    )
+    assert "(first in " in str(err.value) and "b.yaml: routes[0] (id=same))" in str(err.value)
