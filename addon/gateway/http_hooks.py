@@ -18,8 +18,10 @@ from mitmproxy import ctx, exceptions, http
 from addon import budget, pipeline
 from addon.audit import AuditWriter, default_db_path
 from addon.call import Call, Rejection, Rewrite, describe_exception, new_request_id
+from addon.checks import config_warnings
 from addon.config import ConfigError, GatewayConfig, load_config
 from addon.credentials import Fields, SecretStore, strip_credential_params
+from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking
 from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
 from addon.hosts import HostSet
@@ -64,9 +66,10 @@ class Gateway:
         self.masking = FlowMasking()
         self.request_id_header = REQUEST_ID_HEADER
         self.websockets = WebSocketCalls(self)
+        self.connections = ConnectionGuard(self)
         # mitmproxy calls a child addon's hooks after its parent's.
-        self.addons = [self.websockets]
-        self._hosts = HostSet(())
+        self.addons = [self.websockets, self.connections]
+        self.hosts = HostSet(())
 
     # --- options -----------------------------------------------------------------
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -109,13 +112,13 @@ class Gateway:
                 self.scanner = build_scanner(self.config.safety)
             except ValueError as exc:
                 raise exceptions.OptionsError(f"{policies}: safety: {exc}") from None
-            self._hosts = HostSet(
+            self.hosts = HostSet(
                 self.config.intercepted_hosts(),
                 resolve=[*self.config.intercept_hosts, *(r.host for r in self.config.routes)],
             )
             # Only LLM hosts are decrypted; everything else stays an opaque tunnel.
             updates: dict[str, object] = {
-                "allow_hosts": self._hosts.allow_patterns(),
+                "allow_hosts": self.hosts.allow_patterns(),
                 "connection_strategy": "lazy",
             }
             if self.config.identity.proxy_auth:
@@ -138,6 +141,10 @@ class Gateway:
             self.hmac_key = load_hmac_key(db.with_name(db.name + ".hmac-key"))
         if {"llmgate_policies", "llmgate_db"} & updated:
             self.identifier = Identifier(self.config.identity, self.keys)
+        if {"llmgate_policies", "llmgate_secrets"} & updated:
+            # What `llmgate check` warns about, said where the operator is looking.
+            for warning in config_warnings(self.config, self.pricer.table, self.secrets):
+                log.warning("llmgate: %s", warning)
 
     def _close_stores(self) -> None:
         for store in (self.audit, self.quota, self.keys):
@@ -151,10 +158,10 @@ class Gateway:
     # --- request -----------------------------------------------------------------
     def _intercepts(self, flow: http.HTTPFlow) -> bool:
         """An LLM call: the host it is for, or the TLS name the client asked for, is ours."""
-        if flow.request.host in self._hosts:
+        if flow.request.host in self.hosts:
             return True
         sni = flow.client_conn.sni
-        return bool(sni) and sni in self._hosts
+        return bool(sni) and sni in self.hosts
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -208,6 +215,7 @@ class Gateway:
             self.masking.release(flow)
             if outcome is not None:
                 self.apply_rewrite(flow, call, outcome)
+            self.connections.allow(flow)
             self._open(call, flow)
             return
         raw = flow.request.get_content(strict=False) or b""
@@ -229,12 +237,13 @@ class Gateway:
                 return
         self.masking.release(flow)
         self.apply_rewrite(flow, call, outcome)
+        self.connections.allow(flow)
         self._open(call, flow)
 
     def _misdirected(self, flow: http.HTTPFlow) -> Rejection | None:
         """TLS for an LLM host while the tunnel leads elsewhere: never send it on."""
         sni = flow.client_conn.sni
-        if not sni or sni not in self._hosts or self._hosts.same(sni, flow.request.host):
+        if not sni or sni not in self.hosts or self.hosts.same(sni, flow.request.host):
             return None
         return Rejection(
             421,
@@ -282,7 +291,7 @@ class Gateway:
             id=new_request_id(),
             started_at=flow.request.timestamp_start or time.time(),
             protocol_name=detect_protocol(flow.request.method, path),
-            host=self._hosts.canonical(flow.request.host) or flow.request.host,
+            host=self.hosts.canonical(flow.request.host) or flow.request.host,
             path=strip_credential_params(path),
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
         )
@@ -546,6 +555,11 @@ class Gateway:
         )
 
     # --- the ledger, for HTTP and WebSocket calls alike --------------------------
+    def record_refusal(self, call: Call, rejection: Rejection) -> None:
+        """A refusal with no request to store (a message, a connection)."""
+        self.open_row(call, call.host, (), b"")
+        self.close_row(call, pipeline.refusal_fields(call, rejection), None, b"")
+
     def open_row(self, call: Call, upstream_host: str, headers: Fields, body: bytes) -> None:
         assert self.audit is not None
         self.audit.insert("requests", call.open_row() | {"upstream_host": upstream_host})
