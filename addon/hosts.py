@@ -34,11 +34,21 @@ def normalise_host(host: str) -> str:
         return ""
 
 
+_LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$")
+
+
 def _address(host: str) -> str | None:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return None
+        if not _LEGACY_IPV4.match(host):
+            return None
+        # 127.1, 2130706433, 0x7f000001, 0177.0.0.1: spellings inet_aton (and so every
+        # socket API a client uses) reads as an IPv4 address.
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.compressed

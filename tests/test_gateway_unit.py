@@ -57,3 +57,84 @@ def test_a_broken_policy_file_is_an_options_error(tmp_path: Path) -> None:
     with taddons.context(gateway) as tctx, pytest.raises(exceptions.OptionsError, match="endpoint"):
         tctx.configure(gateway, llmgate_policies=str(tmp_path / "p.yaml"),
                        llmgate_db=str(tmp_path / "a.db"))  # fmt: skip
+
+
+def _ledger_row(db: Path, request_id: str) -> dict:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return dict(conn.execute("select * from requests where id = ?", (request_id,)).fetchone())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("stage", ["parse_call", "choose_route", "check_policy", "plan_rewrite"])
+def test_any_exception_while_deciding_is_a_500_in_the_callers_format_never_a_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stage: str
+) -> None:
+    """The guard is the unit under test, so a fault is injected where no input reaches."""
+    from addon import pipeline
+
+    secret_in_message = "sk-leaked-in-an-exception-message-0000"
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError(secret_in_message)
+
+    monkeypatch.setattr(pipeline, stage, broken)
+    (tmp_path / "p.yaml").write_text(POLICY)
+    gateway = Gateway()
+    with taddons.context(gateway) as tctx:
+        tctx.configure(
+            gateway, llmgate_policies=str(tmp_path / "p.yaml"), llmgate_db=str(tmp_path / "a.db")
+        )
+        flow = llm_flow("gpt-4o")
+        asyncio.run(gateway.request(flow))
+        assert flow.response is not None, "an undecided call must never be forwarded"
+        assert flow.response.status_code == 500
+        body = json.loads(flow.response.content or b"")
+        assert body["error"]["code"] == "internal_error"  # OpenAI's error shape
+        request_id = flow.response.headers["x-llmgate-request-id"]
+        gateway.audit.flush()  # type: ignore[union-attr]
+        row = _ledger_row(tmp_path / "a.db", request_id)
+        assert (row["status"], row["reason"], row["http_status"]) == (
+            "failed",
+            "internal_error",
+            500,
+        )
+        gateway.done()
+    assert secret_in_message not in caplog.text
+    assert "KeyError" in caplog.text  # the log still says what broke, and where
+
+
+def test_an_exception_on_the_reply_replaces_it_with_a_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from addon.gateway import http_hooks
+
+    (tmp_path / "p.yaml").write_text(POLICY)
+    gateway = Gateway()
+    with taddons.context(gateway) as tctx:
+        tctx.configure(
+            gateway, llmgate_policies=str(tmp_path / "p.yaml"), llmgate_db=str(tmp_path / "a.db")
+        )
+        flow = llm_flow("gpt-4o")
+        asyncio.run(gateway.request(flow))
+        assert flow.response is None  # decided and sent
+        flow.response = tflow.tresp(content=b'{"secret-reply": true}')
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(http_hooks.Gateway, "_install_tap", broken)
+        gateway.responseheaders(flow)
+        assert flow.response.status_code == 500
+        assert callable(flow.response.stream)
+        assert b"internal_error" in flow.response.stream(b"")
+        assert flow.response.stream(b"upstream bytes") == []  # nothing of the reply goes out
+        gateway.response(flow)
+        gateway.audit.flush()  # type: ignore[union-attr]
+        row = _ledger_row(tmp_path / "a.db", flow.metadata["llmgate"]["request_id"])
+        assert (row["status"], row["reason"]) == ("failed", "internal_error")
+        gateway.done()

@@ -191,7 +191,7 @@ class Gateway:
             self._internal_error(flow, call, exc)
 
     async def _decide(self, flow: http.HTTPFlow, call: Call) -> None:
-        problem = self._misdirected(flow) or _bad_target(flow)
+        problem = self._misdirected(flow) or _bad_target(self.masking.caller_path(flow))
         if problem is not None:
             self._reject(flow, call, problem)
             return
@@ -596,9 +596,10 @@ class Gateway:
         )
 
 
-def _bad_target(flow: http.HTTPFlow) -> Rejection | None:
+def _bad_target(path: str) -> Rejection | None:
+    """mitmproxy decodes a raw non-UTF-8 byte as a lone surrogate; such a target is refused."""
     try:
-        flow.request.data.path.decode("utf-8")
-    except UnicodeDecodeError:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
         return Rejection(400, "invalid_request_target", "the request path is not valid UTF-8")
     return None

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from addon.protocols import jsonedit
+from addon.protocols import jsonedit, strictjson
 from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
@@ -280,13 +280,23 @@ def as_list(value: Any) -> list[Any]:
 
 
 def json_arguments(raw: Any) -> Any:
-    """Tool arguments travel as JSON text; keep the raw text when it is not valid JSON."""
+    """Tool arguments in a request travel as JSON text; kept raw when not valid JSON.
+
+    They are refused, as a body would be, when they nest deeper than the body limit:
+    the provider will parse them too.
+    """
     if not isinstance(raw, str):
         return raw
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
+        value = json.loads(raw)
+        strictjson.check_value(value)
+    except RecursionError:
+        raise ProtocolError("tool call arguments nest too deeply to be read") from None
+    except strictjson.BodyError as exc:
+        raise ProtocolError(f"tool call arguments refused: {exc}") from None
+    except ValueError:
         return raw
+    return value
 
 
 def image_from_url(url: Any, media_type: str | None = None) -> ImagePart:
