@@ -12,6 +12,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
@@ -30,7 +31,7 @@ from addon.keys import KeyStore
 from addon.ledger import Pricer, load_pricing
 from addon.policy import effective_policy
 from addon.protocols import PROTOCOLS
-from addon.protocols.detect import detect_protocol
+from addon.protocols.detect import detect_protocol, error_protocol
 from addon.quota import Demand, Exceeded
 from addon.quota_worker import QuotaWorker, quota_path
 from addon.records import write_half
@@ -157,23 +158,22 @@ class Gateway:
 
     # --- request -----------------------------------------------------------------
     def _intercepts(self, flow: http.HTTPFlow) -> bool:
-        """An LLM call: the host it is for, or the TLS name the client asked for, is ours."""
+        """An LLM call: the host it goes to, the TLS name or the Host header names ours."""
         if flow.request.host in self.hosts:
             return True
-        sni = flow.client_conn.sni
-        return bool(sni) and sni in self.hosts
+        return any(name in self.hosts for name in _claimed_names(flow))
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        if not self._intercepts(flow):
-            return
-        # llmgate must read the whole call before anything goes upstream, even
-        # when stream_large_bodies would otherwise stream it past unseen.
-        flow.request.stream = False
-        # From the first moment any view shows this flow, it shows no credential;
-        # the caller's own are put back only on a call that forwards them.
         try:
+            if not self._intercepts(flow):
+                return
+            # llmgate must read the whole call before anything goes upstream, even
+            # when stream_large_bodies would otherwise stream it past unseen.
+            flow.request.stream = False
+            # From the first moment any view shows this flow, it shows no credential;
+            # the caller's own are put back only on a call that forwards them.
             self.masking.hide(flow)
         except Exception as exc:  # noqa: BLE001 - the request hook refuses the call
             log.error("llmgate could not hide credentials: %s", describe_exception(exc))
@@ -181,10 +181,10 @@ class Gateway:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        if not self._intercepts(flow):
-            return
         call: Call | None = None
         try:
+            if not self._intercepts(flow):
+                return
             call = self._new_call(flow)
             await self._decide(flow, call)
         except Exception as exc:  # noqa: BLE001 - fail closed, whatever went wrong
@@ -241,17 +241,18 @@ class Gateway:
         self._open(call, flow)
 
     def _misdirected(self, flow: http.HTTPFlow) -> Rejection | None:
-        """TLS for an LLM host while the tunnel leads elsewhere: never send it on."""
-        sni = flow.client_conn.sni
-        if not sni or sni not in self.hosts or self.hosts.same(sni, flow.request.host):
-            return None
-        return Rejection(
-            421,
-            "misdirected_request",
-            f"the TLS server name ({sni}) is an LLM host but the connection was opened to "
-            "another host; llmgate refuses it. Connect to the host you name.",
-            "denied",
-        )
+        """A call that names an LLM host (TLS SNI, Host header) on a tunnel to another host:
+        sending it on would hand an LLM call to whoever that host is."""
+        for name in _claimed_names(flow):
+            if name in self.hosts and not self.hosts.same(name, flow.request.host):
+                return Rejection(
+                    421,
+                    "misdirected_request",
+                    f"this request names {name}, an LLM host, but its connection was opened "
+                    "to another host; llmgate refuses it. Connect to the host you name.",
+                    "denied",
+                )
+        return None
 
     def mask_sent(self, flow: http.HTTPFlow, call: Call) -> None:
         if not call.masked:
@@ -363,8 +364,8 @@ class Gateway:
             req.content = rewrite.body
 
     def _reject(self, flow: http.HTTPFlow, call: Call, rejection: Rejection) -> None:
-        if call.protocol is None and call.protocol_name in PROTOCOLS:
-            call.protocol = PROTOCOLS[call.protocol_name]
+        if call.protocol is None:
+            call.protocol = PROTOCOLS[error_protocol(call.protocol_name, call.host, call.path)]
         self.masking.forget(flow)  # nothing leaves: the credentials stay masked
         if call.request_screening is not None and call.request_screening.items:
             # The flow must not show what the scanner found either.
@@ -594,6 +595,18 @@ class Gateway:
             hmac_key=self.hmac_key,
             cap=self.config.audit.payload_max_bytes,
         )
+
+
+def _claimed_names(flow: http.HTTPFlow) -> list[str]:
+    """The host names a request claims besides where it goes: TLS SNI, the Host header."""
+    names = [flow.client_conn.sni] if flow.client_conn.sni else []
+    header = flow.request.host_header
+    if header:
+        try:
+            names.append(urlsplit("//" + header).hostname or header)
+        except ValueError:
+            names.append(header)
+    return names
 
 
 def _bad_target(path: str) -> Rejection | None:

@@ -30,3 +30,30 @@ def detect_protocol(method: str, path: str) -> str:
     if _GEMINI.search(bare):
         return "gemini"
     return "other"
+
+
+_PROVIDER_PROTOCOL = {
+    "api.openai.com": "openai_chat",
+    "api.anthropic.com": "anthropic_messages",
+    "generativelanguage.googleapis.com": "gemini",
+    "aiplatform.googleapis.com": "gemini",
+}
+
+
+def error_protocol(protocol: str, host: str, path: str) -> str:
+    """The wire format to answer a refusal in, for any call, parsed or not.
+
+    An endpoint llmgate does not parse still belongs to a provider whose SDK reads
+    that provider's error shape: known hosts say which, else the path does.
+    """
+    if protocol != "other":
+        return protocol
+    known = _PROVIDER_PROTOCOL.get(host) or _PROVIDER_PROTOCOL.get(host.rsplit(":", 1)[0])
+    if known:
+        return known
+    bare = path.split("?", 1)[0]
+    if bare.startswith("/v1/messages") or "/v1/messages/" in bare:
+        return "anthropic_messages"
+    if "/v1beta/" in bare or ":generateContent" in bare or ":streamGenerateContent" in bare:
+        return "gemini"
+    return "openai_chat"
