@@ -51,6 +51,27 @@ ensure_venv() {
   echo "$want" > "$stamp"
 }
 
+# The coding agents the end-to-end tests drive through the proxy (the Codex CLI),
+# pinned by tests/agents/package-lock.json. Installed when missing or when the lock
+# changed; a failed install stops the tests (they never skip for want of an agent).
+ensure_agents() {
+  local dir="$ROOT/tests/agents" stamp="$ROOT/tests/agents/node_modules/.llmgate-stamp" want
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ -x "$dir/node_modules/.bin/codex" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "The end-to-end tests need npm (Node.js >= 20) to install the Codex CLI into tests/agents." >&2
+    exit 1
+  fi
+  echo "Installing the test agents: npm ci --prefix tests/agents ..." >&2
+  if ! npm ci --prefix "$dir" --no-audit --no-fund >&2; then
+    echo "npm ci --prefix tests/agents failed; the Codex end-to-end tests cannot run." >&2
+    exit 1
+  fi
+  echo "$want" > "$stamp"
+}
+
 export LLMGATE_PORT="${LLMGATE_PORT:-8080}"
 export LLMGATE_POLICIES="${LLMGATE_POLICIES:-$ROOT/policies}"
 export LLMGATE_CONFDIR="${LLMGATE_CONFDIR:-$HOME/.mitmproxy}"
@@ -100,6 +121,7 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
+    ensure_agents
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   bench)

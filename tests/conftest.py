@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agents import CodexRunner
 from tests.emulator import Emulator
 from tests.proxy import ROOT, Proxy
 
@@ -97,3 +98,10 @@ def proxy(
         policies_dir, db, confdir, upstream_ca=emulator_server.ca_path, env=UPSTREAM_KEYS
     ) as running:
         yield running
+
+
+@pytest.fixture
+def codex(proxy: Proxy, tmp_path: Path) -> CodexRunner:
+    """Runs `codex exec` through the session's llmgate proxy (see tests/agents.py):
+    `codex("say hi", api_key=...)` -> AgentResult."""
+    return CodexRunner(proxy.url, proxy.ca_path, tmp_path)

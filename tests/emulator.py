@@ -9,7 +9,15 @@ client -> mitmproxy + llmgate -> emulator. The emulator:
 * replays recorded fixtures byte for byte (``x-emulator-fixture``) or synthesizes replies
   in each provider's wire format, buffered or streamed;
 * injects faults on request: pauses between events, a TCP reset mid-stream, gzip,
-  error statuses, missing usage.
+  error statuses, missing usage;
+* speaks the Responses API's WebSocket mode on the same port: a ``GET /v1/responses``
+  with ``Upgrade: websocket`` is upgraded (RFC 6455, framing by ``wsproto``,
+  permessage-deflate when offered), every text message must be a ``response.create``
+  (a string ``model``, an ``input`` that is a string or a list) and is answered with
+  the events of the SSE stream of ``POST /v1/responses``, one JSON text message each;
+  anything else gets an ``error`` event. Each message is one ``Hit`` (``transport``
+  ``"websocket"``, the handshake's headers, the message as ``body``); each upgrade
+  request is one ``Handshake``.
 
 Control headers (all optional, case-insensitive names):
 
@@ -21,9 +29,28 @@ Control headers (all optional, case-insensitive names):
 ``x-emulator-pause-ms: N``       sleep N ms before every body event after the first
 ``x-emulator-reset-after: K``    after K body events, abort the connection with a TCP RST
 ``x-emulator-gzip: 1``           gzip the body, flushed (Z_SYNC_FLUSH) after every event
+``x-emulator-tool-call: <name>``  Responses replies call the function ``<name>`` instead of
+                                 answering text, unless the input already holds a tool
+                                 output (``*_call_output`` item): then the text reply
+``x-emulator-tool-args: <json>``  that call's arguments, percent-decoded (default ``{}``)
+``x-emulator-ws-reject: N``      refuse a WebSocket upgrade with HTTP status N (an OpenAI
+                                 error body), so that clients fall back to HTTPS
+``x-emulator-ws-deflate: 0``     decline permessage-deflate on a WebSocket upgrade
 
 Precedence: ``x-emulator-status`` > ``x-emulator-fixture`` > synthetic reply. The delivery
 controls (pause, reset, gzip) apply to all three.
+
+On a WebSocket the controls come from the upgrade request's headers and apply to every
+message on that connection: ``x-emulator-status`` answers each ``response.create`` with an
+``error`` event carrying that status, ``x-emulator-reset-after`` counts events (messages),
+gzip does not apply. Clients that cannot add headers (a CLI agent) can be steered with
+``Emulator.set_default_controls({...})``: defaults for every request and upgrade that
+does not send the header itself, until ``reset()``.
+
+Usage: a synthetic reply reports ``expected_usage(hit.body, reply)``; for a WebSocket
+message ``hit.body`` is the message's UTF-8 text; for a tool call ``reply`` is the call's
+arguments string; a ``response.create`` with ``"generate": false`` (a warm-up) reports no
+output tokens.
 """
 
 from __future__ import annotations
@@ -58,6 +85,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WsConnection
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.utilities import generate_accept_token
 
 __all__ = [
     "DEFAULT_CHUNKS",
@@ -71,7 +103,12 @@ __all__ = [
     "HEADER_REPLY",
     "HEADER_RESET_AFTER",
     "HEADER_STATUS",
+    "HEADER_TOOL_ARGS",
+    "HEADER_TOOL_CALL",
+    "HEADER_WS_DEFLATE",
+    "HEADER_WS_REJECT",
     "Emulator",
+    "Handshake",
     "Hit",
     "Usage",
     "detect_protocol",
@@ -98,6 +135,10 @@ HEADER_NO_USAGE = "x-emulator-no-usage"
 HEADER_PAUSE_MS = "x-emulator-pause-ms"
 HEADER_RESET_AFTER = "x-emulator-reset-after"
 HEADER_GZIP = "x-emulator-gzip"
+HEADER_TOOL_CALL = "x-emulator-tool-call"
+HEADER_TOOL_ARGS = "x-emulator-tool-args"
+HEADER_WS_REJECT = "x-emulator-ws-reject"
+HEADER_WS_DEFLATE = "x-emulator-ws-deflate"
 
 _HERE = Path(__file__).resolve().parent
 DEFAULT_FIXTURES_DIR = Path(
@@ -327,13 +368,19 @@ def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
 
 @dataclass
 class Hit:
-    """One request the emulator received.
+    """One request the emulator received, or one WebSocket message.
 
     ``headers`` has lower-cased names (repeated headers joined with ", "). ``path``
     includes the query string. ``events_sent`` holds ``time.monotonic()`` right after
     each body event was written to the socket: one entry per stream event, a single
     entry for a buffered body, none if the connection was reset before any event.
     It fills in while the response is being sent.
+
+    A WebSocket message has ``transport == "websocket"``, the upgrade request's
+    ``method``, ``path`` and ``headers`` (so the credential the upstream saw), the
+    message's UTF-8 text as ``body``, ``connection`` numbering its WebSocket (1, 2, ...
+    per emulator) and, when the emulator refused the message, ``error`` saying why
+    (the client got an ``error`` event).
     """
 
     method: str
@@ -341,10 +388,33 @@ class Hit:
     headers: dict[str, str]
     body: bytes
     events_sent: list[float] = field(default_factory=list)
+    transport: str = "http"
+    connection: int | None = None
+    error: str | None = None
+
+    @property
+    def websocket(self) -> bool:
+        return self.transport == "websocket"
 
     def json(self) -> Any:
-        """The request body parsed as JSON."""
+        """The request body (or WebSocket message) parsed as JSON."""
         return json.loads(self.body)
+
+
+@dataclass
+class Handshake:
+    """One WebSocket upgrade request: ``status`` 101 when accepted, else the refusal's.
+
+    ``extensions`` is the ``sec-websocket-extensions`` value the emulator answered
+    (empty when none was negotiated); ``connection`` is the number its messages' hits
+    carry (None when refused).
+    """
+
+    path: str
+    headers: dict[str, str]
+    status: int
+    extensions: str = ""
+    connection: int | None = None
 
 
 @dataclass
@@ -357,6 +427,10 @@ class _Controls:
     pause_s: float = 0.0
     reset_after: int | None = None
     gzip: bool = False
+    tool_call: str | None = None
+    tool_args: str = "{}"
+    ws_reject: int | None = None
+    ws_deflate: bool = True
 
     @classmethod
     def from_headers(cls, headers: dict[str, str]) -> _Controls:
@@ -371,6 +445,8 @@ class _Controls:
             return headers.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
         reply = headers.get(HEADER_REPLY)
+        tool_args = headers.get(HEADER_TOOL_ARGS)
+        deflate = headers.get(HEADER_WS_DEFLATE, "").strip().lower()
         return cls(
             status=num(HEADER_STATUS),
             fixture=headers.get(HEADER_FIXTURE, "").strip() or None,
@@ -380,6 +456,10 @@ class _Controls:
             pause_s=max(0, num(HEADER_PAUSE_MS) or 0) / 1000.0,
             reset_after=None if (k := num(HEADER_RESET_AFTER)) is None else max(0, k),
             gzip=flag(HEADER_GZIP),
+            tool_call=headers.get(HEADER_TOOL_CALL, "").strip() or None,
+            tool_args="{}" if tool_args is None else unquote(tool_args),
+            ws_reject=num(HEADER_WS_REJECT),
+            ws_deflate=deflate not in {"0", "false", "no", "off"},
         )
 
 
@@ -476,6 +556,8 @@ class _Synth:
     usage: Usage | None
     serial: str
     created: int
+    tool_call: tuple[str, str] | None = None  # (name, arguments): a Responses function call
+    generate: bool = True  # False: a Responses warm-up, no output
 
 
 def _chat_usage(u: Usage) -> dict[str, Any]:
@@ -550,8 +632,14 @@ def _openai_chat(s: _Synth) -> _Reply:
     return reply
 
 
-def _openai_responses(s: _Synth) -> _Reply:
-    resp_id, msg_id = f"resp_emu{s.serial}", f"msg_emu{s.serial}"
+def _responses_payloads(s: _Synth) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A Responses reply: the final response object, and the stream's events in order
+    (each with its ``sequence_number``), as SSE ``data`` or WebSocket messages carry them.
+
+    The output is one assistant message with ``s.reply``, or one ``function_call`` when
+    ``s.tool_call`` is set, or nothing for a warm-up (``"generate": false``).
+    """
+    resp_id, item_id = f"resp_emu{s.serial}", f"msg_emu{s.serial}"
     usage = None
     if s.usage is not None:
         usage = {
@@ -562,13 +650,27 @@ def _openai_responses(s: _Synth) -> _Reply:
             "total_tokens": s.usage.total_tokens,
         }
     part_done = {"type": "output_text", "annotations": [], "logprobs": [], "text": s.reply}
-    item_done = {
-        "id": msg_id,
-        "type": "message",
-        "status": "completed",
-        "content": [part_done],
-        "role": "assistant",
-    }
+    item_done: dict[str, Any]
+    name, arguments = s.tool_call or ("", "")
+    if s.tool_call is not None:
+        item_id = f"fc_emu{s.serial}"
+        item_done = {
+            "type": "function_call",
+            "id": item_id,
+            "call_id": f"call_emu{s.serial}",
+            "name": name,
+            "arguments": arguments,
+            "status": "completed",
+        }
+    else:
+        item_done = {
+            "id": item_id,
+            "type": "message",
+            "status": "completed",
+            "content": [part_done],
+            "role": "assistant",
+        }
+    output = [] if not s.generate else [item_done]
 
     def response(done: bool) -> dict[str, Any]:
         return {
@@ -584,7 +686,7 @@ def _openai_responses(s: _Synth) -> _Reply:
             "max_output_tokens": s.body.get("max_output_tokens"),
             "max_tool_calls": None,
             "model": s.model,
-            "output": [item_done] if done else [],
+            "output": output if done else [],
             "parallel_tool_calls": True,
             "previous_response_id": s.body.get("previous_response_id"),
             "prompt_cache_key": None,
@@ -604,35 +706,88 @@ def _openai_responses(s: _Synth) -> _Reply:
             "metadata": {},
         }
 
-    if not s.body.get("stream"):
-        reply = _json_reply(200, response(done=True))
-        reply.headers.append(("x-request-id", f"req_emu{s.serial}"))
-        return reply
-
-    at = {"item_id": msg_id, "output_index": 0, "content_index": 0}
     payloads: list[dict[str, Any]] = [
         {"type": "response.created", "response": response(done=False)},
         {"type": "response.in_progress", "response": response(done=False)},
-        {
-            "type": "response.output_item.added",
-            "output_index": 0,
-            "item": {**item_done, "status": "in_progress", "content": []},
-        },
-        {"type": "response.content_part.added", **at, "part": {**part_done, "text": ""}},
-        *(
-            {"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
-            for piece in s.pieces
-        ),
-        {"type": "response.output_text.done", **at, "text": s.reply, "logprobs": []},
-        {"type": "response.content_part.done", **at, "part": part_done},
-        {"type": "response.output_item.done", "output_index": 0, "item": item_done},
-        {"type": "response.completed", "response": response(done=True)},
     ]
-    events = [
-        f"event: {p['type']}\ndata: {_dumps({**p, 'sequence_number': n})}\n\n"
-        for n, p in enumerate(payloads)
-    ]
-    reply = _sse_reply(events)
+    if not s.generate:
+        pass
+    elif s.tool_call is not None:
+        at = {"item_id": item_id, "output_index": 0}
+        payloads += [
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item_done, "status": "in_progress", "arguments": ""},
+            },
+            *(
+                {"type": "response.function_call_arguments.delta", **at, "delta": piece}
+                for piece in split_text(arguments, len(s.pieces))
+            ),
+            {"type": "response.function_call_arguments.done", **at, "arguments": arguments},
+            {"type": "response.output_item.done", "output_index": 0, "item": item_done},
+        ]
+    else:
+        at = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        payloads += [
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item_done, "status": "in_progress", "content": []},
+            },
+            {"type": "response.content_part.added", **at, "part": {**part_done, "text": ""}},
+            *(
+                {"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
+                for piece in s.pieces
+            ),
+            {"type": "response.output_text.done", **at, "text": s.reply, "logprobs": []},
+            {"type": "response.content_part.done", **at, "part": part_done},
+            {"type": "response.output_item.done", "output_index": 0, "item": item_done},
+        ]
+    payloads.append({"type": "response.completed", "response": response(done=True)})
+    events = [{**p, "sequence_number": n} for n, p in enumerate(payloads)]
+    return response(done=True), events
+
+
+def _has_tool_output(request: dict[str, Any]) -> bool:
+    """Whether a Responses input already answers a tool call (``*_call_output`` item)."""
+    items = request.get("input")
+    return isinstance(items, list) and any(
+        isinstance(item, dict) and str(item.get("type", "")).endswith("_call_output")
+        for item in items
+    )
+
+
+def _check_response_create(message: Any) -> tuple[str, str | None] | None:
+    """Why a WebSocket client message is not a valid ``response.create`` (message, param),
+    or None when it is one."""
+    if not isinstance(message, dict):
+        return "WebSocket message is not a JSON object.", None
+    if message.get("type") != "response.create":
+        return f"Unsupported event type {message.get('type')!r}.", "type"
+    if not isinstance(message.get("model"), str) or not message["model"]:
+        return "response.create needs a string 'model'.", "model"
+    if not isinstance(message.get("input"), str | list):
+        return "response.create needs an 'input' that is a string or a list.", "input"
+    return None
+
+
+def _ws_error(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """An ``error`` event as the Responses WebSocket sends it: the HTTP status it stands
+    for, and the error object of the HTTP API."""
+    etype, code = _OPENAI_ERRORS.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
+    error = {"type": etype, "code": code, "message": message, "param": param}
+    return {"type": "error", "status": status, "error": error}
+
+
+def _openai_responses(s: _Synth) -> _Reply:
+    final, payloads = _responses_payloads(s)
+    if not s.body.get("stream"):
+        reply = _json_reply(200, final)
+    else:
+        reply = _sse_reply([f"event: {p['type']}\ndata: {_dumps(p)}\n\n" for p in payloads])
     reply.headers.append(("x-request-id", f"req_emu{s.serial}"))
     return reply
 
@@ -779,18 +934,18 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _dispatch(self) -> None:
-        body = self._read_body()
         headers: dict[str, str] = {}
         for name, value in self.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        if "websocket" in headers.get("upgrade", "").lower():
+            self._websocket(headers)
+            return
+        body = self._read_body()
         hit = Hit(self.command, self.path, headers, body)
         emulator = self.server.emulator
         emulator._record(hit)
-        controls = _Controls.from_headers(headers)
-        ref = headers.get(HEADER_REPLY_REF)
-        if ref is not None:
-            controls = dataclasses.replace(controls, reply=emulator.registered_reply(ref))
+        controls = emulator._controls_for(headers)
         try:
             reply = emulator._build_reply(self.command, self.path, body, controls)
         except Exception as exc:  # an emulator bug: say so instead of dropping the connection
@@ -802,6 +957,117 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+
+    # --- WebSocket (the Responses API's WebSocket mode) ---------------------------------
+
+    def _websocket(self, headers: dict[str, str]) -> None:
+        """Upgrade (or refuse) a WebSocket request, then answer its messages until it ends."""
+        emulator = self.server.emulator
+        controls = emulator._controls_for(headers)
+        self.close_connection = True  # after a WebSocket (or its refusal), nothing follows
+        bare = urlsplit(self.path).path.rstrip("/")
+        key = headers.get("sec-websocket-key", "").strip()
+        refusal: tuple[int, str] | None = None
+        if self.command != "GET" or not bare.endswith("/responses"):
+            refusal = 404, f"emulator: no WebSocket at {self.command} {bare}"
+        elif controls.ws_reject is not None:
+            refusal = controls.ws_reject, f"Emulated WebSocket refusal {controls.ws_reject}"
+        elif not key or headers.get("sec-websocket-version", "").strip() != "13":
+            refusal = 400, "A WebSocket upgrade needs Sec-WebSocket-Key and version 13."
+        if refusal is not None:
+            emulator._record_handshake(Handshake(self.path, headers, refusal[0]))
+            serial = f"{next(emulator._serial):08d}"
+            self._send_now(_error_reply("openai_responses", *refusal, f"req_emu{serial}"))
+            return
+
+        extensions: list[Extension] = []
+        answer = ""
+        if controls.ws_deflate:
+            answer = _negotiate_deflate(headers.get("sec-websocket-extensions", ""), extensions)
+        number = emulator._next_connection()
+        emulator._record_handshake(Handshake(self.path, headers, 101, answer, number))
+        self.send_response(101)
+        self.send_header("upgrade", "websocket")
+        self.send_header("connection", "Upgrade")
+        self.send_header("sec-websocket-accept", generate_accept_token(key.encode()).decode())
+        if answer:
+            self.send_header("sec-websocket-extensions", answer)
+        self.end_headers()
+        ws = WsConnection(ConnectionType.SERVER, extensions)
+        with contextlib.suppress(_ResetDone):
+            self._ws_serve(ws, headers, controls, number)
+
+    def _ws_serve(
+        self, ws: WsConnection, headers: dict[str, str], controls: _Controls, number: int
+    ) -> None:
+        text: list[str] = []
+        binary = bytearray()
+        while True:
+            data = self.rfile.read1(65536)  # the buffered reader may hold the first frames
+            if not data:
+                return
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, TextMessage):
+                    text.append(event.data)
+                    if event.message_finished:
+                        body = "".join(text).encode()
+                        text.clear()
+                        self._ws_answer(ws, Hit("GET", self.path, headers, body), controls, number)
+                elif isinstance(event, BytesMessage):
+                    binary += event.data
+                    if event.message_finished:
+                        hit = Hit("GET", self.path, headers, bytes(binary))
+                        binary.clear()
+                        self._ws_answer(ws, hit, controls, number, binary_message=True)
+                elif isinstance(event, Ping):
+                    self.wfile.write(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    with contextlib.suppress(Exception):
+                        self.wfile.write(ws.send(event.response()))
+                    return
+
+    def _ws_answer(
+        self,
+        ws: WsConnection,
+        hit: Hit,
+        c: _Controls,
+        number: int,
+        *,
+        binary_message: bool = False,
+    ) -> None:
+        hit.transport, hit.connection = "websocket", number
+        emulator = self.server.emulator
+        if binary_message:
+            hit.error = "binary WebSocket message"
+            events = [_ws_error(400, "Binary WebSocket messages are not supported.")]
+        else:
+            try:
+                events, hit.error = emulator._ws_events(self.path, hit.body, c)
+            except Exception as exc:  # an emulator bug: say so on the socket
+                events = [_ws_error(500, f"emulator failure: {exc!r}")]
+        emulator._record(hit)
+        for index, event in enumerate(events):
+            if c.reset_after is not None and index >= c.reset_after:
+                self._abort()
+            if index > 0 and c.pause_s > 0:
+                time.sleep(c.pause_s)
+            self.wfile.write(ws.send(TextMessage(data=_dumps(event))))
+            hit.events_sent.append(time.monotonic())
+        if c.reset_after is not None:
+            self._abort()
+
+    def _send_now(self, reply: _Reply) -> None:
+        """A buffered reply, then close (refused upgrades)."""
+        payload = b"".join(reply.events)
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            if name.lower() not in _NOT_REPLAYED:
+                self.send_header(name, value)
+        self.send_header("content-length", str(len(payload)))
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
 
     def _send(self, reply: _Reply, c: _Controls, hit: Hit) -> None:
         comp = zlib.compressobj(wbits=31) if c.gzip else None
@@ -855,6 +1121,21 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.rfile.close()  # drops the last reference, so the fd really closes now
         raise _ResetDone
+
+
+def _negotiate_deflate(offers: str, extensions: list[Extension]) -> str:
+    """Accept the first permessage-deflate offer: the response header value ("" if none);
+    the configured extension is appended to ``extensions``."""
+    for offer in offers.split(","):
+        if offer.split(";", 1)[0].strip().lower() != "permessage-deflate":
+            continue
+        deflate = PerMessageDeflate()
+        params = deflate.accept(offer.strip())
+        if params is None or params is False:
+            continue
+        extensions.append(deflate)
+        return f"{deflate.name}; {params}" if isinstance(params, str) and params else deflate.name
+    return ""
 
 
 class _Server(ThreadingHTTPServer):
@@ -917,9 +1198,12 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._hits: list[Hit] = []
+        self._handshakes: list[Handshake] = []
+        self._defaults: dict[str, str] = {}
         self._replies: dict[str, str] = {}
         self._conns: set[ssl.SSLSocket] = set()
         self._serial = itertools.count(1)
+        self._ws_numbers = itertools.count(1)
 
     # lifecycle ---------------------------------------------------------------------
 
@@ -981,6 +1265,19 @@ class Emulator:
         with self._lock:
             return list(self._hits)
 
+    @property
+    def handshakes(self) -> list[Handshake]:
+        """A snapshot of the WebSocket upgrade requests received so far, oldest first."""
+        with self._lock:
+            return list(self._handshakes)
+
+    def set_default_controls(self, headers: dict[str, str]) -> None:
+        """Control headers applied to every later request and WebSocket upgrade that does
+        not send that header itself (for clients that cannot add headers); ``reset()``
+        clears them. Names are case-insensitive."""
+        with self._lock:
+            self._defaults = {k.lower(): v for k, v in headers.items()}
+
     def register_reply(self, text: str) -> str:
         """Make `text` the reply for requests sending the returned x-emulator-reply-ref."""
         with self._lock:
@@ -993,9 +1290,11 @@ class Emulator:
             return self._replies.get(ref, DEFAULT_REPLY)
 
     def reset(self) -> None:
-        """Forget all recorded hits."""
+        """Forget all recorded hits and handshakes, and the default controls."""
         with self._lock:
             self._hits.clear()
+            self._handshakes.clear()
+            self._defaults = {}
 
     def wait_for_hits(self, count: int, timeout: float = 5.0) -> list[Hit]:
         """Wait until at least ``count`` hits are recorded; return them (raise on timeout)."""
@@ -1011,6 +1310,23 @@ class Emulator:
     def _record(self, hit: Hit) -> None:
         with self._lock:
             self._hits.append(hit)
+
+    def _record_handshake(self, handshake: Handshake) -> None:
+        with self._lock:
+            self._handshakes.append(handshake)
+
+    def _next_connection(self) -> int:
+        with self._lock:
+            return next(self._ws_numbers)
+
+    def _controls_for(self, headers: dict[str, str]) -> _Controls:
+        with self._lock:
+            merged = {**self._defaults, **headers}
+        controls = _Controls.from_headers(merged)
+        ref = merged.get(HEADER_REPLY_REF)
+        if ref is not None:
+            controls = dataclasses.replace(controls, reply=self.registered_reply(ref))
+        return controls
 
     def _track(self, conn: ssl.SSLSocket, add: bool) -> None:
         with self._lock:
@@ -1038,22 +1354,85 @@ class Emulator:
             request = None
         if not isinstance(request, dict):
             return _error_reply(protocol, 400, "Request body is not a JSON object.", serial)
+        return _BUILDERS[protocol](self._synth(protocol, path, body, request, c, serial))
+
+    def _synth(
+        self,
+        protocol: str,
+        path: str,
+        body: bytes,
+        request: dict[str, Any],
+        c: _Controls,
+        serial: str,
+    ) -> _Synth:
         if protocol == "gemini":
             match = _GEMINI_PATH.search(urlsplit(path).path)
             model = match.group(1) if match else "gemini"
         else:
             model = str(request.get("model") or "emulator-model")
-        synth = _Synth(
+        tool_call = None
+        generate = True
+        if protocol == "openai_responses":
+            if c.tool_call is not None and not _has_tool_output(request):
+                tool_call = (c.tool_call, c.tool_args)
+            generate = request.get("generate") is not False
+        usage = None
+        if not c.no_usage:
+            usage = expected_usage(body, c.reply if tool_call is None else tool_call[1])
+            if not generate:
+                usage = Usage(usage.input_tokens, 0)
+        return _Synth(
             body=request,
             path=path,
             model=model,
             reply=c.reply,
             pieces=split_text(c.reply, c.chunks),
-            usage=None if c.no_usage else expected_usage(body, c.reply),
+            usage=usage,
             serial=serial,
             created=int(time.time()),
+            tool_call=tool_call,
+            generate=generate,
         )
-        return _BUILDERS[protocol](synth)
+
+    def _ws_events(
+        self, path: str, body: bytes, c: _Controls
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The events answering one WebSocket message, and why it was refused (or None).
+
+        The message is checked first, whatever the controls say: a malformed
+        ``response.create`` is a client (or gateway) bug a test wants to see.
+        """
+        serial = f"{next(self._serial):08d}"
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        problem = _check_response_create(request)
+        if problem is not None:
+            message, param = problem
+            return [_ws_error(400, message, param)], message
+        assert isinstance(request, dict)
+        if c.status is not None:
+            return [_ws_error(c.status, f"Emulated error {c.status}")], None
+        if c.fixture is not None:
+            return self._fixture_ws_events(c.fixture), None
+        synth = self._synth("openai_responses", path, body, request, c, serial)
+        return _responses_payloads(synth)[1], None
+
+    def _fixture_ws_events(self, stem: str) -> list[dict[str, Any]]:
+        """A recorded Responses stream's events, one message each (SSE framing dropped)."""
+        try:
+            fixture = load_fixture(stem, self.fixtures_dir)
+        except (OSError, ValueError) as exc:
+            return [_ws_error(500, f"emulator: cannot load fixture {stem!r}: {exc}")]
+        if fixture.get("protocol") != "openai_responses" or not fixture.get("stream"):
+            return [_ws_error(500, f"emulator: {stem!r} is not a Responses stream")]
+        events: list[dict[str, Any]] = []
+        for event in split_events(fixture["response"].get("body_text", "")):
+            data = [line[5:].lstrip() for line in event.splitlines() if line.startswith("data:")]
+            if data:
+                events.append(json.loads("\n".join(data)))
+        return events
 
     def _fixture_reply(self, stem: str) -> _Reply:
         try:

@@ -212,9 +212,10 @@ def test_non_llm_hosts_are_tunnelled_not_intercepted(proxy: Proxy) -> None:
         # And the mitmproxy CA would not verify it: nobody forged a certificate.
         mitm_ca = proxy.ssl_context()
         mitm_ca.check_hostname = False
-        with pytest.raises(httpx2.ConnectError), httpx2.Client(
-            proxy=proxy.url, verify=mitm_ca
-        ) as client:
+        with (
+            pytest.raises(httpx2.ConnectError),
+            httpx2.Client(proxy=proxy.url, verify=mitm_ca) as client,
+        ):
             client.get(f"https://{other.host}:{other.port}/")
 
 

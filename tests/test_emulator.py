@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 import zlib
@@ -18,6 +19,9 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
 
 from tests.emulator import (
     DEFAULT_REPLY,
@@ -628,3 +632,335 @@ def test_sdk_errors(emu: Emulator, tls: ssl.SSLContext) -> None:
         )
     assert gcaught.value.code == 429
     assert gcaught.value.status == "RESOURCE_EXHAUSTED"
+
+
+# ---------------------------------------------------------------- Responses over WebSocket
+
+WS_RESPONSES = "/v1/responses"
+TEXT_EVENTS = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    *["response.output_text.delta"] * 3,
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
+
+def _ws(
+    emu: Emulator, tls: ssl.SSLContext, path: str = WS_RESPONSES, **headers: str
+) -> ClientConnection:
+    return ws_connect(
+        emu.url.replace("https://", "wss://") + path,
+        ssl=tls,
+        proxy=None,
+        additional_headers={"authorization": "Bearer sk-ws-test", **headers},
+        open_timeout=10,
+    )
+
+
+def _create(ws: ClientConnection, **fields: Any) -> list[dict[str, Any]]:
+    """Send one response.create and read its events up to the terminal one."""
+    ws.send(json.dumps({"type": "response.create", "model": "gpt-test", "input": "hi", **fields}))
+    return _events(ws)
+
+
+def _events(ws: ClientConnection) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    while True:
+        raw = ws.recv(timeout=10)
+        assert isinstance(raw, str), "every event is a text message"
+        events.append(json.loads(raw))
+        if events[-1]["type"] in ("response.completed", "error"):
+            return events
+
+
+def test_ws_response_create_streams_the_responses_events(
+    emu: Emulator, tls: ssl.SSLContext
+) -> None:
+    with _ws(emu, tls) as ws:
+        events = _create(ws, input=[{"role": "user", "content": "Say hello"}])
+    assert [e["type"] for e in events] == TEXT_EVENTS
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == DEFAULT_REPLY
+    final = events[-1]["response"]
+    assert final["status"] == "completed" and final["model"] == "gpt-test"
+    assert final["output"][0]["content"][0]["text"] == DEFAULT_REPLY
+
+    hit = _only_hit(emu)
+    assert hit.websocket and hit.transport == "websocket" and hit.error is None
+    assert (hit.method, hit.path) == ("GET", WS_RESPONSES)
+    assert hit.headers["authorization"] == "Bearer sk-ws-test"
+    assert hit.json()["type"] == "response.create"
+    usage = expected_usage(hit.body)
+    assert final["usage"]["input_tokens"] == usage.input_tokens
+    assert final["usage"]["output_tokens"] == usage.output_tokens
+    assert final["usage"]["total_tokens"] == usage.total_tokens
+    assert final["usage"]["input_tokens_details"] == {"cached_tokens": 0}
+    assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
+    assert len(hit.events_sent) == len(events)
+
+    (handshake,) = emu.handshakes
+    assert handshake.status == 101 and handshake.connection == hit.connection
+    assert handshake.extensions.startswith("permessage-deflate")  # the client offered it
+
+
+def test_ws_and_sse_carry_the_same_events(
+    emu: Emulator, tls: ssl.SSLContext, http: httpx2.Client
+) -> None:
+    body = {"model": "gpt-test", "input": "hi", "stream": True}
+    sse = _sse_data(http.post(emu.url + RESPONSES, json=body).content)
+    with _ws(emu, tls) as ws:
+        ws_events = _create(ws, stream=True)
+
+    def shape(event: dict[str, Any]) -> Any:
+        # Ids and timestamps differ per reply, and usage with the request's size.
+        text = re.sub(r"emu\d{8}", "emuN", json.dumps(event, sort_keys=True))
+        text = re.sub(r'"(created_at|completed_at)": \d+', r'"\1": 0', text)
+        return re.sub(r'"(input|output|total)_tokens": \d+', r'"\1_tokens": 0', text)
+
+    assert [shape(e) for e in ws_events] == [shape(e) for e in sse]
+
+
+def test_ws_many_messages_on_one_connection(emu: Emulator, tls: ssl.SSLContext) -> None:
+    with _ws(emu, tls) as ws:
+        first = _create(ws)
+        second = _create(ws, previous_response_id=first[-1]["response"]["id"], input=[])
+        with _ws(emu, tls) as other:
+            _create(other)
+    assert second[-1]["response"]["previous_response_id"] == first[-1]["response"]["id"]
+    hits = emu.hits
+    assert hits[0].connection == hits[1].connection != hits[2].connection
+    assert [h.status for h in emu.handshakes] == [101, 101]
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        (b"not json", None),
+        (json.dumps(["a", "list"]), None),
+        (json.dumps({"type": "response.cancel", "model": "m", "input": "x"}), "type"),
+        (json.dumps({"model": "m", "input": "x"}), "type"),
+        (json.dumps({"type": "response.create", "input": "x"}), "model"),
+        (json.dumps({"type": "response.create", "model": 4, "input": "x"}), "model"),
+        (json.dumps({"type": "response.create", "model": "m"}), "input"),
+        (json.dumps({"type": "response.create", "model": "m", "input": {"a": 1}}), "input"),
+    ],
+)
+def test_ws_rejects_what_is_not_a_response_create(
+    emu: Emulator, tls: ssl.SSLContext, message: str | bytes, param: str | None
+) -> None:
+    with _ws(emu, tls) as ws:
+        ws.send(message)
+        (error,) = _events(ws)
+        assert error["type"] == "error" and error["status"] == 400
+        assert error["error"]["type"] == "invalid_request_error"
+        assert error["error"]["param"] == param
+        # The connection stays usable.
+        assert _create(ws)[-1]["type"] == "response.completed"
+    rejected, accepted = emu.hits
+    assert rejected.websocket and rejected.error and accepted.error is None
+    assert rejected.body == (message if isinstance(message, bytes) else message.encode())
+
+
+def test_ws_controls_come_from_the_handshake(emu: Emulator, tls: ssl.SSLContext) -> None:
+    reply = "Über WebSocket, 100%"
+    with _ws(emu, tls, **{"x-emulator-reply": quote(reply), "x-emulator-chunks": "2"}) as ws:
+        events = _create(ws)
+        again = _create(ws)  # the controls hold for every message of the connection
+    for stream in (events, again):
+        deltas = [e["delta"] for e in stream if e["type"] == "response.output_text.delta"]
+        assert len(deltas) == 2 and "".join(deltas) == reply
+    hit = emu.hits[0]
+    assert events[-1]["response"]["usage"]["output_tokens"] == output_tokens_for(reply)
+    assert events[-1]["response"]["usage"]["input_tokens"] == input_tokens_for(hit.body)
+
+    ref = emu.register_reply("a registered reply")
+    with _ws(emu, tls, **{"x-emulator-reply-ref": ref}) as ws:
+        final = _create(ws)[-1]["response"]
+    assert final["output"][0]["content"][0]["text"] == "a registered reply"
+
+    with _ws(emu, tls, **{"x-emulator-no-usage": "1"}) as ws:
+        assert _create(ws)[-1]["response"]["usage"] is None
+
+
+@pytest.mark.parametrize(
+    ("status", "etype", "code"),
+    [
+        (429, "requests", "rate_limit_exceeded"),
+        (500, "server_error", None),
+        (401, "invalid_request_error", "invalid_api_key"),
+    ],
+)
+def test_ws_upstream_error_event(
+    emu: Emulator, tls: ssl.SSLContext, status: int, etype: str, code: str | None
+) -> None:
+    with _ws(emu, tls, **{"x-emulator-status": str(status)}) as ws:
+        (error,) = _create(ws)
+    assert error == {
+        "type": "error",
+        "status": status,
+        "error": {
+            "type": etype,
+            "code": code,
+            "message": f"Emulated error {status}",
+            "param": None,
+        },
+    }
+    assert _only_hit(emu).error is None  # a valid message, answered with an error on purpose
+
+
+def test_ws_tool_call_then_text(emu: Emulator, tls: ssl.SSLContext) -> None:
+    args = '{"cmd": "echo 50% done"}'
+    headers = {"x-emulator-tool-call": "exec_command", "x-emulator-tool-args": quote(args)}
+    with _ws(emu, tls, **headers) as ws:
+        call_events = _create(ws)
+        item = call_events[-1]["response"]["output"][0]
+        output = {"type": "function_call_output", "call_id": item["call_id"], "output": "ok"}
+        answer = _create(ws, input=[output])
+    assert [e["type"] for e in call_events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * 3,
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert item["type"] == "function_call" and item["status"] == "completed"
+    assert (item["name"], item["arguments"]) == ("exec_command", args)
+    deltas = [e["delta"] for e in call_events if e["type"].endswith("arguments.delta")]
+    assert "".join(deltas) == args
+    first_hit, second_hit = emu.hits
+    usage = call_events[-1]["response"]["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == expected_usage(first_hit.body, args)
+    # With the tool's output in the input, the model answers in text.
+    assert [e["type"] for e in answer] == TEXT_EVENTS
+    assert answer[-1]["response"]["output"][0]["content"][0]["text"] == DEFAULT_REPLY
+    assert answer[-1]["response"]["usage"]["output_tokens"] == output_tokens_for(DEFAULT_REPLY)
+    assert second_hit.json()["input"][0]["type"] == "function_call_output"
+
+
+def test_ws_warmup_has_no_output(emu: Emulator, tls: ssl.SSLContext) -> None:
+    with _ws(emu, tls) as ws:
+        events = _create(ws, generate=False)
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.completed",
+    ]
+    final = events[-1]["response"]
+    assert final["output"] == []
+    assert final["usage"]["output_tokens"] == 0
+    assert final["usage"]["input_tokens"] == input_tokens_for(_only_hit(emu).body)
+
+
+def test_ws_refused_upgrade(emu: Emulator, tls: ssl.SSLContext) -> None:
+    with pytest.raises(InvalidStatus) as caught:
+        _ws(emu, tls, **{"x-emulator-ws-reject": "426"})
+    assert caught.value.response.status_code == 426
+    assert json.loads(caught.value.response.body or b"{}")["error"]["message"]
+    with pytest.raises(InvalidStatus) as caught:
+        _ws(emu, tls, path="/v1/chat/completions")
+    assert caught.value.response.status_code == 404
+    assert [h.status for h in emu.handshakes] == [426, 404]
+    assert all(h.connection is None for h in emu.handshakes)
+    assert emu.hits == []
+
+
+def test_ws_deflate_can_be_declined(emu: Emulator, tls: ssl.SSLContext) -> None:
+    with _ws(emu, tls, **{"x-emulator-ws-deflate": "0"}) as ws:
+        assert _create(ws)[-1]["type"] == "response.completed"
+    assert emu.handshakes[0].extensions == ""
+    with ws_connect(
+        emu.url.replace("https://", "wss://") + WS_RESPONSES, ssl=tls, proxy=None, compression=None
+    ) as ws:
+        assert _create(ws)[-1]["type"] == "response.completed"
+    assert emu.handshakes[1].extensions == ""
+
+
+def test_ws_reset_after_k_events(emu: Emulator, tls: ssl.SSLContext) -> None:
+    with _ws(emu, tls, **{"x-emulator-reset-after": "2", "x-emulator-pause-ms": "20"}) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-test", "input": "hi"}))
+        received = [json.loads(ws.recv(timeout=10)) for _ in range(2)]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    assert [e["type"] for e in received] == TEXT_EVENTS[:2]
+    hit = _only_hit(emu)
+    assert len(hit.events_sent) == 2
+    assert hit.events_sent[1] - hit.events_sent[0] >= 0.015
+
+
+def test_ws_fixture_replay(emu: Emulator, tls: ssl.SSLContext) -> None:
+    stem = "openai_responses__text_stream"
+    expected = _sse_data(load_fixture(stem)["response"]["body_text"].encode())
+    with _ws(emu, tls, **{"x-emulator-fixture": stem}) as ws:
+        assert _create(ws) == expected
+
+
+def test_default_controls_apply_until_reset(
+    emu: Emulator, tls: ssl.SSLContext, http: httpx2.Client
+) -> None:
+    emu.set_default_controls({"X-Emulator-Reply": "from the defaults", "x-emulator-chunks": "1"})
+    with _ws(emu, tls) as ws:
+        (delta,) = [e for e in _create(ws) if e["type"] == "response.output_text.delta"]
+    assert delta["delta"] == "from the defaults"
+    response = http.post(emu.url + RESPONSES, json={"model": "m", "input": "x"})
+    assert response.json()["output"][0]["content"][0]["text"] == "from the defaults"
+    # A request's own header wins over the default.
+    response = http.post(
+        emu.url + RESPONSES, json={"model": "m", "input": "x"}, headers={"x-emulator-reply": "own"}
+    )
+    assert response.json()["output"][0]["content"][0]["text"] == "own"
+    emu.reset()
+    assert emu.hits == [] and emu.handshakes == []
+    response = http.post(emu.url + RESPONSES, json={"model": "m", "input": "x"})
+    assert response.json()["output"][0]["content"][0]["text"] == DEFAULT_REPLY
+
+
+def test_responses_tool_call_over_http(emu: Emulator, tls: ssl.SSLContext) -> None:
+    args = '{"city": "Paris"}'
+    client = _openai(
+        emu, tls, **{"x-emulator-tool-call": "get_weather", "x-emulator-tool-args": quote(args)}
+    )
+    response = client.responses.create(model="gpt-test", input="Weather?")
+    (call,) = response.output
+    assert call.type == "function_call"
+    assert (call.name, call.arguments) == ("get_weather", args)
+    assert response.usage is not None
+    assert response.usage.output_tokens == output_tokens_for(args)
+
+    with client.responses.stream(model="gpt-test", input="Weather?") as stream:
+        final = stream.get_final_response()
+    assert final.output[0].type == "function_call"
+    assert final.output[0].arguments == args
+
+    followup = [{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}]
+    answer = client.responses.create(model="gpt-test", input=followup)  # type: ignore[arg-type]
+    assert answer.output_text == DEFAULT_REPLY
+
+
+# The SDK's own use of websockets' sync client warns; not the emulator's concern.
+@pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager")
+def test_openai_sdk_websocket(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _openai(emu, tls)
+    options: Any = {"ssl": tls, "proxy": None}
+    with client.responses.connect(websocket_connection_options=options) as connection:
+        connection.response.create(model="gpt-test", input="Say hello")
+        deltas = []
+        for event in connection:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+            if event.type == "response.completed":
+                completed = event.response
+                break
+    assert "".join(deltas) == DEFAULT_REPLY
+    assert completed.usage is not None
+    assert completed.usage.output_tokens == output_tokens_for(DEFAULT_REPLY)
+    hit = _only_hit(emu)
+    assert hit.websocket and hit.headers["authorization"] == "Bearer x"
+    assert completed.usage.input_tokens == input_tokens_for(hit.body)
