@@ -41,8 +41,11 @@ def quota_demand(call: Call, pricer: Pricer, output_cap: int) -> Demand | Reject
             "you cannot be enforced. Add it to pricing.yaml or to the route's pricing.",
             "denied",
         )
+    if call.warmup:
+        output = 0  # a warm-up generates nothing, and is no request of the caller's
     usage = Usage(input_tokens=call.estimated_input, output_tokens=output)
-    return Demand(1, call.estimated_input, output, cost_usd(usage, price) or 0.0)
+    cost = cost_usd(usage, price) or 0.0
+    return Demand(0 if call.warmup else 1, call.estimated_input, output, cost)
 
 
 def quota_rejection(exceeded: Exceeded) -> Rejection:
@@ -97,10 +100,10 @@ def ratelimit_headers(states: list[WindowState], now: float) -> dict[str, str]:
     return headers
 
 
-def actual_demand(fields: dict[str, Any]) -> Demand:
+def actual_demand(fields: dict[str, Any], requests: int = 1) -> Demand:
     """What a finished call really consumed, for settling its reservation."""
     return Demand(
-        1,
+        requests,
         fields.get("input_tokens") or 0,
         fields.get("output_tokens") or 0,
         fields.get("cost_usd") or 0.0,

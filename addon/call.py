@@ -56,6 +56,7 @@ class Call:
     virtual_key: bool = False
     stray_key: bool = False
     transport: str = "http"  # or "websocket": one message of a Responses WebSocket
+    warmup: bool = False  # a Responses `generate: false` message: no output, no quota
     protocol: WireProtocol | None = None
     request: CanonicalRequest | None = None
     body: dict[str, Any] = field(default_factory=dict)  # the parsed JSON, for edits

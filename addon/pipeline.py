@@ -319,7 +319,7 @@ def settle(
     successful_reply = http_status is not None and http_status < 400
     if usage is not None:
         fields["usage_source"] = "reported"
-    elif received and successful_reply and call.request is not None:
+    elif received and successful_reply and call.request is not None and not call.warmup:
         # The provider said nothing: estimate both sides rather than write a zero.
         usage = Usage(
             input_tokens=estimate_tokens(call.request.texts()),

@@ -580,7 +580,7 @@ class Gateway:
     def close_row(self, call: Call, fields: dict, headers: Fields | None, body: bytes) -> None:
         assert self.audit is not None
         call.closed = True
-        self._quota_settle(call, budget.actual_demand(fields))
+        self._quota_settle(call, budget.actual_demand(fields, 0 if call.warmup else 1))
         self.audit.update("requests", call.id, fields)
         if log.isEnabledFor(logging.INFO):  # the line is not free to build
             log.info(pipeline.summary_line(call, fields))

@@ -271,6 +271,10 @@ class WebSocketCalls:
         rewrite = pipeline.plan_rewrite(call, call.path, raw, self.gateway.secrets)
         if isinstance(rewrite, Rejection):
             return rewrite
+        # A warm-up (`"generate": false`, Codex sends one per socket) is policed,
+        # scanned and recorded, and its input counts against token budgets, but it is
+        # no request of the caller's and generates nothing (budget.quota_demand).
+        call.warmup = call.body.get("generate") is False
         call.quota_windows = budget.bind_windows(
             call.user or "", call.groups, sock.policy.quota_windows
         )
