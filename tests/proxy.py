@@ -17,6 +17,7 @@ import httpx2
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "scripts" / "llmgate_addon.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
+MITMWEB = Path(sys.executable).parent / "mitmweb"
 
 
 def free_port() -> int:
@@ -36,6 +37,7 @@ class Proxy:
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
         addon: bool = True,
+        binary: Path = MITMDUMP,
     ) -> None:
         self.policies, self.db, self.confdir = policies, db, confdir
         self.port = free_port()
@@ -43,7 +45,7 @@ class Proxy:
         self.ca_path = str(confdir / "mitmproxy-ca-cert.pem")
         self.log_path = db.with_suffix(".log")
         args = [
-            str(MITMDUMP),
+            str(binary),
             "--listen-host", "127.0.0.1",
             "--listen-port", str(self.port),
             "--set", f"confdir={confdir}",
