@@ -31,7 +31,7 @@ def quota_demand(call: Call, pricer: Pricer, output_cap: int) -> Demand | Reject
     """One request, the estimated input, the output reservation, and what that would cost."""
     assert call.request and call.upstream_model
     asked = call.clamp_max_tokens or call.request.max_tokens or output_cap
-    output = min(asked, output_cap)
+    output = min(asked, output_cap) if asked > 0 else output_cap
     price = pricer.price(call.upstream_model, call.route.pricing if call.route else None)
     if price is None and any(w.window.max_cost_usd is not None for w in call.quota_windows):
         return Rejection(

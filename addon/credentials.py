@@ -90,6 +90,8 @@ def _storable_name(name: str) -> bool:
 # Headers whose values are credentials in any API llmgate fronts; the flow copy
 # that mitmweb shows and `-w` saves must only ever hold them masked.
 _MASKED_HEADER = re.compile(r"auth|key|token|secret|credential|cookie|password", re.I)
+# An llmgate key in any header at all (identity refuses one outside the credential slots).
+KEY_SHAPED = re.compile(rb"(?i)(?<![a-z0-9_-])lg-[a-z0-9_-]{8,}")
 _SCHEME_AND_VALUE = re.compile(r"^\s*(?:([A-Za-z]+)\s+)?(\S+)\s*$")
 
 Fields = tuple[tuple[bytes, bytes], ...]
@@ -112,7 +114,8 @@ def mask_fields(fields: Fields, label: str) -> tuple[Fields, Fields]:
     kept: list[tuple[bytes, bytes]] = []
     originals: list[tuple[bytes, bytes]] = []
     for name, value in fields:
-        if is_masked_header(name.decode("latin-1")) and b"\xe2\x80\xa6(" not in value:
+        credential = is_masked_header(name.decode("latin-1")) or KEY_SHAPED.search(value)
+        if credential and b"\xe2\x80\xa6(" not in value:
             originals.append((name, value))
             whose = "llmgate key" if b"lg-" in value.lower() else label
             value = masked(value.decode("latin-1"), whose).encode("utf-8")
@@ -139,3 +142,18 @@ def mask_query(path: str, label: str) -> str:
         for k, v in pairs
     ]
     return bare + "?" + urlencode(edited, errors="surrogateescape")
+
+
+def replace_found(text: str, values: dict[str, str]) -> str:
+    """`text` with every found value replaced by its token."""
+    for found, token in values.items():
+        text = text.replace(found, token)
+    return text
+
+
+def replace_in_fields(fields: Fields, values: dict[str, str]) -> Fields:
+    """Header fields with every found value replaced by its token."""
+    return tuple(
+        (name, replace_found(value.decode("latin-1"), values).encode("utf-8"))
+        for name, value in fields
+    )

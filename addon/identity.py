@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from addon.config import IdentitySettings
-from addon.credentials import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS
+from addon.credentials import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, KEY_SHAPED
 from addon.keys import KEY_PREFIX, KeyStore
 
 _KEY_HEADERS = frozenset(CREDENTIAL_HEADERS)
@@ -23,8 +23,6 @@ _KEY_PARAMS = frozenset(CREDENTIAL_PARAMS)
 # Any spelling a provider SDK might send: an optional scheme word (Bearer, BEARER,
 # Token, ...) then the key, with any whitespace between them.
 _SCHEME_AND_KEY = re.compile(r"^\s*(?:[A-Za-z]+\s+)?(\S+)\s*$")
-# A key-shaped token anywhere else in a header: refused so it never reaches a provider.
-_STRAY_KEY = re.compile(rb"(?i)(?<![a-z0-9_-])lg-[a-z0-9_-]{8,}")
 
 
 @dataclass(frozen=True)
@@ -65,14 +63,14 @@ def find_virtual_key(headers: Iterable[tuple[bytes, bytes]], path: str) -> str |
 def has_stray_key(headers: Iterable[tuple[bytes, bytes]], path: str) -> bool:
     """Whether a key-shaped value sits outside every credential slot (header or query)."""
     if any(
-        _STRAY_KEY.search(raw)
+        KEY_SHAPED.search(raw)
         for name, raw in headers
         if name.lower().decode("latin-1") not in _KEY_HEADERS
     ):
         return True
     _, sep, query = path.partition("?")
     return bool(sep) and any(
-        param.lower() not in _KEY_PARAMS and _STRAY_KEY.search(value.encode("utf-8", "replace"))
+        param.lower() not in _KEY_PARAMS and KEY_SHAPED.search(value.encode("utf-8", "replace"))
         for param, value in parse_qsl(query, keep_blank_values=True)
     )
 

@@ -44,6 +44,9 @@ def parse_call(call: Call, raw_body: bytes) -> Rejection | None:
         return Rejection(400, "invalid_request", str(exc))
     except RecursionError:
         return Rejection(400, "invalid_request", "the request nests too deeply to be read")
+    if call.request.max_tokens is not None and call.request.max_tokens < 1:
+        # A negative limit must not shrink a token reservation (the provider refuses it).
+        return Rejection(400, "invalid_request", "the maximum output tokens must be at least 1")
     call.stream = protocol.is_stream_request(body, call.path)
     call.body = body
     return None

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from addon.audit import AuditWriter, cap_body, json_text
-from addon.credentials import storable_headers
+from addon.credentials import replace_found, storable_headers
 from addon.screening import Located, finding_rows, redact_json
 
 
@@ -35,10 +35,7 @@ def write_half(
     kept_headers = storable_headers(headers)
     if hidden:
         # A header value the scanner found something in is stored with it replaced.
-        for name, value in kept_headers.items():
-            for found, token in hidden.items():
-                value = value.replace(found, token)
-            kept_headers[name] = value
+        kept_headers = {name: replace_found(value, hidden) for name, value in kept_headers.items()}
     fields = {
         f"{side}_headers": json_text(kept_headers),
         f"{side}_body": stored,

@@ -21,7 +21,7 @@ from addon.audit import AuditWriter, default_db_path
 from addon.call import Call, Rejection, Rewrite, describe_exception, new_request_id
 from addon.checks import config_warnings
 from addon.config import ConfigError, GatewayConfig, load_config
-from addon.credentials import Fields, SecretStore, strip_credential_params
+from addon.credentials import Fields, SecretStore, replace_in_fields, strip_credential_params
 from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking
 from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
@@ -368,10 +368,11 @@ class Gateway:
             call.protocol = PROTOCOLS[error_protocol(call.protocol_name, call.host, call.path)]
         self.masking.forget(flow)  # nothing leaves: the credentials stay masked
         if call.request_screening is not None and call.request_screening.items:
-            # The flow must not show what the scanner found either.
+            # The flow must not show what the scanner found either, body or headers.
             hidden = call.request_screening.values()
             content = flow.request.get_content(strict=False) or b""
             flow.request.content = redact_json(content, hidden)
+            flow.request.headers.fields = replace_in_fields(flow.request.headers.fields, hidden)
         flow.response = http.Response.make(
             rejection.status,
             rejection.body(call.protocol),
