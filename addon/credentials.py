@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
@@ -109,12 +109,18 @@ def is_masked_header(name: str) -> bool:
     return bool(_MASKED_HEADER.search(name))
 
 
-def mask_fields(fields: Fields, label: str) -> tuple[Fields, Fields]:
-    """(fields with every credential-bearing value masked, the original fields masked)."""
+def mask_fields(
+    fields: Fields, label: str, found: Callable[[bytes], bool] = lambda _: False
+) -> tuple[Fields, Fields]:
+    """(fields with every credential-bearing value masked, the original fields masked).
+
+    `found` flags other values to mask (what a scanner finds in them)."""
     kept: list[tuple[bytes, bytes]] = []
     originals: list[tuple[bytes, bytes]] = []
     for name, value in fields:
-        credential = is_masked_header(name.decode("latin-1")) or KEY_SHAPED.search(value)
+        credential = (
+            is_masked_header(name.decode("latin-1")) or KEY_SHAPED.search(value) or found(value)
+        )
         if credential and b"\xe2\x80\xa6(" not in value:
             originals.append((name, value))
             whose = "llmgate key" if b"lg-" in value.lower() else label

@@ -4,13 +4,22 @@ mitmweb's view and the save addon read the flow after llmgate's hooks (scripts
 run before them), so the caller's credentials are masked in `requestheaders`,
 put back only for the moment a forwarded call is sent, and masked again (with
 the route secret's name) by the first hook after the request has left.
+
+Between the `request` hook and that moment the outgoing request, secret
+included, must stay on the flow, because mitmproxy sends what the flow holds.
+But mitmproxy fires `update` right after every hook, and mitmweb broadcasts the
+flow from its `update`. So `shade` masks a sending flow in llmgate's own
+`update` (which runs before mitmweb's view) and `ViewShadeLifter`, an addon
+llmgate appends after every other, lifts the shade again before the send.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mitmproxy import http
+from mitmproxy.flow import Flow
 
 from addon.credentials import Fields, mask_fields, mask_query, unmask_fields
 
@@ -26,10 +35,13 @@ class _Held:
 class FlowMasking:
     def __init__(self) -> None:
         self._held: dict[str, _Held] = {}
+        self._sending: dict[str, str] = {}  # flow id -> whose credential went out
+        self._shaded: dict[str, _Held] = {}
 
-    def hide(self, flow: http.HTTPFlow) -> None:
-        """Mask the caller's credentials, keeping the originals here."""
-        fields, originals = mask_fields(flow.request.headers.fields, "caller key")
+    def hide(self, flow: http.HTTPFlow, found: Callable[[bytes], bool] = lambda _: False) -> None:
+        """Mask the caller's credentials (and header values `found` flags), keeping the
+        originals here."""
+        fields, originals = mask_fields(flow.request.headers.fields, "caller key", found)
         path = flow.request.path
         flow.request.headers.fields = fields
         flow.request.path = mask_query(path, "caller key")
@@ -56,8 +68,41 @@ class FlowMasking:
         """Nothing leaves: the flow keeps its masked copy."""
         self._held.pop(flow.id, None)
 
-    @staticmethod
-    def mask_sent(flow: http.HTTPFlow, label: str) -> None:
+    def sending(self, flow: http.HTTPFlow, label: str) -> None:
+        """The flow now holds the outgoing request, credentials and all, until it left."""
+        self._sending[flow.id] = label
+
+    def mask_sent(self, flow: http.HTTPFlow, label: str) -> None:
         """After the request left: only masked credentials stay on the flow."""
+        self._sending.pop(flow.id, None)
         flow.request.headers.fields = mask_fields(flow.request.headers.fields, label)[0]
         flow.request.path = mask_query(flow.request.path, label)
+
+    def shade(self, flow: http.HTTPFlow) -> None:
+        label = self._sending.get(flow.id)
+        if label is None or flow.id in self._shaded:
+            return
+        self._shaded[flow.id] = _Held(flow.request.headers.fields, flow.request.path)
+        flow.request.headers.fields = mask_fields(flow.request.headers.fields, label)[0]
+        flow.request.path = mask_query(flow.request.path, label)
+
+    def lift(self, flow: http.HTTPFlow) -> None:
+        shaded = self._shaded.pop(flow.id, None)
+        if shaded is not None:
+            flow.request.headers.fields = shaded.originals
+            flow.request.path = shaded.path
+
+
+class ViewShadeLifter:
+    """Appended after mitmweb's view and every other addon: puts back what
+    `FlowMasking.shade` masked for them, before mitmproxy sends the request."""
+
+    name = "llmgate-view-shade-lifter"
+
+    def __init__(self, masking: FlowMasking) -> None:
+        self.masking = masking
+
+    def update(self, flows: Sequence[Flow]) -> None:
+        for flow in flows:
+            if isinstance(flow, http.HTTPFlow):
+                self.masking.lift(flow)

@@ -11,9 +11,11 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import mitmproxy.flow
 from mitmproxy import ctx, exceptions, http
 
 from addon import budget, pipeline
@@ -23,7 +25,7 @@ from addon.checks import config_warnings
 from addon.config import ConfigError, GatewayConfig, load_config
 from addon.credentials import Fields, SecretStore, replace_in_fields, strip_credential_params
 from addon.gateway.connection_guard import ConnectionGuard
-from addon.gateway.flow_masking import FlowMasking
+from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
 from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
 from addon.hosts import HostSet
 from addon.identity import Identifier
@@ -74,6 +76,11 @@ class Gateway:
 
     # --- options -----------------------------------------------------------------
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        # Last in the chain, after mitmweb's view (see flow_masking).
+        lifter = ViewShadeLifter(self.masking)
+        if (previous := ctx.master.addons.get(lifter.name)) is not None:
+            ctx.master.addons.remove(previous)  # the script was reloaded
+        ctx.master.addons.add(lifter)
         loader.add_option(
             "llmgate_policies",
             str,
@@ -174,7 +181,7 @@ class Gateway:
             flow.request.stream = False
             # From the first moment any view shows this flow, it shows no credential;
             # the caller's own are put back only on a call that forwards them.
-            self.masking.hide(flow)
+            self.masking.hide(flow, self._finds_something)
         except Exception as exc:  # noqa: BLE001 - the request hook refuses the call
             log.error("llmgate could not hide credentials: %s", describe_exception(exc))
 
@@ -215,7 +222,7 @@ class Gateway:
             self.masking.release(flow)
             if outcome is not None:
                 self.apply_rewrite(flow, call, outcome)
-            self.connections.allow(flow)
+            self.forwarding(flow, call)
             self._open(call, flow)
             return
         raw = flow.request.get_content(strict=False) or b""
@@ -237,7 +244,7 @@ class Gateway:
                 return
         self.masking.release(flow)
         self.apply_rewrite(flow, call, outcome)
-        self.connections.allow(flow)
+        self.forwarding(flow, call)
         self._open(call, flow)
 
     def _misdirected(self, flow: http.HTTPFlow) -> Rejection | None:
@@ -253,6 +260,17 @@ class Gateway:
                     "denied",
                 )
         return None
+
+    def forwarding(self, flow: http.HTTPFlow, call: Call) -> None:
+        """The flow, as it now stands, is the decided call mitmproxy is about to send."""
+        self.connections.allow(flow)
+        self.masking.sending(flow, call.credential_label or "caller key")
+
+    def update(self, flows: Sequence[mitmproxy.flow.Flow]) -> None:
+        # Before mitmweb's view broadcasts them; ViewShadeLifter undoes it after.
+        for flow in flows:
+            if isinstance(flow, http.HTTPFlow):
+                self.masking.shade(flow)
 
     def mask_sent(self, flow: http.HTTPFlow, call: Call) -> None:
         if not call.masked:
@@ -279,6 +297,10 @@ class Gateway:
                 b'{"error": {"message": "llmgate internal error", "code": "internal_error"}}',
                 {"content-type": "application/json"},
             )
+
+    def _finds_something(self, value: bytes) -> bool:
+        """Whether the scanner finds anything in a header value (masked in every view)."""
+        return self.config.safety.enabled and bool(self.scanner.scan(value.decode("latin-1")))
 
     def _screen_request(self, call: Call, headers: Fields) -> Rejection | None:
         if not self.config.safety.enabled:

@@ -110,7 +110,7 @@ class WebSocketCalls:
         headers = self.gateway.masking.caller_fields(flow)
         self.gateway.masking.release(flow)
         self.gateway.apply_rewrite(flow, call, rewrite)
-        self.gateway.connections.allow(flow)
+        self.gateway.forwarding(flow, call)
         masked = tuple((n, v) for n, v in headers if not is_masked_header(n.decode("latin-1")))
         self.sockets[flow.id] = Socket(call, route, masked, policy)
         return None

@@ -9,12 +9,17 @@ on what it reads and the provider acts on what it reads:
 - a lone surrogate escape (`"\\ud800"`): it has no UTF-8 spelling, so it cannot be
   stored, logged or re-encoded;
 - nesting deeper than `MAX_DEPTH`: deep enough for any real tool schema, shallow
-  enough that no recursive reader (ours, pydantic's, the provider's) overflows.
+  enough that no recursive reader (ours, pydantic's, the provider's) overflows;
+- `NaN`, `Infinity` and numbers that overflow a double (`1e999`): not JSON, and
+  read as anything from an error to infinity;
+- integers outside the signed 64-bit range: JavaScript and Go readers round or
+  refuse them, Python keeps them exactly.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 MAX_DEPTH = 128
@@ -35,7 +40,30 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+def _no_constant(name: str) -> Any:
+    raise BodyError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BodyError(f"the number {text[:40]} is too large")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise BodyError(f"the integer {text[:40]}… is outside the 64-bit range")
+    return value
+
+
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates,
+    parse_constant=_no_constant,
+    parse_float=_finite,
+    parse_int=_int64,
+)
 
 
 def loads(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
