@@ -30,14 +30,24 @@ from addon.safety import Scanner
 from addon.screening import Located, redact_json, request_locations, screen
 
 
-def parse_call(call: Call, raw_body: bytes) -> Rejection | None:
-    """Fill in the canonical request; a body that is not a valid call is rejected with 400."""
-    protocol = PROTOCOLS[call.protocol_name]
-    call.protocol = protocol
+def decode_body(raw_body: bytes) -> Any | Rejection:
+    """The body, decoded strictly once; a body two readers could read two ways is a 400."""
     try:
-        body = strictjson.loads(raw_body)
+        return strictjson.loads(raw_body)
     except strictjson.BodyError as exc:
         return Rejection(400, "invalid_json", f"request body refused: {exc}")
+
+
+def parse_call(call: Call, raw_body: bytes) -> Rejection | None:
+    """Fill in the canonical request; a body that is not a valid call is rejected with 400."""
+    body = decode_body(raw_body)
+    return body if isinstance(body, Rejection) else parse_body(call, body)
+
+
+def parse_body(call: Call, body: Any) -> Rejection | None:
+    """`parse_call` for a body already decoded."""
+    protocol = PROTOCOLS[call.protocol_name]
+    call.protocol = protocol
     try:
         call.request = protocol.parse_request(body, call.path)
     except ProtocolError as exc:

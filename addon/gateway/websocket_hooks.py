@@ -88,7 +88,7 @@ class WebSocketCalls:
                 "(Codex falls back to it by itself)",
                 "denied",
             )
-        call.protocol = RESPONSES
+        call.protocol, call.protocol_name, call.transport = RESPONSES, RESPONSES.name, "websocket"
         route = self._socket_route(call)
         if route is None:
             return Rejection(
@@ -249,15 +249,18 @@ class WebSocketCalls:
 
     async def _decide(self, call: Call, sock: Socket, raw: bytes) -> bytes | Rejection:
         """The message as it may go upstream, or the reason it may not."""
-        refused = pipeline.parse_call(call, raw)
-        if refused is None and call.body.get("type") != "response.create":
-            refused = Rejection(
+        body = pipeline.decode_body(raw)
+        if isinstance(body, Rejection):
+            return body
+        kind = body.get("type") if isinstance(body, dict) else None
+        if kind != "response.create":
+            return Rejection(
                 400,
                 "unsupported_message",
-                f"llmgate only forwards response.create messages, not {call.body.get('type')!r}",
+                f"llmgate only forwards response.create messages, not {str(kind)[:60]!r}",
             )
         refused = (
-            refused
+            pipeline.parse_body(call, body)
             or pipeline.choose_route(call, self.config)
             or self._same_socket_route(call, sock)
             or pipeline.check_policy(call, sock.policy)
@@ -330,7 +333,7 @@ class WebSocketCalls:
         if call.closed:
             return
         body = bytes(call.tap.kept) if call.tap is not None else b""
-        self.gateway.close_row(call, fields, None, body)
+        self.gateway.close_row(call, fields, (), body)  # () : the events have no headers
 
     def _send_error(
         self, flow: http.HTTPFlow, refusal: Rejection, call: Call | None = None
