@@ -11,6 +11,7 @@ hot path of every unrelated plain-HTTP call.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -20,6 +21,7 @@ _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-l
 _LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_host(host: str) -> str:
     """The canonical spelling of a host name or IP literal; '' when it cannot have one."""
     host = host.strip().strip("[]").rstrip(".").lower()

@@ -50,26 +50,25 @@ def create(model: str = "gpt-4o-mini", text: str = "hi") -> dict[str, Any]:
     return {"type": "response.create", "model": model, "input": text}
 
 
-def row_where(proxy: Proxy, sql: str, *params: object, timeout: float = 10) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = proxy.query(f"select * from requests where {sql}", *params)  # noqa: S608
-        if rows and rows[-1]["status"] != "pending":
-            return rows[-1]
-        assert time.monotonic() < deadline, f"no closed row where {sql} {params}"
-        time.sleep(0.05)
-
-
 def test_a_secret_in_a_streamed_reply_is_found_like_a_streams(
     proxy: Proxy, emulator: Emulator
 ) -> None:
     # Set on the emulator: a secret in a handshake header would be blocked (and is).
     emulator.set_default_controls({HEADER_REPLY: f"your token is {GITHUB_TOKEN} keep it safe"})
+    marker = f"reply-scan-{time.time_ns()}"
     with open_socket(proxy) as ws:
-        events = turn(ws, create())
+        events = turn(ws, create(text=marker))
     assert events[-1]["type"] == "response.completed"
-    # The socket's only call is the newest websocket row.
-    row = row_where(proxy, "transport = 'websocket' order by started_at")
+    deadline = time.monotonic() + 10
+    while not (
+        found := proxy.query(
+            "select request_id from payloads where request_body like ?", f"%{marker}%"
+        )
+    ):
+        assert time.monotonic() < deadline, "the call's payload row never appeared"
+        time.sleep(0.05)
+    row = proxy.row(found[0]["request_id"])
+    assert row["transport"] == "websocket"
     findings = proxy.query("select * from findings where request_id = ?", row["id"])
     assert [(f["phase"], f["detector"]) for f in findings] == [("response", "github_token")]
     assert GITHUB_TOKEN not in proxy.payload(row["id"])["response_body"]

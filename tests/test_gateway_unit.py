@@ -111,7 +111,7 @@ def test_any_exception_while_deciding_is_a_500_in_the_callers_format_never_a_for
 def test_an_exception_on_the_reply_replaces_it_with_a_500(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from addon.gateway import http_hooks
+    from addon.gateway import replies
 
     (tmp_path / "p.yaml").write_text(POLICY)
     gateway = Gateway()
@@ -127,13 +127,13 @@ def test_an_exception_on_the_reply_replaces_it_with_a_500(
         def broken(*args: object, **kwargs: object) -> None:
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(http_hooks.Gateway, "_install_tap", broken)
-        gateway.responseheaders(flow)
+        monkeypatch.setattr(replies.HttpReplies, "_install_tap", broken)
+        gateway.replies.responseheaders(flow)
         assert flow.response.status_code == 500
         assert callable(flow.response.stream)
         assert b"internal_error" in flow.response.stream(b"")
         assert flow.response.stream(b"upstream bytes") == []  # nothing of the reply goes out
-        gateway.response(flow)
+        gateway.replies.response(flow)
         gateway.audit.flush()  # type: ignore[union-attr]
         row = _ledger_row(tmp_path / "a.db", flow.metadata["llmgate"]["request_id"])
         assert (row["status"], row["reason"]) == ("failed", "internal_error")

@@ -73,7 +73,7 @@ class ConnectionGuard:
             client_ip=data.client.peername[0] if data.client.peername else None,
         )
         refusal = Rejection(403, "undecided_connection", data.server.error or "refused", "denied")
-        self.gateway.record_refusal(call, refusal)
+        self.gateway.recorder.record_refusal(call, refusal)
 
 
 async def _addresses(host: str, port: int) -> set[str]:

@@ -7,9 +7,9 @@ addon (or llmgate itself) may already have answered the flow.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +23,17 @@ from addon.audit import AuditWriter, default_db_path
 from addon.call import Call, Rejection, Rewrite, describe_exception, new_request_id
 from addon.checks import config_warnings
 from addon.config import ConfigError, GatewayConfig, load_config
-from addon.credentials import Fields, SecretStore, replace_in_fields, strip_credential_params
+from addon.credentials import (
+    Fields,
+    SecretStore,
+    is_masked_header,
+    replace_in_fields,
+    strip_credential_params,
+)
 from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
+from addon.gateway.recorder import CallRecorder
+from addon.gateway.replies import REQUEST_ID_HEADER, HttpReplies
 from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
 from addon.hosts import HostSet
 from addon.identity import Identifier
@@ -34,14 +42,9 @@ from addon.ledger import Pricer, load_pricing
 from addon.policy import effective_policy
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol, error_protocol
-from addon.quota import Demand, Exceeded
 from addon.quota_worker import QuotaWorker, quota_path
-from addon.records import write_half
 from addon.screening import build_scanner, load_hmac_key, redact_json
-from addon.stream_guard import StreamGuard
-from addon.streaming import StreamTap
 
-REQUEST_ID_HEADER = "x-llmgate-request-id"
 _PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
@@ -67,11 +70,14 @@ class Gateway:
         self.hmac_key = b""
         self.calls: dict[str, Call] = {}
         self.masking = FlowMasking()
+        self._header_verdicts: dict[bytes, bool] = {}
         self.request_id_header = REQUEST_ID_HEADER
+        self.recorder = CallRecorder(self)
+        self.replies = HttpReplies(self)
         self.websockets = WebSocketCalls(self)
         self.connections = ConnectionGuard(self)
         # mitmproxy calls a child addon's hooks after its parent's.
-        self.addons = [self.websockets, self.connections]
+        self.addons = [self.replies, self.websockets, self.connections]
         self.hosts = HostSet(())
 
     # --- options -----------------------------------------------------------------
@@ -116,6 +122,7 @@ class Gateway:
                 self.pricer = Pricer(load_pricing(_pricing_path(policies)))
             except ConfigError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
+            self._header_verdicts.clear()
             try:
                 self.scanner = build_scanner(self.config.safety)
             except ValueError as exc:
@@ -238,7 +245,7 @@ class Gateway:
             return
         call.quota_windows = budget.bind_windows(call.user, call.groups, policy.quota_windows)
         if call.quota_windows:
-            denied = await self.reserve(call)
+            denied = await self.recorder.reserve(call)
             if denied is not None:
                 self._reject(flow, call, denied)
                 return
@@ -299,13 +306,31 @@ class Gateway:
             )
 
     def _finds_something(self, value: bytes) -> bool:
-        """Whether the scanner finds anything in a header value (masked in every view)."""
-        return self.config.safety.enabled and bool(self.scanner.scan(value.decode("latin-1")))
+        """Whether the scanner finds anything in a header value (masked in every view).
+
+        Header values repeat from call to call (user agents, versions, ids), so the
+        answer is remembered per value; the memory is cleared with the scanner.
+        """
+        if not self.config.safety.enabled:
+            return False
+        found = self._header_verdicts.get(value)
+        if found is None:
+            if len(self._header_verdicts) > 4096:
+                self._header_verdicts.clear()
+            found = bool(self.scanner.scan(value.decode("latin-1")))
+            self._header_verdicts[value] = found
+        return found
 
     def _screen_request(self, call: Call, headers: Fields) -> Rejection | None:
         if not self.config.safety.enabled:
             return None
-        return pipeline.screen_request(call, self.scanner, self.config.safety, headers)
+        # Only values the scanner flagged need a located screening; the rest are clean.
+        flagged = tuple(
+            (name, value)
+            for name, value in headers
+            if not is_masked_header(name.decode("latin-1")) and self._finds_something(value)
+        )
+        return pipeline.screen_request(call, self.scanner, self.config.safety, flagged)
 
     def _bare_call(self, flow: http.HTTPFlow) -> Call:
         """A call with no identity yet: the record of a refusal that came early."""
@@ -338,35 +363,6 @@ class Gateway:
         call.virtual_key, call.stray_key = caller.virtual_key, caller.stray_key
         flow.metadata["llmgate"] = {"request_id": call.id, "user": call.user}
         return call
-
-    async def reserve(self, call: Call) -> Rejection | None:
-        demand = budget.quota_demand(
-            call, self.pricer, self.config.quota.default_output_reservation
-        )
-        if isinstance(demand, Rejection):
-            return demand
-        assert self.quota is not None
-        try:
-            result = await self.quota.reserve(call.id, call.quota_windows, demand)
-        except sqlite3.Error as exc:
-            # Fail closed: a budget that cannot be checked is not granted.
-            log.error("quota store unavailable: %s", exc)
-            return Rejection(
-                503,
-                "quota_unavailable",
-                "llmgate could not check your quota; retry shortly",
-                "failed",
-                {"retry-after": "1"},
-            )
-        if isinstance(result, Exceeded):
-            return budget.quota_rejection(result)
-        call.quota_states = result
-        return None
-
-    def _quota_settle(self, call: Call, actual: Demand) -> None:
-        if self.quota is None or not call.quota_states:
-            return
-        self.quota.settle(call.id, actual)
 
     def apply_rewrite(self, flow: http.HTTPFlow, call: Call, rewrite: Rewrite) -> None:
         call.credential_label = rewrite.credential_label
@@ -405,218 +401,23 @@ class Gateway:
             flow.marked = ":no_entry:"
             flow.comment = f"llmgate denied: {rejection.kind}: {rejection.message}"
         self._open(call, flow)
-        self._close(flow, call, pipeline.refusal_fields(call, rejection))
-
-    # --- response ----------------------------------------------------------------
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        call = self.calls.get(flow.id)
-        if call is None or flow.response is None:
-            return
-        try:
-            self.mask_sent(flow, call)
-            self._install_tap(flow, call)
-        except Exception as exc:  # noqa: BLE001 - an unread reply is replaced, not passed
-            log.error("llmgate internal error on a reply: %s", describe_exception(exc))
-            call.internal_error = True
-            self._replace_reply(flow, call)
-
-    def _replace_reply(self, flow: http.HTTPFlow, call: Call) -> None:
-        """Before the reply's headers leave: answer a 500 in the caller's format instead."""
-        assert flow.response is not None
-        body = Rejection(500, "internal_error", "llmgate failed while reading the reply").body(
-            call.protocol
-        )
-        flow.response.status_code = 500
-        flow.response.headers.clear()
-        flow.response.headers["content-type"] = "application/json"
-        flow.response.headers[REQUEST_ID_HEADER] = call.id
-        flow.response.stream = lambda chunk: body if not chunk else []
-
-    def _install_tap(self, flow: http.HTTPFlow, call: Call) -> None:
-        assert flow.response is not None
-        flow.response.headers[REQUEST_ID_HEADER] = call.id
-        if call.quota_states:
-            # Appending raw fields at once: each Headers.__setitem__ rescans every header.
-            extra = budget.ratelimit_headers(call.quota_states, time.time())
-            flow.response.headers.fields += tuple(
-                (k.encode(), v.encode()) for k, v in extra.items()
-            )
-        framing = self._stream_framing(call, flow.response)
-        if framing is None or call.protocol is None:
-            return
-        encoding = flow.response.headers.get("content-encoding", "").lower()
-        decode = encoding in ("gzip", "deflate")
-        safety = self.config.safety
-        if safety.enabled and safety.rewrites_responses() and flow.response.status_code < 400:
-            call.guard = StreamGuard(call.protocol, self.scanner, safety, framing)
-        call.tap = StreamTap(
-            call.protocol,
-            framing,
-            hide_injected=call.hide_injected,
-            gzip_encoded=decode,
-            keep_bytes=self.config.audit.payload_max_bytes + 1,
-            guard=call.guard,
-        )
-        if decode:
-            # The tap forwards what it decoded, so the caller must not decode again.
-            flow.response.headers.pop("content-encoding", None)
-        if decode or call.hide_injected or call.guard:
-            flow.response.headers.pop("content-length", None)
-        flow.response.stream = call.tap
-
-    @staticmethod
-    def _stream_framing(call: Call, response: http.Response) -> str | None:
-        content_type = response.headers.get("content-type", "").lower()
-        if content_type.startswith("text/event-stream"):
-            return "sse"
-        if call.stream and call.protocol_name == "gemini" and response.status_code < 400:
-            return "json_array"
-        return None
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        call = self.calls.get(flow.id)
-        if call is None or call.closed or flow.response is None:
-            return
-        try:
-            self.mask_sent(flow, call)
-            self._finish(flow, call)
-        except Exception as exc:  # noqa: BLE001
-            self._failed_after_send(flow, call, exc, replace=True)
-
-    def _failed_after_send(
-        self, flow: http.HTTPFlow, call: Call, exc: BaseException, *, replace: bool
-    ) -> None:
-        """An internal error once the call went out: refuse the reply, close the row."""
-        log.error("llmgate internal error on a reply: %s", describe_exception(exc))
-        try:
-            if replace and flow.response is not None and call.tap is None:
-                flow.response = http.Response.make(
-                    500,
-                    Rejection(500, "internal_error", "llmgate failed on the reply").body(
-                        call.protocol
-                    ),
-                    {"content-type": "application/json", REQUEST_ID_HEADER: call.id},
-                )
-            if not call.closed:
-                self._close(flow, call, pipeline.internal_error_fields(call))
-        except Exception as second:  # noqa: BLE001
-            log.error("llmgate could not record a failed reply: %s", describe_exception(second))
-
-    def _finish(self, flow: http.HTTPFlow, call: Call) -> None:
-        assert flow.response is not None
-        if call.internal_error:
-            self._close(flow, call, pipeline.internal_error_fields(call, 500))
-            return
-        body = None if call.tap else flow.response.get_content(strict=False)
-        if (
-            body
-            and self.config.safety.enabled
-            and call.protocol
-            and flow.response.status_code < 400
-        ):
-            self._screen_reply(flow, call, body)
-        fields = pipeline.settle(
-            call,
-            http_status=flow.response.status_code,
-            response_body=body,
-            error=None,
-            cancelled=False,
-            pricer=self.pricer,
-        )
-        self._close(flow, call, fields)
-
-    def _screen_reply(self, flow: http.HTTPFlow, call: Call, body: bytes) -> None:
-        assert flow.response is not None
-        if pipeline.screen_reply(call, body, self.scanner, self.config.safety):
-            assert call.reply_screening is not None
-            message = call.reply_screening.block_message("reply")
-            error = Rejection(502, "safety_block", message)
-            flow.response = http.Response.make(
-                502,
-                error.body(call.protocol),
-                {"content-type": "application/json", REQUEST_ID_HEADER: call.id},
-            )
-            flow.marked, flow.comment = ":no_entry:", message
-        elif call.reply_screening and call.reply_screening.values("redact"):
-            flow.response.content = redact_json(body, call.reply_screening.values("redact"))
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        call = self.calls.get(flow.id)
-        self.masking.forget(flow)
-        if call is None or call.closed:
-            return
-        try:
-            self.mask_sent(flow, call)
-            self._settle_error(flow, call)
-        except Exception as exc:  # noqa: BLE001
-            self._failed_after_send(flow, call, exc, replace=False)
-
-    def _settle_error(self, flow: http.HTTPFlow, call: Call) -> None:
-        message = flow.error.msg if flow.error else "unknown error"
-        fields = pipeline.settle(
-            call,
-            http_status=flow.response.status_code if flow.response else None,
-            response_body=None,
-            error=message,
-            cancelled="client disconnected" in message.lower(),
-            pricer=self.pricer,
-        )
-        self._close(flow, call, fields)
+        self.close_flow(flow, call, pipeline.refusal_fields(call, rejection))
 
     # --- audit -------------------------------------------------------------------
     def _open(self, call: Call, flow: http.HTTPFlow) -> None:
         req = flow.request
-        self.open_row(call, req.host, req.headers.fields, req.get_content(strict=False) or b"")
+        self.recorder.open_row(
+            call, req.host, req.headers.fields, req.get_content(strict=False) or b""
+        )
 
-    def _close(self, flow: http.HTTPFlow, call: Call, fields: dict) -> None:
+    def close_flow(self, flow: http.HTTPFlow, call: Call, fields: dict) -> None:
         self.calls.pop(flow.id, None)
         response = flow.response
         body = b""
         if response is not None:
             body = bytes(call.tap.kept) if call.tap else response.get_content(strict=False) or b""
-        self.close_row(
+        self.recorder.close_row(
             call, fields, response.headers.fields if response is not None else None, body
-        )
-
-    # --- the ledger, for HTTP and WebSocket calls alike --------------------------
-    def record_refusal(self, call: Call, rejection: Rejection) -> None:
-        """A refusal with no request to store (a message, a connection)."""
-        self.open_row(call, call.host, (), b"")
-        self.close_row(call, pipeline.refusal_fields(call, rejection), None, b"")
-
-    def open_row(self, call: Call, upstream_host: str, headers: Fields, body: bytes) -> None:
-        assert self.audit is not None
-        self.audit.insert("requests", call.open_row() | {"upstream_host": upstream_host})
-        screening = call.request_screening
-        write_half(
-            self.audit,
-            "request",
-            call.id,
-            headers,
-            body,
-            findings=screening.items if screening else [],
-            hidden=screening.values() if screening else {},
-            hmac_key=self.hmac_key,
-            cap=self.config.audit.payload_max_bytes,
-        )
-
-    def close_row(self, call: Call, fields: dict, headers: Fields | None, body: bytes) -> None:
-        assert self.audit is not None
-        call.closed = True
-        self._quota_settle(call, budget.actual_demand(fields, 0 if call.warmup else 1))
-        self.audit.update("requests", call.id, fields)
-        if log.isEnabledFor(logging.INFO):  # the line is not free to build
-            log.info(pipeline.summary_line(call, fields))
-        write_half(
-            self.audit,
-            "response",
-            call.id,
-            headers,
-            body,
-            findings=pipeline.reply_findings(call, self.scanner, self.config.safety),
-            hidden=pipeline.stored_values(call),
-            hmac_key=self.hmac_key,
-            cap=self.config.audit.payload_max_bytes,
         )
 
 
@@ -625,11 +426,17 @@ def _claimed_names(flow: http.HTTPFlow) -> list[str]:
     names = [flow.client_conn.sni] if flow.client_conn.sni else []
     header = flow.request.host_header
     if header:
-        try:
-            names.append(urlsplit("//" + header).hostname or header)
-        except ValueError:
-            names.append(header)
+        names.append(_header_host(header))
     return names
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_host(header: str) -> str:
+    """The host of a Host header value (port and IPv6 brackets removed)."""
+    try:
+        return urlsplit("//" + header).hostname or header
+    except ValueError:
+        return header
 
 
 def _bad_target(path: str) -> Rejection | None:

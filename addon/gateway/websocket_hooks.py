@@ -135,7 +135,7 @@ class WebSocketCalls:
             # The upstream refused the upgrade: that attempt is a failed call on record.
             self.sockets.pop(flow.id, None)
             handshake = sock.handshake
-            self.gateway.open_row(handshake, flow.request.host, sock.headers, b"")
+            self.gateway.recorder.open_row(handshake, flow.request.host, sock.headers, b"")
             fields = pipeline.settle(
                 handshake,
                 http_status=flow.response.status_code,
@@ -144,7 +144,7 @@ class WebSocketCalls:
                 cancelled=False,
                 pricer=self.gateway.pricer,
             )
-            self.gateway.close_row(
+            self.gateway.recorder.close_row(
                 handshake, fields, flow.response.headers.fields, flow.response.content or b""
             )
 
@@ -154,7 +154,7 @@ class WebSocketCalls:
         sock = self.sockets.pop(flow.id)
         self.gateway.mask_sent(flow, sock.handshake)
         handshake = sock.handshake
-        self.gateway.open_row(handshake, flow.request.host, sock.headers, b"")
+        self.gateway.recorder.open_row(handshake, flow.request.host, sock.headers, b"")
         message = flow.error.msg if flow.error else "the WebSocket upgrade failed"
         fields = pipeline.settle(
             handshake,
@@ -164,7 +164,7 @@ class WebSocketCalls:
             cancelled="client disconnected" in message.lower(),
             pricer=self.gateway.pricer,
         )
-        self.gateway.close_row(handshake, fields, None, b"")
+        self.gateway.recorder.close_row(handshake, fields, None, b"")
 
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         sock = self.sockets.get(flow.id)
@@ -227,8 +227,8 @@ class WebSocketCalls:
             if call.request_screening is not None and call.request_screening.items:
                 message.content = redact_json(raw, call.request_screening.values())
             self._send_error(flow, outcome, call)
-            self.gateway.open_row(call, flow.request.host, sock.headers, message.content)
-            self.gateway.close_row(call, pipeline.refusal_fields(call, outcome), None, b"")
+            self.gateway.recorder.open_row(call, flow.request.host, sock.headers, message.content)
+            self.gateway.recorder.close_row(call, pipeline.refusal_fields(call, outcome), None, b"")
             return
         if outcome != raw:
             message.content = outcome
@@ -245,7 +245,7 @@ class WebSocketCalls:
             guard=guard,
         )
         sock.calls.append(call)
-        self.gateway.open_row(call, flow.request.host, sock.headers, message.content)
+        self.gateway.recorder.open_row(call, flow.request.host, sock.headers, message.content)
 
     async def _decide(self, call: Call, sock: Socket, raw: bytes) -> bytes | Rejection:
         """The message as it may go upstream, or the reason it may not."""
@@ -282,7 +282,7 @@ class WebSocketCalls:
             call.user or "", call.groups, sock.policy.quota_windows
         )
         if call.quota_windows:
-            denied = await self.gateway.reserve(call)
+            denied = await self.gateway.recorder.reserve(call)
             if denied is not None:
                 return denied
         return rewrite.body if rewrite.body is not None else raw
@@ -333,7 +333,7 @@ class WebSocketCalls:
         if call.closed:
             return
         body = bytes(call.tap.kept) if call.tap is not None else b""
-        self.gateway.close_row(call, fields, (), body)  # () : the events have no headers
+        self.gateway.recorder.close_row(call, fields, (), body)  # () : the events have no headers
 
     def _send_error(
         self, flow: http.HTTPFlow, refusal: Rejection, call: Call | None = None

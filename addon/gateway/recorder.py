@@ -1,0 +1,98 @@
+"""What one call leaves behind, whatever carried it: its quota and its ledger rows.
+
+Shared by HTTP calls, WebSocket messages and refused connections; nothing here
+touches a flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import TYPE_CHECKING
+
+from addon import budget, pipeline
+from addon.call import Call, Rejection
+from addon.credentials import Fields
+from addon.quota import Demand, Exceeded
+from addon.records import write_half
+
+if TYPE_CHECKING:
+    from addon.gateway.http_hooks import Gateway
+
+log = logging.getLogger("llmgate")
+
+
+class CallRecorder:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def reserve(self, call: Call) -> Rejection | None:
+        demand = budget.quota_demand(
+            call, self.gateway.pricer, self.gateway.config.quota.default_output_reservation
+        )
+        if isinstance(demand, Rejection):
+            return demand
+        assert self.gateway.quota is not None
+        try:
+            result = await self.gateway.quota.reserve(call.id, call.quota_windows, demand)
+        except sqlite3.Error as exc:
+            # Fail closed: a budget that cannot be checked is not granted.
+            log.error("quota store unavailable: %s", exc)
+            return Rejection(
+                503,
+                "quota_unavailable",
+                "llmgate could not check your quota; retry shortly",
+                "failed",
+                {"retry-after": "1"},
+            )
+        if isinstance(result, Exceeded):
+            return budget.quota_rejection(result)
+        call.quota_states = result
+        return None
+
+    def _quota_settle(self, call: Call, actual: Demand) -> None:
+        if self.gateway.quota is None or not call.quota_states:
+            return
+        self.gateway.quota.settle(call.id, actual)
+
+    def record_refusal(self, call: Call, rejection: Rejection) -> None:
+        """A refusal with no request to store (a message, a connection)."""
+        self.open_row(call, call.host, (), b"")
+        self.close_row(call, pipeline.refusal_fields(call, rejection), None, b"")
+
+    def open_row(self, call: Call, upstream_host: str, headers: Fields, body: bytes) -> None:
+        assert self.gateway.audit is not None
+        self.gateway.audit.insert("requests", call.open_row() | {"upstream_host": upstream_host})
+        screening = call.request_screening
+        write_half(
+            self.gateway.audit,
+            "request",
+            call.id,
+            headers,
+            body,
+            findings=screening.items if screening else [],
+            hidden=screening.values() if screening else {},
+            hmac_key=self.gateway.hmac_key,
+            cap=self.gateway.config.audit.payload_max_bytes,
+        )
+
+    def close_row(self, call: Call, fields: dict, headers: Fields | None, body: bytes) -> None:
+        assert self.gateway.audit is not None
+        call.closed = True
+        self._quota_settle(call, budget.actual_demand(fields, 0 if call.warmup else 1))
+        self.gateway.audit.update("requests", call.id, fields)
+        if log.isEnabledFor(logging.INFO):  # the line is not free to build
+            log.info(pipeline.summary_line(call, fields))
+        write_half(
+            self.gateway.audit,
+            "response",
+            call.id,
+            headers,
+            body,
+            findings=pipeline.reply_findings(
+                call, self.gateway.scanner, self.gateway.config.safety
+            ),
+            hidden=pipeline.stored_values(call),
+            hmac_key=self.gateway.hmac_key,
+            cap=self.gateway.config.audit.payload_max_bytes,
+        )
