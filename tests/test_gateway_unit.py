@@ -138,3 +138,10 @@ def test_an_exception_on_the_reply_replaces_it_with_a_500(
         row = _ledger_row(tmp_path / "a.db", flow.metadata["llmgate"]["request_id"])
         assert (row["status"], row["reason"]) == ("failed", "internal_error")
         gateway.done()
+
+
+def test_the_default_policies_are_the_shipped_directory() -> None:
+    # ./run.sh exports LLMGATE_POLICIES, which would hide a wrong default here.
+    from addon.gateway import http_hooks
+
+    assert (http_hooks._PROJECT_POLICIES / "default.yaml").is_file()

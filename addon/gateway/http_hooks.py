@@ -45,7 +45,7 @@ from addon.protocols.detect import detect_protocol, error_protocol
 from addon.quota_worker import QuotaWorker, quota_path
 from addon.screening import build_scanner, load_hmac_key, redact_json
 
-_PROJECT_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+_PROJECT_POLICIES = Path(__file__).resolve().parents[2] / "policies"  # addon/gateway/ -> root
 
 
 log = logging.getLogger("llmgate")
@@ -291,6 +291,8 @@ class Gateway:
             if call is None:
                 call = self._bare_call(flow)
             elif call.closed:
+                if flow.response is None:  # recorded, yet not answered: still never forward
+                    raise RuntimeError("a closed call without an answer")
                 return
             message = (
                 "llmgate could not decide this call (internal error), so it refused it; "

@@ -181,7 +181,10 @@ class WebSocketCalls:
         except Exception as exc:  # noqa: BLE001 - fail closed on the socket too
             log.error("llmgate internal error on a WebSocket message: %s", describe_exception(exc))
             message.drop()
-            self._send_error(flow, Rejection(500, "internal_error", "llmgate internal error"))
+            failure = Rejection(500, "internal_error", "llmgate internal error")
+            self._send_error(flow, failure)
+            if message.from_client:  # the message was a call too, and it has its row
+                self.gateway.recorder.record_refusal(self._message_call(sock, message), failure)
             for call in list(sock.calls):
                 self._settle(sock, call, pipeline.internal_error_fields(call))
 
@@ -206,20 +209,7 @@ class WebSocketCalls:
     async def _client_message(
         self, flow: http.HTTPFlow, sock: Socket, message: WebSocketMessage
     ) -> None:
-        handshake = sock.handshake
-        call = Call(
-            id=new_request_id(),
-            started_at=message.timestamp or time.time(),
-            protocol_name=RESPONSES.name,
-            host=handshake.host,
-            path=handshake.path,
-            client_ip=handshake.client_ip,
-            user=handshake.user,
-            groups=handshake.groups,
-            virtual_key=handshake.virtual_key,
-            transport="websocket",
-            stream=True,
-        )
+        call = self._message_call(sock, message)
         raw = message.content
         outcome = await self._decide(call, sock, raw)
         if isinstance(outcome, Rejection):
@@ -246,6 +236,24 @@ class WebSocketCalls:
         )
         sock.calls.append(call)
         self.gateway.recorder.open_row(call, flow.request.host, sock.headers, message.content)
+
+    @staticmethod
+    def _message_call(sock: Socket, message: WebSocketMessage) -> Call:
+        """A new call for one client message, by the caller who opened the socket."""
+        handshake = sock.handshake
+        return Call(
+            id=new_request_id(),
+            started_at=message.timestamp or time.time(),
+            protocol_name=RESPONSES.name,
+            host=handshake.host,
+            path=handshake.path,
+            client_ip=handshake.client_ip,
+            user=handshake.user,
+            groups=handshake.groups,
+            virtual_key=handshake.virtual_key,
+            transport="websocket",
+            stream=True,
+        )
 
     async def _decide(self, call: Call, sock: Socket, raw: bytes) -> bytes | Rejection:
         """The message as it may go upstream, or the reason it may not."""
