@@ -91,7 +91,7 @@ def _storable_name(name: str) -> bool:
 # that mitmweb shows and `-w` saves must only ever hold them masked.
 _MASKED_HEADER = re.compile(r"auth|key|token|secret|credential|cookie|password", re.I)
 # An llmgate key in any header at all (identity refuses one outside the credential slots).
-KEY_SHAPED = re.compile(rb"(?i)(?<![a-z0-9_-])lg-[a-z0-9_-]{8,}")
+_KEY_SHAPED = re.compile(rb"(?i)(?<![a-z0-9_-])lg-[a-z0-9_-]{8,}")
 _SCHEME_AND_VALUE = re.compile(r"^\s*(?:([A-Za-z]+)\s+)?(\S+)\s*$")
 
 Fields = tuple[tuple[bytes, bytes], ...]
@@ -111,9 +111,9 @@ def is_masked_header(name: str) -> bool:
     return bool(_MASKED_HEADER.search(name))
 
 
-def _key_shaped(value: bytes) -> bool:
+def key_shaped(value: bytes) -> bool:
     # A byte test first: almost no header value holds "g-" at all.
-    return (b"g-" in value or b"G-" in value) and KEY_SHAPED.search(value) is not None
+    return (b"g-" in value or b"G-" in value) and _KEY_SHAPED.search(value) is not None
 
 
 def mask_fields(
@@ -125,7 +125,7 @@ def mask_fields(
     kept: list[tuple[bytes, bytes]] = []
     originals: list[tuple[bytes, bytes]] = []
     for name, value in fields:
-        credential = is_masked_header(name.decode("latin-1")) or _key_shaped(value) or found(value)
+        credential = is_masked_header(name.decode("latin-1")) or key_shaped(value) or found(value)
         if credential and b"\xe2\x80\xa6(" not in value:
             originals.append((name, value))
             whose = "llmgate key" if b"lg-" in value.lower() else label

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from addon.config import IdentitySettings
-from addon.credentials import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, KEY_SHAPED
+from addon.credentials import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, key_shaped
 from addon.keys import KEY_PREFIX, KeyStore
 
 _KEY_HEADERS = frozenset(CREDENTIAL_HEADERS)
@@ -63,14 +63,14 @@ def find_virtual_key(headers: Iterable[tuple[bytes, bytes]], path: str) -> str |
 def has_stray_key(headers: Iterable[tuple[bytes, bytes]], path: str) -> bool:
     """Whether a key-shaped value sits outside every credential slot (header or query)."""
     if any(
-        KEY_SHAPED.search(raw)
+        key_shaped(raw)
         for name, raw in headers
         if name.lower().decode("latin-1") not in _KEY_HEADERS
     ):
         return True
     _, sep, query = path.partition("?")
     return bool(sep) and any(
-        param.lower() not in _KEY_PARAMS and KEY_SHAPED.search(value.encode("utf-8", "replace"))
+        param.lower() not in _KEY_PARAMS and key_shaped(value.encode("utf-8", "replace"))
         for param, value in parse_qsl(query, keep_blank_values=True)
     )
 

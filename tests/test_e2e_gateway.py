@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import CALLER_KEY, UPSTREAM_KEYS
 from tests.emulator import Emulator
+from tests.hostile import non_loopback_address
 from tests.proxy import Proxy
 
 REQUEST_ID = "x-llmgate-request-id"
@@ -187,20 +188,11 @@ def test_credentials_never_reach_the_ledger(proxy: Proxy, emulator: Emulator) ->
         assert secret.encode() not in raw
 
 
-def _non_loopback_address() -> str:
-    """This machine's own address on a non-loopback interface (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(("192.0.2.254", 9))
-        address = probe.getsockname()[0]
-    assert not address.startswith("127."), "the test needs a non-loopback interface"
-    return address
-
-
 def test_non_llm_hosts_are_tunnelled_not_intercepted(proxy: Proxy) -> None:
     # Every loopback spelling is an LLM host here (the routes point at 127.0.0.1), so
     # the non-LLM host is an emulator on this machine's other interface. The client
     # must see the emulator's own certificate through the proxy.
-    with Emulator(host=_non_loopback_address()) as other:
+    with Emulator(host=non_loopback_address()) as other:
         own_ca = ssl.create_default_context(cafile=other.ca_path)
         own_ca.check_hostname = False  # its certificate names 127.0.0.1; the issuer is the point
         with httpx2.Client(proxy=proxy.url, verify=own_ca) as client:

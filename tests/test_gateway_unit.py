@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,18 @@ policies:
 """
 
 
+@contextlib.contextmanager
+def configured_gateway(tmp_path: Path) -> Iterator[tuple[Gateway, taddons.context]]:
+    """The addon in mitmproxy's test context with POLICY and a ledger in `tmp_path`."""
+    (tmp_path / "p.yaml").write_text(POLICY)
+    gateway = Gateway()
+    with taddons.context(gateway) as tctx:
+        tctx.configure(
+            gateway, llmgate_policies=str(tmp_path / "p.yaml"), llmgate_db=str(tmp_path / "a.db")
+        )
+        yield gateway, tctx
+
+
 def llm_flow(model: str) -> tflow.HTTPFlow:
     flow = tflow.tflow()
     flow.request.scheme, flow.request.host, flow.request.port = "https", "api.openai.com", 443
@@ -32,12 +46,7 @@ def llm_flow(model: str) -> tflow.HTTPFlow:
 
 
 def test_denied_flow_is_marked_with_the_reason_as_comment(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text(POLICY)
-    gateway = Gateway()
-    with taddons.context(gateway) as tctx:
-        tctx.configure(
-            gateway, llmgate_policies=str(tmp_path / "p.yaml"), llmgate_db=str(tmp_path / "a.db")
-        )
+    with configured_gateway(tmp_path) as (gateway, tctx):
         assert any("api\\.openai\\.com" in host for host in tctx.options.allow_hosts)
         denied, allowed = llm_flow("gpt-4-32k"), llm_flow("gpt-4o")
         asyncio.run(gateway.request(denied))
@@ -83,12 +92,7 @@ def test_any_exception_while_deciding_is_a_500_in_the_callers_format_never_a_for
         raise KeyError(secret_in_message)
 
     monkeypatch.setattr(pipeline, stage, broken)
-    (tmp_path / "p.yaml").write_text(POLICY)
-    gateway = Gateway()
-    with taddons.context(gateway) as tctx:
-        tctx.configure(
-            gateway, llmgate_policies=str(tmp_path / "p.yaml"), llmgate_db=str(tmp_path / "a.db")
-        )
+    with configured_gateway(tmp_path) as (gateway, _):
         flow = llm_flow("gpt-4o")
         asyncio.run(gateway.request(flow))
         assert flow.response is not None, "an undecided call must never be forwarded"
@@ -113,12 +117,7 @@ def test_an_exception_on_the_reply_replaces_it_with_a_500(
 ) -> None:
     from addon.gateway import replies
 
-    (tmp_path / "p.yaml").write_text(POLICY)
-    gateway = Gateway()
-    with taddons.context(gateway) as tctx:
-        tctx.configure(
-            gateway, llmgate_policies=str(tmp_path / "p.yaml"), llmgate_db=str(tmp_path / "a.db")
-        )
+    with configured_gateway(tmp_path) as (gateway, _):
         flow = llm_flow("gpt-4o")
         asyncio.run(gateway.request(flow))
         assert flow.response is None  # decided and sent

@@ -75,22 +75,25 @@ class FlowMasking:
     def mask_sent(self, flow: http.HTTPFlow, label: str) -> None:
         """After the request left: only masked credentials stay on the flow."""
         self._sending.pop(flow.id, None)
-        flow.request.headers.fields = mask_fields(flow.request.headers.fields, label)[0]
-        flow.request.path = mask_query(flow.request.path, label)
+        _mask(flow, label)
 
     def shade(self, flow: http.HTTPFlow) -> None:
         label = self._sending.get(flow.id)
         if label is None or flow.id in self._shaded:
             return
         self._shaded[flow.id] = _Held(flow.request.headers.fields, flow.request.path)
-        flow.request.headers.fields = mask_fields(flow.request.headers.fields, label)[0]
-        flow.request.path = mask_query(flow.request.path, label)
+        _mask(flow, label)
 
     def lift(self, flow: http.HTTPFlow) -> None:
         shaded = self._shaded.pop(flow.id, None)
         if shaded is not None:
             flow.request.headers.fields = shaded.originals
             flow.request.path = shaded.path
+
+
+def _mask(flow: http.HTTPFlow, label: str) -> None:
+    flow.request.headers.fields = mask_fields(flow.request.headers.fields, label)[0]
+    flow.request.path = mask_query(flow.request.path, label)
 
 
 class ViewShadeLifter:

@@ -33,7 +33,7 @@ from addon.credentials import (
 from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
 from addon.gateway.recorder import CallRecorder
-from addon.gateway.replies import REQUEST_ID_HEADER, HttpReplies
+from addon.gateway.replies import REQUEST_ID_HEADER, HttpReplies, answer
 from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
 from addon.hosts import HostSet
 from addon.identity import Identifier
@@ -215,7 +215,7 @@ class Gateway:
         raw_path = self.masking.caller_path(flow)
         policy = effective_policy(self.config.policies, call.user, list(call.groups))
         if is_responses_websocket(flow):
-            refused = self.websockets.handshake(flow, call, raw_path)
+            refused = self.websockets.handshake(flow, call, raw_path, policy)
             if refused is not None:
                 self._reject(flow, call, refused)
             else:
@@ -393,11 +393,7 @@ class Gateway:
             content = flow.request.get_content(strict=False) or b""
             flow.request.content = redact_json(content, hidden)
             flow.request.headers.fields = replace_in_fields(flow.request.headers.fields, hidden)
-        flow.response = http.Response.make(
-            rejection.status,
-            rejection.body(call.protocol),
-            {"content-type": "application/json", REQUEST_ID_HEADER: call.id, **rejection.headers},
-        )
+        flow.response = answer(call, rejection)
         if rejection.outcome == "denied":
             # mitmweb shows the denial at a glance, with the reason as the comment.
             flow.marked = ":no_entry:"

@@ -27,6 +27,15 @@ log = logging.getLogger("llmgate")
 REQUEST_ID_HEADER = "x-llmgate-request-id"
 
 
+def answer(call: Call, rejection: Rejection) -> http.Response:
+    """llmgate's own answer to a call, in the caller's wire format, with the request id."""
+    return http.Response.make(
+        rejection.status,
+        rejection.body(call.protocol),
+        {"content-type": "application/json", REQUEST_ID_HEADER: call.id, **rejection.headers},
+    )
+
+
 class HttpReplies:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -113,13 +122,8 @@ class HttpReplies:
         log.error("llmgate internal error on a reply: %s", describe_exception(exc))
         try:
             if replace and flow.response is not None and call.tap is None:
-                flow.response = http.Response.make(
-                    500,
-                    Rejection(500, "internal_error", "llmgate failed on the reply").body(
-                        call.protocol
-                    ),
-                    {"content-type": "application/json", REQUEST_ID_HEADER: call.id},
-                )
+                failure = Rejection(500, "internal_error", "llmgate failed on the reply")
+                flow.response = answer(call, failure)
             if not call.closed:
                 self.gateway.close_flow(flow, call, pipeline.internal_error_fields(call))
         except Exception as second:  # noqa: BLE001
@@ -153,12 +157,7 @@ class HttpReplies:
         if pipeline.screen_reply(call, body, self.gateway.scanner, self.gateway.config.safety):
             assert call.reply_screening is not None
             message = call.reply_screening.block_message("reply")
-            error = Rejection(502, "safety_block", message)
-            flow.response = http.Response.make(
-                502,
-                error.body(call.protocol),
-                {"content-type": "application/json", REQUEST_ID_HEADER: call.id},
-            )
+            flow.response = answer(call, Rejection(502, "safety_block", message))
             flow.marked, flow.comment = ":no_entry:", message
         elif call.reply_screening and call.reply_screening.values("redact"):
             flow.response.content = redact_json(body, call.reply_screening.values("redact"))

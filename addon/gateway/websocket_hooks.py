@@ -27,7 +27,7 @@ from addon import budget, pipeline
 from addon.call import Call, Rejection, describe_exception, new_request_id
 from addon.config import GatewayConfig, Route
 from addon.credentials import Fields, is_masked_header
-from addon.policy import EffectivePolicy, effective_policy
+from addon.policy import EffectivePolicy
 from addon.protocols import PROTOCOLS
 from addon.screening import redact_json
 from addon.stream_guard import StreamGuard
@@ -78,7 +78,9 @@ class WebSocketCalls:
         return self.gateway.config
 
     # --- the handshake (called from Gateway.request) -----------------------------
-    def handshake(self, flow: http.HTTPFlow, call: Call, raw_path: str) -> Rejection | None:
+    def handshake(
+        self, flow: http.HTTPFlow, call: Call, raw_path: str, policy: EffectivePolicy
+    ) -> Rejection | None:
         """Pick the upstream for a socket; the calls on it are decided message by message."""
         if not ctx.options.llmgate_websocket or not ctx.options.websocket:
             return Rejection(
@@ -105,8 +107,6 @@ class WebSocketCalls:
         rewrite = pipeline.plan_rewrite(call, raw_path, None, self.gateway.secrets)
         if isinstance(rewrite, Rejection):
             return rewrite
-        assert call.user is not None
-        policy = effective_policy(self.config.policies, call.user, list(call.groups))
         headers = self.gateway.masking.caller_fields(flow)
         self.gateway.masking.release(flow)
         self.gateway.apply_rewrite(flow, call, rewrite)
@@ -322,12 +322,12 @@ class WebSocketCalls:
             message.content = pieces[0]
             for piece in pieces[1:]:
                 ctx.master.commands.call("inject.websocket", flow, True, piece, True)
-        if call.tap.failure is not None or (
-            any(marker in raw for marker in _FINAL_MARKERS) and _event_type(raw) in _FINAL_EVENTS
-        ):
+        # Only an event that names a final type is parsed (again) to find out.
+        ending = any(marker in raw for marker in _FINAL_MARKERS) and _final_status(raw)
+        if call.tap.failure is not None or ending:
             fields = pipeline.settle(
                 call,
-                http_status=_event_status(raw),
+                http_status=ending or 502,
                 response_body=None,
                 error=None,
                 cancelled=False,
@@ -353,22 +353,17 @@ class WebSocketCalls:
         ctx.master.commands.call("inject.websocket", flow, True, data, True)
 
 
-def _event_type(raw: bytes) -> str | None:
+def _final_status(raw: bytes) -> int | None:
+    """None unless the event ends a call: then 200 for a reply that ended, or an error
+    event's own status (else 502) for one that failed."""
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
         return None
     kind = data.get("type") if isinstance(data, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
-def _event_status(raw: bytes) -> int:
-    """200 for a reply that ended; an error event's own status (else 502) for one that failed."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        return 502
-    if not isinstance(data, dict) or data.get("type") != "error":
+    if kind not in _FINAL_EVENTS:
+        return None
+    if kind != "error":
         return 200
     status = data.get("status")
     return status if isinstance(status, int) and 400 <= status < 600 else 502

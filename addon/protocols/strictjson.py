@@ -44,26 +44,9 @@ def _no_constant(name: str) -> Any:
     raise BodyError(f"{name} is not a JSON number")
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise BodyError(f"the number {text[:40]} is too large")
-    return value
-
-
-def _int64(text: str) -> int:
-    value = int(text)
-    if not -(2**63) <= value < 2**63:
-        raise BodyError(f"the integer {text[:40]}… is outside the 64-bit range")
-    return value
-
-
-_decoder = json.JSONDecoder(
-    object_pairs_hook=_no_duplicates,
-    parse_constant=_no_constant,
-    parse_float=_finite,
-    parse_int=_int64,
-)
+# Numbers are checked in `check_value`'s walk, which visits every node anyway:
+# parse_float/parse_int hooks would cost a Python call per number while parsing.
+_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 
 
 def loads(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
@@ -92,7 +75,8 @@ def loads(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
-    """Depth and encodability of an already parsed value (iterative: no recursion limit)."""
+    """Depth, encodability and number range of an already parsed value (iterative: no
+    recursion limit)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -108,6 +92,11 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
             stack.extend((item, depth + 1) for item in node)
         elif isinstance(node, str):
             _check_text(node)
+        elif isinstance(node, float):
+            if math.isinf(node):
+                raise BodyError("a number is too large for a double (e.g. 1e999)")
+        elif isinstance(node, int) and not -(2**63) <= node < 2**63:
+            raise BodyError(f"the integer {str(node)[:40]}… is outside the 64-bit range")
 
 
 def _check_text(text: str) -> None:
