@@ -15,7 +15,7 @@ from addon.config import Route
 from addon.policy import Denial
 from addon.protocols import WireProtocol
 from addon.protocols.canonical import CanonicalRequest
-from addon.quota import AppliedWindow, WindowState
+from addon.quota.store import AppliedWindow, WindowState
 from addon.routes import Upstream
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from addon.config import GatewayConfig, Route
-from addon.ledger import PricingTable
+from addon.ledger.pricing import PricingTable
 
 # fnmatch reads these as wildcards too; patterns holding them are not reasoned about.
 _OTHER_WILDCARDS = frozenset("?[")

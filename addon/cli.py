@@ -16,16 +16,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from addon.audit import default_db_path
-from addon.budget import bind_windows
 from addon.checks import config_warnings
 from addon.config import ConfigError, GatewayConfig, load_config
 from addon.credentials import SecretStore
 from addon.keys import KeyStore
-from addon.ledger import load_pricing
+from addon.ledger.pricing import load_pricing
+from addon.ledger.store import default_db_path
 from addon.policy import effective_policy
-from addon.quota import QuotaStore
-from addon.quota_worker import quota_path
+from addon.quota.budget import bind_windows
+from addon.quota.store import QuotaStore
+from addon.quota.worker import quota_path
 from addon.screening import build_scanner
 
 console = Console()

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from addon.audit import storable_text
 from addon.call import Call, Rejection, Rewrite
 from addon.config import PROVIDER_BY_HOST, GatewayConfig, Route, SafetySettings
 from addon.credentials import (
@@ -21,7 +20,8 @@ from addon.credentials import (
     credential_header,
     strip_credential_params,
 )
-from addon.ledger import Pricer, cost_usd, estimate_tokens
+from addon.ledger.pricing import Pricer, cost_usd, estimate_tokens
+from addon.ledger.store import storable_text
 from addon.policy import Denial, EffectivePolicy, check_model, check_size, check_unparsed
 from addon.protocols import PROTOCOLS, WireProtocol, strictjson
 from addon.protocols.canonical import ProtocolError, Usage, part_texts

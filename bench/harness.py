@@ -261,7 +261,7 @@ class Proxy:
         """(reservations, settled, window totals) from the quota tables.
 
         They live in their own file beside the ledger (`<db>.quota`, see
-        addon/quota_worker.py), in older llmgate in the ledger itself. Every llmgate
+        addon/quota/worker.py), in older llmgate in the ledger itself. Every llmgate
         variant has them; only a variant with windows writes rows, and those rows show
         the windows were really used.
         """

@@ -16,7 +16,7 @@ from addon.checks import config_warnings, covers
 from addon.cli import main
 from addon.config import load_config
 from addon.credentials import SecretStore
-from addon.ledger import load_pricing
+from addon.ledger.pricing import load_pricing
 from addon.routes import match_route
 from tests.proxy import ROOT
 

@@ -15,11 +15,11 @@ import bcrypt
 import openai
 import pytest
 
-from addon.budget import bind_windows
 from addon.config import load_config
 from addon.policy import effective_policy
-from addon.quota import QuotaStore
-from addon.quota_worker import quota_path
+from addon.quota.budget import bind_windows
+from addon.quota.store import QuotaStore
+from addon.quota.worker import quota_path
 from tests.conftest import UPSTREAM_KEYS, emulator_policy
 from tests.emulator import Emulator
 from tests.proxy import ROOT, Proxy

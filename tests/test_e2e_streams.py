@@ -11,7 +11,7 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 
-from addon.ledger import cost_usd, load_pricing
+from addon.ledger.pricing import cost_usd, load_pricing
 from addon.protocols.canonical import Usage
 from tests.conftest import CALLER_KEY, ROOT
 from tests.emulator import DEFAULT_REPLY, Emulator, expected_usage

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from addon.audit import AuditWriter, cap_body
 from addon.config import Pricing
-from addon.ledger import Pricer, cost_usd, estimate_tokens, load_pricing
+from addon.ledger.pricing import Pricer, cost_usd, estimate_tokens, load_pricing
+from addon.ledger.store import cap_body
+from addon.ledger.writer import AuditWriter
 from addon.protocols.canonical import Usage
 from tests.proxy import ROOT
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from addon.audit import AuditWriter
 from addon.keys import KeyStore
-from addon.quota_worker import QuotaWorker, quota_path
+from addon.ledger.writer import AuditWriter
+from addon.quota.worker import QuotaWorker, quota_path
 from addon.screening import load_hmac_key
 
 

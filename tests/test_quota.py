@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from addon import quota
 from addon.config import QuotaWindow
-from addon.quota import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from addon.quota import store as quota
+from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
 
 
 def applied(seconds: int, key: str = "user:alice", **limits: float) -> AppliedWindow:

@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 import mitmproxy.flow
 from mitmproxy import ctx, exceptions, http
 
-from addon import budget, pipeline
-from addon.audit import AuditWriter, default_db_path
+from addon import pipeline
 from addon.call import Call, Rejection, Rewrite, describe_exception, new_request_id
 from addon.checks import config_warnings
 from addon.config import ConfigError, GatewayConfig, load_config
@@ -38,11 +37,14 @@ from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
 from addon.hosts import HostSet
 from addon.identity import Identifier
 from addon.keys import KeyStore
-from addon.ledger import Pricer, load_pricing
+from addon.ledger.pricing import Pricer, load_pricing
+from addon.ledger.store import default_db_path
+from addon.ledger.writer import AuditWriter
 from addon.policy import effective_policy
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol, error_protocol
-from addon.quota_worker import QuotaWorker, quota_path
+from addon.quota import budget
+from addon.quota.worker import QuotaWorker, quota_path
 from addon.screening import build_scanner, load_hmac_key, redact_json
 
 _PROJECT_POLICIES = Path(__file__).resolve().parents[2] / "policies"  # addon/gateway/ -> root

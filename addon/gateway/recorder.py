@@ -10,11 +10,12 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING
 
-from addon import budget, pipeline
+from addon import pipeline
 from addon.call import Call, Rejection
 from addon.credentials import Fields
-from addon.quota import Demand, Exceeded
-from addon.records import write_half
+from addon.ledger.payloads import write_half
+from addon.quota import budget
+from addon.quota.store import Demand, Exceeded
 
 if TYPE_CHECKING:
     from addon.gateway.http_hooks import Gateway

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
-from addon import budget, pipeline
+from addon import pipeline
 from addon.call import Call, Rejection, describe_exception
+from addon.quota import budget
 from addon.screening import redact_json
 from addon.stream_guard import StreamGuard
 from addon.streaming import StreamTap

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 
-from addon import budget, pipeline
+from addon import pipeline
 from addon.call import Call, Rejection, describe_exception, new_request_id
 from addon.config import GatewayConfig, Route
 from addon.credentials import Fields, is_masked_header
 from addon.policy import EffectivePolicy
 from addon.protocols import PROTOCOLS
+from addon.quota import budget
 from addon.screening import redact_json
 from addon.stream_guard import StreamGuard
 from addon.streaming import StreamTap

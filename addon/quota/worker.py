@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from addon.quota import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
 
 log = logging.getLogger("llmgate.quota")
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-from addon.audit import AuditWriter, cap_body, json_text
 from addon.credentials import replace_found, storable_headers
+from addon.ledger.store import cap_body, json_text
+from addon.ledger.writer import AuditWriter
 from addon.screening import Located, finding_rows, redact_json
 
 
