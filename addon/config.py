@@ -61,6 +61,13 @@ class Route(_Strict):
     upstream_model: str | None = None
     extra_headers: dict[str, str] = Field(default_factory=dict)
     pricing: Pricing | None = None
+    # Long generations are normal, dead peers are not: a buffered reply's headers
+    # come only when the whole generation is done, so first_byte waits as long as
+    # the official SDKs do (600 s); a stream that goes quiet for idle_timeout_s
+    # (between events, or between the chunks of a buffered body) is a dead peer.
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    first_byte_timeout_s: float = Field(default=600.0, gt=0)
+    idle_timeout_s: float = Field(default=300.0, gt=0)
 
     @field_validator("endpoint")
     @classmethod
@@ -106,6 +113,26 @@ class QuotaWindow(_Strict):
 
 class AuditSettings(_Strict):
     payload_max_bytes: int = Field(default=262_144, ge=0)
+    # refuse: a call whose opening row cannot be committed is answered 503 and
+    # never forwarded. serve: it goes through, and the loss is counted and logged.
+    on_failure: Literal["refuse", "serve"] = "refuse"
+    # SQLite's synchronous setting in WAL mode. normal: a committed row survives
+    # the process dying (kill -9); full: it also survives power loss (one fsync per
+    # group commit).
+    synchronous: Literal["normal", "full"] = "normal"
+    # On SIGTERM/SIGINT, in-flight calls get this long to finish before they are
+    # closed as `interrupted`.
+    drain_seconds: float = Field(default=5.0, ge=0)
+
+
+class LimitSettings(_Strict):
+    """Bounds on what one call may make llmgate hold in memory."""
+
+    # Well above a 1 MB prompt (with images, several MB); past it: 413.
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # One SSE event or one streamed JSON element; past it the stream is ended
+    # with an error event and the row is failed/event_too_large.
+    max_event_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
 
 
 class AppliesTo(_Strict):
@@ -165,6 +192,7 @@ class GatewayConfig(_Strict):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     policies: list[PolicyRule] = Field(default_factory=list)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
     # Built once: routing reads it on every call.
     _routes: list[Route] = PrivateAttr(default_factory=list)
