@@ -7,10 +7,11 @@ a complete event, so a split character is reassembled before decoding.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from addon.protocols.base import StreamEvent, StreamState, WireProtocol
@@ -19,10 +20,45 @@ if TYPE_CHECKING:
     from addon.stream_guard import StreamGuard
 
 Framing = Literal["sse", "json_array"]
+Events = list[tuple[StreamEvent | None, bytes]]
+
+# The default of `limits.max_event_bytes`: a splitter holds an unfinished event
+# whole, so without a cap an upstream that never ends one grows it without end.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+# Decoded bytes per zlib call: a small compressed chunk may inflate to gigabytes,
+# and the splitter's cap must get a say before all of it is in memory.
+_DECODE_STEP = 1 << 20
+
+
+class EventTooLarge(Exception):
+    """One event's raw bytes (its separators included) exceed `max_event_bytes`.
+
+    The size is checked on a pending event and on a completed one alike, so
+    whether an event trips the cap does not depend on how it was chunked.
+    `events` are the events the same feed completed before it: they are sound,
+    and a caller that forwards event by event still delivers them.
+    """
+
+    def __init__(self, limit: int, events: Events) -> None:
+        super().__init__(f"an event exceeded {limit} bytes")
+        self.limit = limit
+        self.events = events
+
+
+def _check_size(size: int, limit: int, events: Events) -> None:
+    if size > limit:
+        raise EventTooLarge(limit, events)
+
 
 # A blank line ends an SSE event; lines end with CRLF, LF or a lone CR.
 _EOL = rb"(?:\r\n|\r(?!\n)|\n)"
 _EVENT_END = re.compile(_EOL + _EOL)
+# A match attempt at offset q reads bytes q..q+3 at most (CRLF CRLF, or a lone
+# CR's look-ahead), so an attempt 4 or more bytes before the end of the bytes
+# already searched came out the same as it will now. Only the last 3 bytes can
+# change their meaning, e.g. a lone CR that the next chunk turns into CRLF.
+_EVENT_END_BACKOFF = 3
 _LINE = re.compile(r"\r\n|\r|\n")
 
 
@@ -45,34 +81,65 @@ def parse_sse_block(block: bytes) -> StreamEvent | None:
 
 
 class SseSplitter:
-    """Incremental SSE splitter: feed bytes, get (event, raw bytes of that event) pairs."""
+    """Incremental SSE splitter: feed bytes, get (event, raw bytes of that event) pairs.
 
-    def __init__(self) -> None:
+    Each byte is searched for a boundary once (plus a few bytes of back-off per
+    feed), so a stream costs time linear in its size however it is chunked.
+    """
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        # Bytes searched for a boundary so far: what proves the search linear.
+        self.scanned = 0
         self._buf = bytearray()
+        self._pos = 0  # where the next search starts; no boundary starts before it
+        self._held = 0  # len(_buf) when the last feed began (see `tail`)
 
-    def feed(self, data: bytes) -> list[tuple[StreamEvent | None, bytes]]:
-        self._buf += data
-        out: list[tuple[StreamEvent | None, bytes]] = []
+    def feed(self, data: bytes) -> Events:
+        buf = self._buf
+        self._held = len(buf)
+        buf += data
+        size = len(buf)
+        self.scanned += size - self._pos
+        out: Events = []
         start = 0
-        for match in _EVENT_END.finditer(self._buf):
+        for match in _EVENT_END.finditer(buf, self._pos):
+            end = match.end()
             # A CR at the very end may be the first half of a CRLF still in flight.
-            if match.end() == len(self._buf) and self._buf.endswith(b"\r"):
+            if end == size and buf[-1] == 0x0D:
                 break
-            raw = bytes(self._buf[start : match.end()])
-            out.append((parse_sse_block(bytes(self._buf[start : match.start()])), raw))
-            start = match.end()
-        del self._buf[:start]
+            raw = bytes(buf[start:end])
+            _check_size(len(raw), self.max_event_bytes, out)
+            out.append((parse_sse_block(raw[: match.start() - start]), raw))
+            start = end
+        _check_size(size - start, self.max_event_bytes, out)
+        # Only after emitting, and what remains then is at most this feed's data and
+        # the back-off: moving it to the front keeps the cost linear.
+        del buf[:start]
+        self._pos = max(len(buf) - _EVENT_END_BACKOFF, 0)
         return out
 
-    def finish(self) -> list[tuple[StreamEvent | None, bytes]]:
+    def finish(self) -> Events:
         """The stream ended: whatever is left is a final event without its blank line."""
-        raw, self._buf = bytes(self._buf), bytearray()
+        raw, self._buf, self._pos = bytes(self._buf), bytearray(), 0
         if not raw:
             return []
         return [(parse_sse_block(raw), raw)]
 
+    def tail(self, element: bytes, *, chunked: bool) -> bytes:
+        """What to send to end the stream with `element` as its last event.
+
+        `chunked`: the caller was sent every byte fed before the last feed, so it may
+        hold an event cut off mid-way. A line break and a blank line end that event
+        first (whatever the cut, "\\n\\n" ends its line and then it), so `element` is
+        read on its own; the cut event reaches the client broken, as it was sent.
+        """
+        return (b"\n\n" if chunked and self._held else b"") + element
+
 
 _JSON_TOKEN = re.compile(rb'[{}\[\]"\\]')
+_JSON_STRING_STOP = re.compile(rb'["\\]')
+_JSON_OPENERS = re.compile(rb'[{}\[\]"]')
 
 
 class JsonArraySplitter:
@@ -82,7 +149,10 @@ class JsonArraySplitter:
     attached to the element that follows them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        # Bytes searched for tokens so far: what proves the search linear.
+        self.scanned = 0
         self._buf = bytearray()
         self._pos = 0
         self._depth = 0
@@ -90,25 +160,40 @@ class JsonArraySplitter:
         self._escaped = False
         self._element_start: int | None = None
         self._emitted = 0
+        self._elements = 0
+        # When the last feed began: bytes held, elements emitted (see `tail`).
+        self._held = 0
+        self._held_elements = 0
 
-    def feed(self, data: bytes) -> list[tuple[StreamEvent | None, bytes]]:
-        self._buf += data
-        out: list[tuple[StreamEvent | None, bytes]] = []
+    def feed(self, data: bytes) -> Events:
         buf = self._buf
+        self._held, self._held_elements = len(buf), self._elements
+        buf += data
+        size = len(buf)
+        out: Events = []
         i = self._pos
-        while i < len(buf):
+        self.scanned += size - i
+        while i < size:
             if self._in_string:
                 if self._escaped:
                     self._escaped = False
-                elif buf[i] == 0x5C:  # backslash
+                    i += 1
+                    continue
+                # A long string is skipped in C, not byte by byte in Python.
+                match = _JSON_STRING_STOP.search(buf, i)
+                if match is None:
+                    i = size
+                    break
+                i = match.start()
+                if buf[i] == 0x5C:  # backslash
                     self._escaped = True
-                elif buf[i] == 0x22:  # quote
+                else:
                     self._in_string = False
                 i += 1
                 continue
             match = _JSON_TOKEN.search(buf, i)
             if match is None:
-                i = len(buf)
+                i = size
                 break
             i = match.start()
             ch = buf[i]
@@ -121,12 +206,16 @@ class JsonArraySplitter:
             elif ch in (0x7D, 0x5D):  # } ]
                 self._depth -= 1
                 if self._depth == 1 and self._element_start is not None:
-                    text = bytes(buf[self._element_start : i + 1]).decode("utf-8", "replace")
-                    out.append((StreamEvent(data=text), bytes(buf[self._emitted : i + 1])))
+                    raw = bytes(buf[self._emitted : i + 1])
+                    _check_size(len(raw), self.max_event_bytes, out)
+                    text = raw[self._element_start - self._emitted :].decode("utf-8", "replace")
+                    out.append((StreamEvent(data=text), raw))
                     self._emitted = i + 1
                     self._element_start = None
+                    self._elements += 1
             i += 1
         self._pos = i
+        _check_size(size - self._emitted, self.max_event_bytes, out)
         # Drop what has been emitted and is not part of a pending element.
         if self._emitted:
             del buf[: self._emitted]
@@ -136,16 +225,80 @@ class JsonArraySplitter:
             self._emitted = 0
         return out
 
-    def finish(self) -> list[tuple[StreamEvent | None, bytes]]:
+    def finish(self) -> Events:
         raw, self._buf = bytes(self._buf), bytearray()
         return [(None, raw)] if raw else []
+
+    def tail(self, element: bytes, *, chunked: bool) -> bytes:
+        """What to send to end the array with `element` as its last item.
+
+        The caller has the elements emitted so far, or, when the stream is
+        forwarded chunk by chunk (`chunked`), every byte fed before the last feed,
+        which may stop inside an element. That element is closed -- its open string,
+        then its brackets -- so a client reading element by element gets past it to
+        `element`; cut inside a string value (a runaway text part), it even parses.
+        Nothing when what the caller has is no open array that can take an item.
+        """
+        elements = self._held_elements if chunked else self._elements
+        end = self._held if chunked else 0
+        buf = self._buf
+        # After an emitted element the array is open and between items.
+        stack = bytearray(b"[" if elements else b"")
+        started = items = elements > 0
+        in_string = escaped = False
+        item_end = 0  # where the last item of the array ended
+        i = 0
+        # Once, on failure: a rescan of at most the held bytes (<= max_event_bytes).
+        while i < end:
+            if in_string:
+                match = _JSON_STRING_STOP.search(buf, i, end)
+                if match is None:
+                    break
+                i = match.end()
+                if buf[match.start()] == 0x5C:  # backslash: skip what it escapes
+                    escaped = i == end
+                    i += 1
+                    continue
+                in_string = False
+                if len(stack) == 1:
+                    item_end = i
+                continue
+            match = _JSON_OPENERS.search(buf, i, end)
+            if match is None:
+                break
+            i = match.end()
+            ch = buf[match.start()]
+            started = True
+            if ch in (0x7D, 0x5D):  # } ]
+                if stack:
+                    stack.pop()
+                if len(stack) == 1:
+                    item_end = i
+                continue
+            items = items or len(stack) == 1
+            if ch == 0x22:
+                in_string = True
+            else:
+                stack.append(ch)
+        if not stack:
+            return b"" if started else b"[" + element + b"]"
+        if stack[0] != 0x5B:
+            return b""
+        # After a lone backslash, one more makes the escape `\\`, then `"` closes.
+        closing = (b'\\"' if escaped else b'"') if in_string else b""
+        closing += bytes(0x7D if opener == 0x7B else 0x5D for opener in reversed(stack[1:]))
+        cut = in_string or len(stack) > 1
+        comma = items and (cut or buf.find(b",", item_end, end) < 0)
+        return closing + (b"," if comma else b"") + element + b"]"
 
 
 Splitter = SseSplitter | JsonArraySplitter
 
 
-def make_splitter(framing: Framing) -> Splitter:
-    return SseSplitter() if framing == "sse" else JsonArraySplitter()
+def make_splitter(framing: Framing, max_event_bytes: int = MAX_EVENT_BYTES) -> Splitter:
+    if framing == "sse":
+        return SseSplitter(max_event_bytes)
+    return JsonArraySplitter(max_event_bytes)
 
 
 def render_sse(event: StreamEvent, newline: str = "\n") -> bytes:
@@ -160,6 +313,9 @@ class StreamTap:
     It forwards each chunk the moment it arrives and feeds a copy to the
     protocol's stream reader. Only when it must hide an injected event does it
     forward at event granularity instead of chunk granularity.
+
+    A stream it cannot follow is stopped, never passed on unread: after a
+    failure (`failure`, `failure_reason`) it forwards nothing more.
     """
 
     def __init__(
@@ -172,6 +328,7 @@ class StreamTap:
         keep_bytes: int = 0,
         guard: StreamGuard | None = None,
         clock: Callable[[], float] = time.time,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.protocol = protocol
         self.state = StreamState()
@@ -180,7 +337,8 @@ class StreamTap:
         # What the caller received, up to the audit's payload cap.
         self.kept = bytearray()
         self._keep_bytes = keep_bytes
-        self._splitter = make_splitter(framing)
+        self._max_event_bytes = max_event_bytes
+        self._splitter = make_splitter(framing, max_event_bytes)
         self._hide = hide_injected
         self.guard = guard
         # Event granularity is needed to hide an event or to rewrite one.
@@ -189,6 +347,8 @@ class StreamTap:
         self._clock = clock
         self._framing = framing
         self.failure: str | None = None
+        # The audit row's reason: "event_too_large" or "internal_error".
+        self.failure_reason: str | None = None
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if self.failure is not None:
@@ -197,8 +357,9 @@ class StreamTap:
             return self._forward(chunk)
         except Exception as exc:  # noqa: BLE001 - fail closed: stop the stream
             # A stream llmgate can no longer read (and so cannot scan) goes no further.
-            self.failure = f"llmgate stopped the stream: {type(exc).__name__}"
-            event = self.protocol.error_event(500, "internal_error", self.failure)
+            message = f"llmgate stopped the stream: {type(exc).__name__}"
+            self._stop(message, "internal_error")
+            event = self.protocol.error_event(500, "internal_error", message)
             return [render_sse(event)] if self._framing == "sse" else []
 
     def message(self, data: bytes) -> list[bytes]:
@@ -214,21 +375,66 @@ class StreamTap:
             self._keep([piece + b"\n" for piece in pieces])
             return pieces
         except Exception as exc:  # noqa: BLE001 - fail closed: nothing more goes through
-            self.failure = f"llmgate stopped the reply: {type(exc).__name__}"
+            self._stop(f"llmgate stopped the reply: {type(exc).__name__}", "internal_error")
             return []
 
-    def _forward(self, chunk: bytes) -> bytes | list[bytes]:
+    def _stop(self, message: str, reason: str) -> None:
+        self.failure = message
+        self.failure_reason = reason
+        # Nothing more is read: let go of the pending event and the decoder's window.
+        self._splitter = make_splitter(self._framing, self._max_event_bytes)
+        self._decoder = None
+
+    def _forward(self, chunk: bytes) -> list[bytes]:
         if not chunk:
             return self._finish()
         self.bytes_received += len(chunk)
-        data = self._decoder.decompress(chunk) if self._decoder else chunk
-        pieces = self._consume(self._splitter.feed(data))
-        if not self._per_event:
+        out: list[bytes] = []
+        for data in self._decoded(chunk):
+            try:
+                events = self._splitter.feed(data)
+            except EventTooLarge as exc:
+                out += self._too_large(exc)
+                break
+            pieces = self._consume(events)
             # A decoded stream is forwarded decoded: the gateway dropped the
             # content-encoding header when it installed this tap.
-            pieces = [data] if data else []
-        self._keep(pieces)
-        return pieces
+            out += pieces if self._per_event else [data]
+        self._keep(out)
+        return out
+
+    def _decoded(self, chunk: bytes) -> Iterator[bytes]:
+        """The chunk, decoded a step at a time: a failure stops the decoding too."""
+        decoder = self._decoder
+        if decoder is None:
+            yield chunk
+            return
+        data = chunk
+        while True:
+            part = decoder.decompress(data, _DECODE_STEP)
+            if part:
+                yield part
+            data = decoder.unconsumed_tail
+            # A full step may leave output inside zlib even with no input left.
+            if not data and len(part) < _DECODE_STEP:
+                return
+
+    def _too_large(self, exc: EventTooLarge) -> list[bytes]:
+        """Stop the stream: what still goes out, ending it with the protocol's error."""
+        # Forwarding chunk by chunk, the chunk that tripped is dropped whole, so the
+        # events it completed are neither sent nor read: the audit matches the client.
+        out = self._consume(exc.events) if self._per_event else []
+        message = f"llmgate stopped the stream: an event exceeded {exc.limit} bytes"
+        if self._framing == "sse":
+            element = render_sse(self.protocol.error_event(502, "event_too_large", message))
+        else:
+            # An array item shaped like the error Gemini itself puts in a stream,
+            # so a client raises it as an API error rather than a parse error.
+            body = self.protocol.error_body(502, "event_too_large", message)
+            element = json.dumps(body).encode()
+        tail = self._splitter.tail(element, chunked=not self._per_event)
+        self._stop(message, "event_too_large")
+        return [*out, tail] if tail else out
 
     def _keep(self, pieces: list[bytes]) -> None:
         room = self._keep_bytes - len(self.kept)
@@ -240,7 +446,13 @@ class StreamTap:
 
     def _finish(self) -> list[bytes]:
         tail = self._decoder.flush() if self._decoder else b""
-        pieces = self._consume(self._splitter.feed(tail) + self._splitter.finish())
+        try:
+            events = self._splitter.feed(tail) + self._splitter.finish()
+        except EventTooLarge as exc:
+            out = self._too_large(exc)
+            self._keep(out)
+            return out
+        pieces = self._consume(events)
         if self.guard is not None:
             # Text the scanner still holds goes out before the stream ends.
             pieces += self.guard.finish()

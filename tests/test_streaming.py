@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from addon.protocols import PROTOCOLS
 from addon.protocols.base import StreamEvent
-from addon.streaming import JsonArraySplitter, SseSplitter, StreamTap, parse_sse_block
+from addon.streaming import (
+    EventTooLarge,
+    JsonArraySplitter,
+    SseSplitter,
+    StreamTap,
+    parse_sse_block,
+)
 from tests.conftest import FIXTURES
 
 STREAMS = sorted(p for p in FIXTURES.glob("*.json") if json.loads(p.read_text())["stream"])
@@ -22,12 +28,31 @@ def stream_body(path) -> bytes:  # type: ignore[no-untyped-def]
     return json.loads(path.read_text())["response"]["body_text"].encode()
 
 
+def chunked(body: bytes, cuts: list[int]) -> list[bytes]:
+    cuts = sorted(cuts)
+    return [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+
+
 def split_events(splitter: SseSplitter | JsonArraySplitter, chunks: list[bytes]):  # type: ignore[no-untyped-def]
     pairs = []
     for chunk in chunks:
         pairs += splitter.feed(chunk)
     pairs += splitter.finish()
     return [e for e, _ in pairs if e is not None], b"".join(raw for _, raw in pairs)
+
+
+def json_array_body(path) -> bytes:  # type: ignore[no-untyped-def]
+    """A recorded Gemini SSE stream as the JSON array Gemini sends without alt=sse."""
+    events, _ = split_events(SseSplitter(), [stream_body(path)])
+    return ("[" + "\n,\r\n".join(e.data for e in events) + "\n]").encode()
+
+
+GEMINI_STREAMS = [p for p in STREAMS if p.stem.startswith("gemini__")]
+# Every recorded stream with its framing: SSE as recorded, Gemini's also as an array.
+FRAMED = [("sse", stream_body(p)) for p in STREAMS] + [
+    ("json_array", json_array_body(p)) for p in GEMINI_STREAMS
+]
+SPLITTERS = {"sse": SseSplitter, "json_array": JsonArraySplitter}
 
 
 def test_parse_sse_block_joins_data_lines_and_reads_the_name() -> None:
@@ -58,13 +83,54 @@ def test_a_multibyte_character_split_mid_sequence_decodes_whole() -> None:
         assert events == [StreamEvent(data='{"t": "caf\u00e9 \U0001f600"}')]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_random_chunkings_of_recorded_streams(data: st.DataObject) -> None:
-    body = stream_body(data.draw(st.sampled_from(STREAMS)))
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=30)))
-    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
-    assert split_events(SseSplitter(), chunks) == split_events(SseSplitter(), [body])
+    framing, body = data.draw(st.sampled_from(FRAMED))
+    splitter = SPLITTERS[framing]
+    chunks = chunked(body, data.draw(st.lists(st.integers(0, len(body)), max_size=30)))
+    assert split_events(splitter(), chunks) == split_events(splitter(), [body])
+
+
+@pytest.mark.parametrize("path", GEMINI_STREAMS, ids=lambda p: p.stem)
+def test_every_two_way_split_of_a_recorded_json_array(path) -> None:  # type: ignore[no-untyped-def]
+    body = json_array_body(path)
+    whole, raw = split_events(JsonArraySplitter(), [body])
+    assert raw == body
+    assert [json.loads(e.data) for e in whole] == json.loads(body)
+    # Every offset for small streams; the thinking stream is sampled densely instead.
+    step = 1 if len(body) < 4_000 else 11
+    for cut in range(0, len(body) + 1, step):
+        assert split_events(JsonArraySplitter(), [body[:cut], body[cut:]]) == (whole, body)
+
+
+def events_until_too_large(splitter: SseSplitter | JsonArraySplitter, chunks: list[bytes]):  # type: ignore[no-untyped-def]
+    """The events read before the cap tripped, and whether it did."""
+    pairs = []
+    try:
+        for chunk in chunks:
+            pairs += splitter.feed(chunk)
+        pairs += splitter.finish()
+    except EventTooLarge as exc:
+        return pairs + exc.events, True
+    return pairs, False
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_the_event_cap_trips_at_the_same_event_however_the_stream_is_chunked(
+    data: st.DataObject,
+) -> None:
+    framing, body = data.draw(st.sampled_from(FRAMED))
+    splitter = SPLITTERS[framing]
+    reader = splitter()
+    sizes = [len(raw) for _, raw in reader.feed(body) + reader.finish()]
+    # Around the size of a real event: some pass, the first bigger one trips.
+    cap = data.draw(st.sampled_from(sizes)) + data.draw(st.integers(-1, 0))
+    chunks = chunked(body, data.draw(st.lists(st.integers(0, len(body)), max_size=30)))
+    expected = events_until_too_large(splitter(cap), [body])
+    assert expected[1] == (max(sizes) > cap)
+    assert events_until_too_large(splitter(cap), chunks) == expected
 
 
 def test_json_array_stream_split_everywhere() -> None:
@@ -103,3 +169,25 @@ def test_tap_decodes_a_gzip_stream_chunk_by_chunk() -> None:
     out += b"".join(tap(b""))
     assert out == body
     assert tap.state.usage is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_line_break_mix_splits_the_same_in_pieces(data: st.DataObject) -> None:
+    # Line breaks cut anywhere: what the resumed boundary search must get right.
+    body = data.draw(st.lists(st.sampled_from([b"data: x", b"a", b"\r", b"\n", b"\r\n"])))
+    body = b"".join(body)
+    chunks = chunked(body, data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
+    assert split_events(SseSplitter(), chunks) == split_events(SseSplitter(), [body])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_json_token_mix_splits_the_same_in_pieces(data: st.DataObject) -> None:
+    # Strings, escapes and brackets cut anywhere: the string skipping must resume right.
+    tokens = [b"[", b"{", b"}", b"]", b'"', b"\\", b",", b"x", b'\\"']
+    body = b"".join(data.draw(st.lists(st.sampled_from(tokens))))
+    chunks = chunked(body, data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
+    whole = JsonArraySplitter().feed(body)
+    pieces = JsonArraySplitter()
+    assert [pair for chunk in chunks for pair in pieces.feed(chunk)] == whole
