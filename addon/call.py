@@ -22,15 +22,18 @@ if TYPE_CHECKING:
     from addon.screening import Screening
     from addon.stream_guard import StreamGuard
     from addon.streaming import StreamTap
+    from addon.upstream.failures import UpstreamFailure
 
 # A random per-process prefix and a counter: unique across processes sharing a
-# ledger, and far cheaper than a getrandom() syscall per call.
-_ID_PREFIX = uuid.uuid4().hex[:16]
+# ledger, and far cheaper than a getrandom() syscall per call. The prefix is also
+# the process's instance id: crash recovery (`addon.ledger.recovery`) finds a dead
+# process's pending rows and quota reservations by it.
+INSTANCE_ID = uuid.uuid4().hex[:16]
 _ID_COUNTER = itertools.count(int(time.time() * 1000) << 12)
 
 
 def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    return f"{INSTANCE_ID}{next(_ID_COUNTER):016x}"
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -77,6 +80,12 @@ class Call:
     credential_label: str | None = None
     masked: bool = False
     internal_error: bool = False
+    # The dispatcher's part: the ticket token while the flow is on its way to it,
+    # where the call really went (the flow shows it again once the reply came),
+    # and what went wrong upstream, if anything.
+    dispatch_token: str | None = None
+    upstream_target: tuple[str, str, int] | None = None
+    upstream_failure: UpstreamFailure | None = None
 
     def open_row(self) -> dict[str, Any]:
         return {
@@ -95,6 +104,7 @@ class Call:
             "stream": int(self.stream),
             "transport": self.transport,
             "status": "pending",
+            "instance_id": INSTANCE_ID,
         }
 
 

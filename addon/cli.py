@@ -8,6 +8,8 @@ import os
 import sqlite3
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,7 +23,8 @@ from addon.config import ConfigError, GatewayConfig, load_config
 from addon.credentials import SecretStore
 from addon.keys import KeyStore
 from addon.ledger.pricing import load_pricing
-from addon.ledger.store import default_db_path
+from addon.ledger.recovery import is_alive, pending_by_instance
+from addon.ledger.store import ENCODE_ERROR, default_db_path
 from addon.policy import effective_policy
 from addon.quota.budget import bind_windows
 from addon.quota.store import QuotaStore
@@ -128,6 +131,7 @@ def cmd_check(args: argparse.Namespace) -> None:
     warnings = config_warnings(config, pricing, secrets)
     for warning in warnings:
         err_console.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
+    _print_routes(config)
     fallback = f" ({len(config.fallback_routes)} fallback)" if config.fallback_routes else ""
     verdict = Text("OK", style="green") + (
         Text(f" with {len(warnings)} warning(s)", style="yellow") if warnings else Text("")
@@ -138,6 +142,34 @@ def cmd_check(args: argparse.Namespace) -> None:
             f": {len(config.routes)} routes{fallback}, {len(pricing.models)} priced models; "
             f"intercepting {', '.join(config.intercepted_hosts())}"
         ),
+        soft_wrap=True,
+    )
+
+
+def _print_routes(config: GatewayConfig) -> None:
+    """The route table in the order it is matched, with each route's timeouts."""
+    table = Table(title="routes, first match wins")
+    for column in ("id", "model", "provider", "endpoint", "secret"):
+        table.add_column(column, overflow="fold")
+    for column in ("connect s", "first byte s", "idle s"):
+        table.add_column(column, justify="right")
+    for route in config.routes:
+        table.add_row(
+            route.id,
+            route.model_pattern,
+            route.provider,
+            route.endpoint,
+            route.api_key_secret or "(caller's key)",
+            f"{route.connect_timeout_s:g}",
+            f"{route.first_byte_timeout_s:g}",
+            f"{route.idle_timeout_s:g}",
+        )
+    console.print(table)
+    limits, audit = config.limits, config.audit
+    console.print(
+        f"audit.on_failure: {audit.on_failure}; synchronous: {audit.synchronous}; "
+        f"drain: {audit.drain_seconds:g} s; max request {limits.max_request_bytes} bytes; "
+        f"max stream event {limits.max_event_bytes} bytes",
         soft_wrap=True,
     )
 
@@ -217,6 +249,111 @@ _QUOTA_FIELDS = {
 }
 
 
+HEALTH_URL = "http://llmgate.internal/health"
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    """What the ledger says about unfinished calls, and the running gateway's health."""
+    conn = _connect(args.db)
+    has_requests = conn.execute(
+        "select 1 from sqlite_master where type = 'table' and name = 'requests'"
+    ).fetchone()
+    pending = [
+        {"instance": i, "rows": n, "oldest_started_at": oldest, "alive": is_alive(args.db, i)}
+        for i, n, oldest in (pending_by_instance(conn) if has_requests else [])
+    ]
+    report: dict[str, Any] = {
+        "db": args.db,
+        "pending": pending,
+        "interrupted": _rows_where(conn, "status = 'interrupted'") if has_requests else {},
+        "encode_errors": _rows_where(conn, f"reason = '{ENCODE_ERROR}'") if has_requests else {},
+        "proxy": args.proxy,
+    }
+    report["gateway"], report["gateway_error"] = _gateway_health(args.proxy)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        _print_doctor(report)
+    if report["gateway_error"]:
+        sys.exit(1)
+
+
+def _rows_where(conn: sqlite3.Connection, where: str) -> dict[str, Any]:
+    count = conn.execute(f"select count(*) from requests where {where}").fetchone()[0]
+    recent = conn.execute(
+        f"""select id, started_at, user, model, status, reason from requests where {where}
+            order by started_at desc limit 10"""
+    ).fetchall()
+    return {"count": count, "recent": [dict(row) for row in recent]}
+
+
+def _gateway_health(proxy: str) -> tuple[dict[str, Any] | None, str | None]:
+    request = urllib.request.Request(HEALTH_URL)
+    # Set on the request, not taken from the environment: no_proxy must not send
+    # the request to DNS, where llmgate.internal does not exist.
+    request.set_proxy(proxy, "http")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=3) as reply:
+            data = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return None, f"the proxy at {proxy} answered HTTP {exc.code}: is it llmgate?"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        return None, f"cannot reach llmgate at {proxy} ({reason})"
+    except ValueError:
+        return None, f"the proxy at {proxy} did not answer JSON: is it llmgate?"
+    return (data if isinstance(data, dict) else {"answer": data}), None
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _print_doctor(report: dict[str, Any]) -> None:
+    # Values from the ledger and the gateway go out as Text: "[x]" must not read as markup.
+    console.print(Text(f"ledger: {report['db']}"))
+    if report["pending"]:
+        table = Table(title="pending calls by llmgate instance")
+        for column in ("instance", "rows", "oldest", "process"):
+            table.add_column(column)
+        for row in report["pending"]:
+            process = "alive" if row["alive"] else "ended: recovery will close them"
+            oldest = _when(row["oldest_started_at"])
+            table.add_row(Text(row["instance"]), str(row["rows"]), oldest, process)
+        console.print(table)
+    else:
+        console.print("no pending calls")
+    for key, title in (
+        ("interrupted", "interrupted calls"),
+        ("encode_errors", f"rows with reason {ENCODE_ERROR}"),
+    ):
+        found = report[key]
+        console.print(Text(f"{title}: {found.get('count', 0)}"))
+        for row in found.get("recent", []):
+            cells = (row["id"], _when(row["started_at"]), row["user"], row["model"], row["status"])
+            console.print(Text("  " + "  ".join(_fmt(cell) for cell in cells)))
+    if report["gateway_error"]:
+        err_console.print(Text("error: ", style="bold red") + Text(report["gateway_error"]))
+        err_console.print(
+            "Start llmgate with ./run.sh (it listens on 127.0.0.1:$LLMGATE_PORT, default"
+            " 8080), or name the proxy with --proxy HOST:PORT.",
+            markup=False,
+        )
+        return
+    table = Table(title=f"llmgate at {report['proxy']}", show_header=False)
+    for key, value in sorted(_flatten(report["gateway"]).items()):
+        shown = json.dumps(value) if isinstance(value, list) else _fmt(value)
+        table.add_row(Text(key), Text(shown))
+    console.print(table)
+
+
 def _load_or_exit(path: Path) -> GatewayConfig:
     try:
         return load_config(path)
@@ -267,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     quota.add_argument("--group", action="append", help="also count these groups")
     quota.add_argument("--policies", default=_default_policies())
     quota.set_defaults(func=cmd_quota)
+    doctor = sub.add_parser("doctor", help="unfinished calls in the ledger; the gateway's health")
+    doctor.add_argument(
+        "--proxy",
+        default=f"127.0.0.1:{os.environ.get('LLMGATE_PORT') or 8080}",
+        help="the running llmgate, HOST:PORT (default: 127.0.0.1:$LLMGATE_PORT, else 8080)",
+    )
+    doctor.add_argument("--json", action="store_true", help="one JSON object")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

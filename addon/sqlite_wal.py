@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from addon.private_files import private_sqlite, tighten_sqlite_side_files
 
@@ -35,8 +36,18 @@ def retry_locked[T](step: Callable[[], T], patience: float = SETUP_PATIENCE) -> 
             time.sleep(0.01)
 
 
-def connect_wal(path: str | Path, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode; `busy_timeout_ms=0` never waits for a lock."""
+def connect_wal(
+    path: str | Path,
+    busy_timeout_ms: int = 30_000,
+    synchronous: Literal["normal", "full"] = "normal",
+) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode; `busy_timeout_ms=0` never waits for a lock.
+
+    `synchronous`: in WAL mode "normal" keeps a commit through the process dying,
+    "full" also through power loss (an fsync per commit).
+    """
+    if synchronous not in ("normal", "full"):
+        raise ValueError(f"synchronous must be normal or full, not {synchronous!r}")
     db = Path(path)
     private_sqlite(db)
     conn = sqlite3.connect(
@@ -44,7 +55,7 @@ def connect_wal(path: str | Path, busy_timeout_ms: int = 30_000) -> sqlite3.Conn
     )
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     # Made by SQLite just now with the main file's mode; checked again all the same.
     tighten_sqlite_side_files(db)
     return conn

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from addon.ledger.pricing import Pricer, cost_usd, estimate_tokens, load_pricing
 from addon.ledger.store import cap_body
 from addon.ledger.writer import AuditWriter
 from addon.protocols.canonical import Usage
+from addon.sqlite_wal import connect_wal
 from tests.proxy import ROOT
 
 
@@ -56,10 +59,39 @@ def test_writer_batches_and_flushes_everything_on_close(tmp_path: Path) -> None:
         writer.insert("requests", {"id": f"r{i}", "status": "pending", "started_at": i})
         writer.update("requests", f"r{i}", {"status": "completed"})
     writer.close()
-    import sqlite3
-
     conn = sqlite3.connect(tmp_path / "a.db")
     assert conn.execute("select count(*), min(status), max(status) from requests").fetchone() == (
         500, "completed", "completed",
     )  # fmt: skip
     assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    with closing(sqlite3.connect(db)) as conn:  # sqlite3's own `with` does not close
+        return conn.execute(sql).fetchall()
+
+
+def test_unknown_columns_are_dropped_and_named_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    column = f"no_such_{tmp_path.name}"  # named once per process: a name of this test's own
+    writer = AuditWriter(tmp_path / "a.db")
+    for i in range(3):
+        writer.insert("requests", {"id": f"r{i}", "status": "pending", column: "v4lue"})
+    writer.update("requests", "r0", {column: 1})  # nothing left to write
+    writer.close()
+    assert rows(writer.path, "select count(*) from requests") == [(3,)]
+    said = [r.getMessage() for r in caplog.records if column in r.getMessage()]
+    assert len(said) == 1 and "v4lue" not in said[0]
+
+
+def test_synchronous_is_applied(tmp_path: Path) -> None:
+    for setting, code in (("normal", 1), ("full", 2)):
+        with closing(connect_wal(tmp_path / "a.db", synchronous=setting)) as conn:
+            assert conn.execute("pragma synchronous").fetchone() == (code,)
+    with pytest.raises(ValueError):
+        connect_wal(tmp_path / "a.db", synchronous="off")  # type: ignore[arg-type]
+    writer = AuditWriter(tmp_path / "a.db", synchronous="full")
+    writer.insert("requests", {"id": "r"})
+    writer.close()
+    assert rows(tmp_path / "a.db", "select id from requests") == [("r",)]

@@ -254,6 +254,35 @@ class QuotaStore:
                 "DELETE FROM quota_ledger WHERE reservation_id = ?", (reservation_id,)
             )
 
+    def release_instances(self, instance_ids: list[str]) -> int:
+        """Release every unsettled reservation of these (dead) llmgate instances.
+
+        Reservation ids are request ids, which begin with their process's instance
+        id. Returns the ledger rows deleted (one per reservation and scope key).
+        """
+        # A short prefix would match other instances' reservations (an empty one,
+        # all of them); instance ids are 16 hex digits.
+        prefixes = [i for i in dict.fromkeys(instance_ids) if len(i) >= 8]
+        released = 0
+        with self._write():
+            for prefix in prefixes:
+                # A range on the reservation index, then the exact prefix test.
+                rows = self._conn.execute(
+                    f"SELECT scope_key, ts, reservation_id, {', '.join(_COLS)} FROM quota_ledger"
+                    " WHERE reservation_id >= ?1 AND reservation_id < ?1 || char(1114111)"
+                    " AND substr(reservation_id, 1, length(?1)) = ?1 AND settled = 0",
+                    (prefix,),
+                ).fetchall()
+                for key, ts, reservation_id, *old in rows:
+                    self._shift(key, ts, [-x for x in old], settled=0)
+                    self._conn.execute(
+                        "DELETE FROM quota_ledger WHERE scope_key = ? AND ts = ?"
+                        " AND reservation_id = ?",
+                        (key, ts, reservation_id),
+                    )
+                released += len(rows)
+        return released
+
     def states(self, windows: list[AppliedWindow], now: float | None = None) -> list[WindowState]:
         now = time.time() if now is None else now
         self._conn.execute("BEGIN")  # one snapshot across scope keys; writes nothing
