@@ -8,6 +8,7 @@ decision testable without a proxy.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -212,6 +213,32 @@ def summary_line(call: Call, fields: dict[str, Any]) -> str:
     ).replace("  ", " ")
 
 
+def _upstream_error(status: int, body: bytes | None) -> str:
+    """The row's `error` for a call the upstream refused: its status and error code.
+
+    Only the code, never the message: providers quote (part of) the key they
+    refused in it, and no credential goes into the ledger.
+    """
+    code = None
+    try:
+        error = json.loads(body or b"null")
+        if isinstance(error, list) and error:  # Gemini's streamed array
+            error = error[0]
+        error = error.get("error") if isinstance(error, dict) else None
+        if isinstance(error, dict):
+            for key in ("code", "type", "status"):
+                value = error.get(key)
+                if isinstance(value, str) and _ERROR_CODE.fullmatch(value):
+                    code = value
+                    break
+    except (ValueError, RecursionError):
+        pass
+    return f"upstream answered {status}" + (f" ({code})" if code else "")
+
+
+_ERROR_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def refusal_fields(call: Call, rejection: Rejection) -> dict[str, Any]:
     """The closing fields of a call llmgate answered itself."""
     finished = time.time()
@@ -328,6 +355,15 @@ def settle(
     else:
         fields["status"] = "completed"
     fields["error"] = error or state_error
+    if call.upstream_failure is not None:
+        # The dispatcher answered for a broken upstream, or ended the stream.
+        failure = call.upstream_failure
+        fields.update(status="failed", reason=failure.reason, error=failure.message)
+    elif call.tap is not None and call.tap.failure is not None:
+        fields["reason"] = getattr(call.tap, "failure_reason", None) or "internal_error"
+    elif fields["status"] == "failed" and http_status is not None and http_status >= 400:
+        fields["reason"] = "upstream_error"
+        fields["error"] = fields["error"] or _upstream_error(http_status, response_body)
 
     successful_reply = http_status is not None and http_status < 400
     if usage is not None:

@@ -26,6 +26,7 @@ Control headers (all optional, case-insensitive names):
 ``x-emulator-reply: <text>``     synthetic reply text, percent-decoded (urllib unquote)
 ``x-emulator-chunks: N``         synthetic streams split the text into N deltas (default 3)
 ``x-emulator-no-usage: 1``       synthetic replies carry no usage at all
+``x-emulator-output-tokens: N``  synthetic replies report N output tokens (any size: 10**20)
 ``x-emulator-pause-ms: N``       sleep N ms before every body event after the first
 ``x-emulator-reset-after: K``    after K body events, abort the connection with a TCP RST
 ``x-emulator-gzip: 1``           gzip the body, flushed (Z_SYNC_FLUSH) after every event
@@ -99,6 +100,7 @@ __all__ = [
     "HEADER_FIXTURE",
     "HEADER_GZIP",
     "HEADER_NO_USAGE",
+    "HEADER_OUTPUT_TOKENS",
     "HEADER_PAUSE_MS",
     "HEADER_REPLY",
     "HEADER_RESET_AFTER",
@@ -132,6 +134,7 @@ HEADER_REPLY = "x-emulator-reply"
 HEADER_REPLY_REF = "x-emulator-reply-ref"
 HEADER_CHUNKS = "x-emulator-chunks"
 HEADER_NO_USAGE = "x-emulator-no-usage"
+HEADER_OUTPUT_TOKENS = "x-emulator-output-tokens"
 HEADER_PAUSE_MS = "x-emulator-pause-ms"
 HEADER_RESET_AFTER = "x-emulator-reset-after"
 HEADER_GZIP = "x-emulator-gzip"
@@ -424,6 +427,7 @@ class _Controls:
     reply: str = DEFAULT_REPLY
     chunks: int = DEFAULT_CHUNKS
     no_usage: bool = False
+    output_tokens: int | None = None
     pause_s: float = 0.0
     reset_after: int | None = None
     gzip: bool = False
@@ -453,6 +457,7 @@ class _Controls:
             reply=DEFAULT_REPLY if reply is None else unquote(reply),
             chunks=max(1, num(HEADER_CHUNKS) or DEFAULT_CHUNKS),
             no_usage=flag(HEADER_NO_USAGE),
+            output_tokens=num(HEADER_OUTPUT_TOKENS),
             pause_s=max(0, num(HEADER_PAUSE_MS) or 0) / 1000.0,
             reset_after=None if (k := num(HEADER_RESET_AFTER)) is None else max(0, k),
             gzip=flag(HEADER_GZIP),
@@ -518,6 +523,14 @@ _GEMINI_ERRORS = {
 
 
 def _error_reply(protocol: str | None, status: int, message: str, req_id: str) -> _Reply:
+    reply = _provider_error(protocol, status, message, req_id)
+    if status in (429, 503, 529):
+        # As the providers do: when to come back (OpenAI and Anthropic send seconds).
+        reply.headers.append(("retry-after", "7"))
+    return reply
+
+
+def _provider_error(protocol: str | None, status: int, message: str, req_id: str) -> _Reply:
     if protocol in ("openai_chat", "openai_responses"):
         etype, code = _OPENAI_ERRORS.get(
             status, ("server_error" if status >= 500 else "invalid_request_error", None)
@@ -1381,6 +1394,8 @@ class Emulator:
             usage = expected_usage(body, c.reply if tool_call is None else tool_call[1])
             if not generate:
                 usage = Usage(usage.input_tokens, 0)
+            elif c.output_tokens is not None:
+                usage = Usage(usage.input_tokens, c.output_tokens)
         return _Synth(
             body=request,
             path=path,

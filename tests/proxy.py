@@ -59,6 +59,7 @@ class Proxy:
             args += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
         args += extra_args or []
         self._args = args
+        self._addon = addon
         self._env = {**os.environ, "LLMGATE_SECRETS": "", **(env or {})}
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -80,10 +81,23 @@ class Proxy:
                 # mitmdump listens before it notices a broken script, then exits.
                 self.stop()
                 raise RuntimeError(f"mitmdump failed to start: {self.log()}")
-            if Path(self.ca_path).exists():
+            if Path(self.ca_path).exists() and self._ready():
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"mitmdump did not start: {self.log()}")
+
+    def _ready(self) -> bool:
+        """mitmdump may accept connections before the script is loaded: with llmgate,
+        ready means its health page answers."""
+        if not self._addon:
+            return True
+        try:
+            with httpx2.Client(proxy=self.url, timeout=2) as client:
+                status = client.get("http://llmgate.internal/health").status_code
+        except httpx2.HTTPError:
+            return False
+        # With proxy auth the page is behind it (407): then the ledger is the sign.
+        return status == 200 or (status == 407 and self.db.exists())
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
@@ -93,6 +107,12 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         self._log.close()
+
+    def kill(self) -> None:
+        """kill -9: no hook runs, nothing is flushed."""
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=15)
 
     def __enter__(self) -> Proxy:
         return self.start()

@@ -31,6 +31,9 @@ from addon.credentials import (
 )
 from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
+from addon.gateway.handoff import HandOff
+from addon.gateway.health import HEALTH_HOST, HealthPage
+from addon.gateway.lifecycle import Lifecycle
 from addon.gateway.recorder import CallRecorder
 from addon.gateway.replies import REQUEST_ID_HEADER, HttpReplies, answer
 from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
@@ -78,8 +81,11 @@ class Gateway:
         self.replies = HttpReplies(self)
         self.websockets = WebSocketCalls(self)
         self.connections = ConnectionGuard(self)
+        self.handoff = HandOff(self)
+        self.health = HealthPage(self)
+        self.lifecycle = Lifecycle(self)
         # mitmproxy calls a child addon's hooks after its parent's.
-        self.addons = [self.replies, self.websockets, self.connections]
+        self.addons = [self.replies, self.websockets, self.connections, self.handoff]
         self.hosts = HostSet(())
 
     # --- options -----------------------------------------------------------------
@@ -152,10 +158,11 @@ class Gateway:
         if "llmgate_db" in updated:
             self._close_stores()
             db = Path(ctx.options.llmgate_db).expanduser()
-            self.audit = AuditWriter(db)
+            self.audit = AuditWriter(db, synchronous=self.config.audit.synchronous)
             self.quota = QuotaWorker(quota_path(db))
             self.keys = KeyStore(db)
             self.hmac_key = load_hmac_key(db.with_name(db.name + ".hmac-key"))
+            self.lifecycle.opened(db)
         if {"llmgate_policies", "llmgate_db"} & updated:
             self.identifier = Identifier(self.config.identity, self.keys)
         if {"llmgate_policies", "llmgate_secrets"} & updated:
@@ -164,13 +171,19 @@ class Gateway:
                 log.warning("llmgate: %s", warning)
 
     def _close_stores(self) -> None:
+        self.lifecycle.closed()
         for store in (self.audit, self.quota, self.keys):
             if store is not None:
                 store.close()
 
-    def done(self) -> None:
-        # Closing the quota worker applies the settles still queued.
-        self._close_stores()
+    async def done(self) -> None:
+        # SIGTERM/SIGINT: calls in flight get drain_seconds to finish; the rest are
+        # closed as interrupted (partial usage, quota settled) before the stores
+        # close. Closing the quota worker applies the settles still queued.
+        try:
+            await self.lifecycle.drain(self.config.audit.drain_seconds)
+        finally:
+            self._close_stores()
 
     # --- request -----------------------------------------------------------------
     def _intercepts(self, flow: http.HTTPFlow) -> bool:
@@ -199,6 +212,9 @@ class Gateway:
             return
         call: Call | None = None
         try:
+            if flow.request.host == HEALTH_HOST:
+                flow.response = self.health.page(flow)
+                return
             if not self._intercepts(flow):
                 return
             call = self._new_call(flow)
@@ -207,7 +223,11 @@ class Gateway:
             self._internal_error(flow, call, exc)
 
     async def _decide(self, flow: http.HTTPFlow, call: Call) -> None:
-        problem = self._misdirected(flow) or _bad_target(self.masking.caller_path(flow))
+        problem = (
+            self._misdirected(flow)
+            or _bad_target(self.masking.caller_path(flow))
+            or self._too_large(flow)
+        )
         if problem is not None:
             self._reject(flow, call, problem)
             return
@@ -231,8 +251,7 @@ class Gateway:
             self.masking.release(flow)
             if outcome is not None:
                 self.apply_rewrite(flow, call, outcome)
-            self.forwarding(flow, call)
-            self._open(call, flow)
+            await self._send(flow, call)
             return
         raw = flow.request.get_content(strict=False) or b""
         outcome = (
@@ -253,8 +272,33 @@ class Gateway:
                 return
         self.masking.release(flow)
         self.apply_rewrite(flow, call, outcome)
-        self.forwarding(flow, call)
-        self._open(call, flow)
+        await self._send(flow, call)
+
+    async def _send(self, flow: http.HTTPFlow, call: Call) -> None:
+        """The decided call goes to the dispatcher, once its row is as durable as
+        audit.on_failure asks."""
+        await self.handoff.ensure_started()
+        ticket = self.handoff.take(flow, call, call.route)  # the flow is masked from here
+        req = flow.request
+        recorded = await self.recorder.open_row_before_sending(
+            call, req.host, req.headers.fields, req.get_content(strict=False) or b""
+        )
+        if not recorded:
+            self.recorder.release_quota(call)
+            self._reject(flow, call, _AUDIT_UNAVAILABLE)
+            return
+        self.handoff.send(flow, call, ticket)
+
+    def _too_large(self, flow: http.HTTPFlow) -> Rejection | None:
+        limit = self.config.limits.max_request_bytes
+        if len(flow.request.raw_content or b"") <= limit:
+            return None
+        return Rejection(
+            413,
+            "request_too_large",
+            f"the request body is larger than llmgate's limit of {limit} bytes "
+            "(limits.max_request_bytes)",
+        )
 
     def _misdirected(self, flow: http.HTTPFlow) -> Rejection | None:
         """A call that names an LLM host (TLS SNI, Host header) on a tunnel to another host:
@@ -419,6 +463,16 @@ class Gateway:
         self.recorder.close_row(
             call, fields, response.headers.fields if response is not None else None, body
         )
+
+
+_AUDIT_UNAVAILABLE = Rejection(
+    503,
+    "audit_unavailable",
+    "llmgate could not record this call in its audit ledger, so it did not send it "
+    "(audit.on_failure: refuse). Retry shortly; operators: see `llmgate doctor`.",
+    "failed",
+    {"retry-after": "1"},
+)
 
 
 def _claimed_names(flow: http.HTTPFlow) -> list[str]:

@@ -61,9 +61,32 @@ class CallRecorder:
         self.open_row(call, call.host, (), b"")
         self.close_row(call, pipeline.refusal_fields(call, rejection), None, b"")
 
+    def release_quota(self, call: Call) -> None:
+        """The call never went out: its reservation counts nothing."""
+        self._quota_settle(call, Demand(0, 0, 0, 0.0))
+
+    async def open_row_before_sending(
+        self, call: Call, upstream_host: str, headers: Fields, body: bytes
+    ) -> bool:
+        """Open the row of a call about to go upstream; False if audit.on_failure is
+        refuse and the row could not be committed (the call must then not go)."""
+        assert self.gateway.audit is not None
+        if self.gateway.config.audit.on_failure == "serve":
+            self.open_row(call, upstream_host, headers, body)
+            return True
+        row = call.open_row() | {"upstream_host": upstream_host}
+        if not await self.gateway.audit.insert_durably("requests", row):
+            return False
+        self._write_request_half(call, headers, body)
+        return True
+
     def open_row(self, call: Call, upstream_host: str, headers: Fields, body: bytes) -> None:
         assert self.gateway.audit is not None
         self.gateway.audit.insert("requests", call.open_row() | {"upstream_host": upstream_host})
+        self._write_request_half(call, headers, body)
+
+    def _write_request_half(self, call: Call, headers: Fields, body: bytes) -> None:
+        assert self.gateway.audit is not None
         screening = call.request_screening
         write_half(
             self.gateway.audit,

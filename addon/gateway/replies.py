@@ -47,6 +47,7 @@ class HttpReplies:
             return
         try:
             self.gateway.mask_sent(flow, call)
+            self.gateway.handoff.restore(flow, call)
             self._install_tap(flow, call)
         except Exception as exc:  # noqa: BLE001 - an unread reply is replaced, not passed
             log.error("llmgate internal error on a reply: %s", describe_exception(exc))
@@ -89,6 +90,7 @@ class HttpReplies:
             gzip_encoded=decode,
             keep_bytes=self.gateway.config.audit.payload_max_bytes + 1,
             guard=call.guard,
+            max_event_bytes=self.gateway.config.limits.max_event_bytes,
         )
         if decode:
             # The tap forwards what it decoded, so the caller must not decode again.
@@ -112,6 +114,7 @@ class HttpReplies:
             return
         try:
             self.gateway.mask_sent(flow, call)
+            self.gateway.handoff.restore(flow, call)
             self._finish(flow, call)
         except Exception as exc:  # noqa: BLE001
             self._failed_after_send(flow, call, exc, replace=True)
@@ -170,6 +173,7 @@ class HttpReplies:
             return
         try:
             self.gateway.mask_sent(flow, call)
+            self.gateway.handoff.restore(flow, call)
             self._settle_error(flow, call)
         except Exception as exc:  # noqa: BLE001
             self._failed_after_send(flow, call, exc, replace=False)

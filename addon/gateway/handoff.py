@@ -1,0 +1,125 @@
+"""Handing decided HTTP calls to llmgate's dispatcher, and giving the flow back its view.
+
+The flow side of `addon.upstream.dispatcher`: the decided request is taken off
+the flow into a ticket, the flow is masked and pointed at the dispatcher's
+loopback listener with only the ticket's token, and once the reply's headers
+are in, the flow shows the real upstream again. So no hook, view or saved flow
+ever sees a route secret on an HTTP call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from mitmproxy import ctx, http
+
+from addon.call import Call
+from addon.config import Route
+from addon.protocols import PROTOCOLS
+from addon.protocols.detect import error_protocol
+from addon.upstream.dispatcher import (
+    DISPATCH_HEADER,
+    FILLED_IN_HEADER,
+    Dispatcher,
+    Ticket,
+    Timeouts,
+    upstream_ssl_context,
+)
+
+if TYPE_CHECKING:
+    from addon.gateway.http_hooks import Gateway
+
+log = logging.getLogger("llmgate")
+
+_DEFAULT_ROUTE = Route(id="passthrough", provider="openai", endpoint="https://passthrough.invalid")
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+    }
+)
+
+
+class HandOff:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.dispatcher = Dispatcher()
+        self._starting: asyncio.Lock | None = None
+
+    async def running(self) -> None:
+        await self.ensure_started()
+
+    async def ensure_started(self) -> None:
+        if self.dispatcher.running:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if not self.dispatcher.running:
+                options = ctx.options
+                context = upstream_ssl_context(
+                    getattr(options, "ssl_verify_upstream_trusted_ca", None),
+                    bool(getattr(options, "ssl_insecure", False)),
+                )
+                await self.dispatcher.start(context)
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+
+    def take(self, flow: http.HTTPFlow, call: Call, route: Route | None) -> Ticket:
+        """The decided request, off the flow; the flow keeps a masked copy."""
+        req = flow.request
+        if call.protocol is None:
+            call.protocol = PROTOCOLS[error_protocol(call.protocol_name, call.host, call.path)]
+        route = route or _DEFAULT_ROUTE
+        ticket = Ticket(
+            call=call,
+            method=req.method,
+            url=req.url,
+            headers=[
+                (name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
+                for name, value in req.headers.fields
+                if name.lower() not in _HOP_BY_HOP
+            ],
+            body=req.raw_content or b"",
+            route=route.id,
+            timeouts=Timeouts(
+                route.connect_timeout_s, route.first_byte_timeout_s, route.idle_timeout_s
+            ),
+        )
+        call.upstream_target = (req.scheme, req.host, req.port)
+        self.gateway.mask_sent(flow, call)
+        return ticket
+
+    def send(self, flow: http.HTTPFlow, call: Call, ticket: Ticket) -> None:
+        """Point the (masked) flow at the dispatcher, which holds the ticket."""
+        call.dispatch_token = self.dispatcher.file(ticket)
+        req = flow.request
+        req.scheme, req.host, req.port = "http", "127.0.0.1", self.dispatcher.port
+        req.headers[DISPATCH_HEADER] = call.dispatch_token
+        self.gateway.connections.allow(flow)
+
+    def restore(self, flow: http.HTTPFlow, call: Call) -> None:
+        """The request left: the flow shows where it really went, and the reply as sent."""
+        self.dispatcher.forget(call.dispatch_token)
+        call.dispatch_token = None
+        if call.upstream_target is None:
+            return
+        req = flow.request
+        req.headers.pop(DISPATCH_HEADER, None)
+        req.scheme, req.host, req.port = call.upstream_target
+        call.upstream_target = None
+        response = flow.response
+        if response is not None and FILLED_IN_HEADER in response.headers:
+            for name in response.headers.pop(FILLED_IN_HEADER).split(","):
+                response.headers.pop(name, None)

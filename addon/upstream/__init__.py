@@ -1,0 +1,1 @@
+"""llmgate's own upstream exchange: the dispatcher, and what its faults mean."""

@@ -1,0 +1,75 @@
+"""What went wrong upstream, in words a caller can act on and a status that fits.
+
+Messages name the route, never an address: the caller should learn which of the
+operator's routes failed and how, not the internal topology behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+
+Phase = Literal["connect", "first_byte", "body"]
+
+
+@dataclass(frozen=True)
+class UpstreamFailure:
+    status: int  # what the caller is answered (502 unreachable or broken, 504 timed out)
+    reason: str  # the ledger's `reason`
+    message: str  # the ledger's `error`, and the caller's error message
+
+
+def timed_out(route: str, phase: Phase, seconds: float) -> UpstreamFailure:
+    if phase == "connect":
+        what, setting = "connecting to", "connect_timeout_s"
+    elif phase == "first_byte":
+        what, setting = "waiting for the first byte from", "first_byte_timeout_s"
+    else:
+        what, setting = "waiting for more of the reply from", "idle_timeout_s"
+    return UpstreamFailure(
+        504,
+        f"{phase}_timeout" if phase != "body" else "idle_timeout",
+        f"llmgate timed out after {seconds:g} s {what} the upstream of route '{route}' "
+        f"({setting}); retry, or ask your operator to raise it",
+    )
+
+
+def classify(exc: BaseException, route: str, phase: Phase, seconds: float) -> UpstreamFailure:
+    """An exception of the upstream exchange, as the caller and the ledger see it."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return timed_out(route, "connect", seconds)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return timed_out(route, phase, seconds)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return _unreachable(route, "its host name did not resolve", "upstream_dns_failure")
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return _unreachable(route, "the TLS handshake failed", "upstream_tls_error")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _unreachable(route, "the connection was refused or failed", "upstream_unreachable")
+    if phase == "body":
+        return UpstreamFailure(
+            502,
+            "upstream_reset",
+            f"the upstream of route '{route}' broke off its reply midway; retry the call",
+        )
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return UpstreamFailure(
+            502,
+            "upstream_protocol_error",
+            f"the upstream of route '{route}' answered with a malformed HTTP reply",
+        )
+    return UpstreamFailure(
+        502,
+        "upstream_reset",
+        f"the upstream of route '{route}' closed the connection before it replied; retry the call",
+    )
+
+
+def _unreachable(route: str, how: str, reason: str) -> UpstreamFailure:
+    return UpstreamFailure(
+        502, reason, f"llmgate could not reach the upstream of route '{route}': {how}"
+    )
