@@ -17,6 +17,11 @@ overhead over bare mitmdump, and `Scanner().scan` of the same text timed in this
 process (no JSON, no proxy); its table has the two llmgate variants as columns and
 bare mitmdump's figures in the metric names.
 
+The hostile case (`case_hostile`) compares one variant in two situations: llmgate
+with a 256 MiB event cap (`llmgate-bigevents`), idle and while the upstream pours a
+never-ending SSE event through it (`x-bench-runaway-chunks`, see bench/upstream.py).
+Its `CaseResult.variants` are phases, whose column headings are in `harness.PHASES`.
+
 `bench.load(..., body=...)` sends any body (wrk embeds it in its Lua script, the
 asyncio client sends it as is), and bench/upstream.py reads large bodies without
 re-scanning them. With 1 MB bodies the proxies' warm-up and check still use the small
@@ -26,14 +31,29 @@ chat body, so a case sending a big body checks and warms up with it itself, as
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
-from bench.common import CHAT_BODY, BenchError, chat_body, code_prompt, median
-from bench.harness import QUOTA_YAML
+from bench.common import (
+    CALL_TIMEOUT,
+    CHAT_BODY,
+    REQUEST_ID_HEADER,
+    STREAM_BODY,
+    BenchError,
+    chat_body,
+    code_prompt,
+    median,
+    percentile,
+)
+from bench.harness import QUOTA_YAML, Proxy
+from bench.load import parse_head, proxy_request, read_body_chunks
 from bench.measure import Bench, CaseResult, Row
+from bench.upstream import RUNAWAY_CHUNK
 
 Reps = dict[str, list[dict[str, Any]]]
 
@@ -459,4 +479,199 @@ def case_safety(bench: Bench) -> CaseResult:
             "way, so the difference is the scan alone",
         ],
         (off, on),
+    )
+
+
+# The hostile case: one SSE event that never ends, 2,000 x 64 KB (125 MiB), as in
+# tests/test_e2e_hostile_upstream.py; run through llmgate with a cap above its size.
+RUNAWAY_CHUNKS = 2_000
+RUNAWAY_VARIANT = "llmgate-bigevents"
+HOSTILE_PHASES = ("idle", "runaway")
+# After a stream, before the next phase: the proxy writes its row and frees its buffers.
+RUNAWAY_SETTLE_S = 1.0
+
+
+class RunawayStream:
+    """One runaway stream through a proxy, read to its end in a thread of its own."""
+
+    def __init__(self, bench: Bench, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.request = proxy_request(
+            bench.upstream.port,
+            STREAM_BODY,
+            f"x-bench-runaway-chunks: {RUNAWAY_CHUNKS}\r\n",
+        )
+        self.flowing = threading.Event()  # the first body bytes have arrived
+        self.done = threading.Event()
+        self.result: dict[str, Any] = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> RunawayStream:
+        self._thread.start()
+        if not self.flowing.wait(CALL_TIMEOUT):
+            raise BenchError(f"the runaway stream through {self.proxy.label} did not start")
+        return self
+
+    def finish(self) -> dict[str, Any]:
+        # 125 MiB at a few MB/s would still end within this.
+        self._thread.join(CALL_TIMEOUT + 120)
+        if self.error is not None or not self.done.is_set():
+            raise BenchError(
+                f"the runaway stream through {self.proxy.label} failed: {self.error!r}\n"
+                f"--- its log ---\n{self.proxy.log_tail()}"
+            )
+        time.sleep(RUNAWAY_SETTLE_S)
+        return self.result
+
+    def _run(self) -> None:
+        try:
+            self.result = asyncio.run(self._read())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self.error = exc
+        finally:
+            self.done.set()
+            self.flowing.set()  # never leave start() waiting on a failure
+
+    async def _read(self) -> dict[str, Any]:
+        cpu0, t0 = self.proxy.cpu(), time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.proxy.port)
+        try:
+            writer.write(self.request)
+            status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+            size = 0
+            async for _, piece in read_body_chunks(reader, headers):
+                size += len(piece)
+                self.flowing.set()
+        finally:
+            writer.close()
+        seconds = time.perf_counter() - t0
+        want = RUNAWAY_CHUNKS * RUNAWAY_CHUNK
+        if status != 200 or REQUEST_ID_HEADER not in headers or size < want:
+            raise BenchError(
+                f"runaway stream: HTTP {status}, {size:,} of {want:,} bytes, request id "
+                f"{'present' if REQUEST_ID_HEADER in headers else 'missing'}"
+            )
+        return {
+            "bytes": size,
+            "seconds": seconds,
+            "mb_per_s": size / seconds / 1e6,
+            "proxy_cpu_s": self.proxy.cpu() - cpu0,
+        }
+
+
+async def timed_calls(port: int, request: bytes, until: Callable[[], bool]) -> list[float]:
+    """Buffered calls one after another on one keep-alive connection until `until()`:
+    each one's latency in µs."""
+    latencies: list[float] = []
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while not until():
+            t0 = time.perf_counter()
+            writer.write(request)
+            status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+            async for _ in read_body_chunks(reader, headers):
+                pass
+            if status != 200:
+                raise BenchError(f"a call beside the runaway stream got HTTP {status}")
+            latencies.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        writer.close()
+    return latencies
+
+
+def latency_summary(latencies: list[float]) -> dict[str, Any]:
+    return {
+        "requests": len(latencies),
+        "p50_us": median(latencies),
+        "p99_us": percentile(latencies, 99),
+        "max_us": max(latencies, default=float("nan")),
+    }
+
+
+def case_hostile(bench: Bench) -> CaseResult:
+    proxy = bench.proxy(RUNAWAY_VARIANT)
+    request = proxy_request(bench.upstream.port, CHAT_BODY)
+    # Alone first, --reps times: its wall time and the proxy's CPU for it, no other load.
+    alone = [RunawayStream(bench, proxy).start().finish() for _ in range(bench.s.reps)]
+    stream_s = median([a["seconds"] for a in alone])
+
+    def measure(phase: str) -> dict[str, Any]:
+        if phase == "idle":  # as long as the stream takes alone
+            deadline = time.perf_counter() + stream_s
+            idle = asyncio.run(
+                timed_calls(proxy.port, request, lambda: time.perf_counter() > deadline)
+            )
+            return latency_summary(idle)
+        # From its first bytes to its last: every call measured overlaps the stream.
+        stream = RunawayStream(bench, proxy).start()
+        latencies = asyncio.run(timed_calls(proxy.port, request, stream.done.is_set))
+        return {**latency_summary(latencies), "stream": stream.finish()}
+
+    reps = bench.interleaved(measure, HOSTILE_PHASES)
+    p50, p99 = per_rep(reps, "p50_us"), per_rep(reps, "p99_us")
+    worst = per_rep(reps, "max_us")
+    idle, during = HOSTILE_PHASES
+    ratio = p50[during] / p50[idle]
+    cpu_s = median([a["proxy_cpu_s"] for a in alone])
+    mb_s = median([a["mb_per_s"] for a in alone])
+    size = RUNAWAY_CHUNKS * RUNAWAY_CHUNK
+    return CaseResult(
+        "hostile",
+        f"Hostile upstream: a runaway SSE event ({RUNAWAY_CHUNKS:,} x 64 KB, "
+        f"{size / (1 << 20):.0f} MiB, never ended) on one connection; buffered chat "
+        "completions one after another on another",
+        [
+            Row(
+                "median latency",
+                f"{p50[idle] / 1000:.3f} ms",
+                f"{p50[during] / 1000:.3f} ms",
+                f"ratio {ratio:.2f} (added {(p50[during] - p50[idle]) / 1000:+.3f} ms)",
+            ),
+            Row(
+                "p99 latency",
+                f"{p99[idle] / 1000:.3f} ms",
+                f"{p99[during] / 1000:.3f} ms",
+                f"ratio {p99[during] / p99[idle]:.2f}",
+            ),
+            Row(
+                "longest call",
+                f"{worst[idle] / 1000:.1f} ms",
+                f"{worst[during] / 1000:.1f} ms",
+                "median over repetitions of each one's longest",
+            ),
+            Row(
+                "the runaway stream alone: time",
+                "—",
+                f"{stream_s:.2f} s",
+                f"{mb_s:.0f} MB/s through the proxy",
+            ),
+            Row(
+                "proxy CPU for the runaway stream alone",
+                "—",
+                f"{cpu_s:.2f} s",
+                f"{cpu_s / size * 1e9:.1f} ns per byte",
+            ),
+        ],
+        {**reps, "alone": alone},
+        [
+            f"median µs per repetition: {spread(reps, 'p50_us', '{:.0f}')}",
+            f"p99 µs per repetition: {spread(reps, 'p99_us', '{:.0f}')}",
+            f"longest call µs per repetition: {spread(reps, 'max_us', '{:.0f}')}",
+            f"calls per repetition: {spread(reps, 'requests', '{}')}",
+            "the runaway stream alone per repetition (s, proxy CPU s): "
+            + "; ".join(f"{a['seconds']:.2f}, {a['proxy_cpu_s']:.2f}" for a in alone),
+            "the upstream writes the stream as fast as the proxy reads it: one `data: ` line "
+            f"of {size / (1 << 20):.0f} MiB with no line break, then the end of the body. The "
+            "proxy is llmgate with `limits: {max_event_bytes: 268435456}` (the default 8 MiB "
+            "cap would end the stream early, as tests/test_e2e_hostile_upstream.py checks), so "
+            "the stream runs to its end, and its reader (a thread of the bench process) checks "
+            "that every byte arrived",
+            "the calls come from an asyncio client on one keep-alive connection, one after "
+            "another: during the stream from its first bytes at its reader to its last, idle "
+            f"for as long as the stream takes alone; {RUNAWAY_SETTLE_S:g} s of rest after each "
+            "stream. Bare mitmdump has no such failure mode to compare with, so both columns "
+            "are the same llmgate proxy, idle and during the stream",
+        ],
+        HOSTILE_PHASES,
     )

@@ -59,6 +59,14 @@ safety: {enabled: false}
 """
 
 
+# The hostile case's runaway stream is one SSE event of 125 MiB; the default cap (8 MiB)
+# would end it early (tests/test_e2e_hostile_upstream.py covers that), and the case
+# measures what a stream that runs to its end costs everyone else.
+BIG_EVENTS_YAML = """\
+limits: {max_event_bytes: 268435456}
+"""
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str  # key in results and the raw JSON
@@ -80,6 +88,12 @@ VARIANTS: dict[str, Variant] = {
             policy_files=(("safety.yaml", SAFETY_OFF_YAML),),
         ),
         Variant(
+            "llmgate-bigevents",
+            "llmgate, max_event_bytes 256 MiB",
+            addon=True,
+            policy_files=(("limits.yaml", BIG_EVENTS_YAML),),
+        ),
+        Variant(
             "llmgate+quota",
             "llmgate + 2 quota windows",
             addon=True,
@@ -91,6 +105,14 @@ VARIANTS: dict[str, Variant] = {
             ),
         ),
     )
+}
+
+
+# Column headings for a case that compares one variant in two situations rather than
+# two variants (its `CaseResult.variants` names these instead of `VARIANTS` keys).
+PHASES: dict[str, str] = {
+    "idle": "llmgate, idle",
+    "runaway": "llmgate, during a runaway stream",
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BENCH_MD, RESULTS_DIR, ROOT, Settings
-from bench.harness import VARIANTS
+from bench.harness import PHASES, VARIANTS
 from bench.measure import Bench, CaseResult, Row
 
 # BENCH.md is hand-written prose around a generated section between these markers.
@@ -60,6 +60,11 @@ def machine_info(bench: Bench) -> dict[str, Any]:
         "client": wrk_version if bench.client == "wrk" else "asyncio raw-socket client",
         "loadavg_start": os.getloadavg(),
     }
+
+
+def column_title(name: str) -> str:
+    """A table column's heading: a variant's title, or a phase's (see `harness.PHASES`)."""
+    return VARIANTS[name].title if name in VARIANTS else PHASES[name]
 
 
 def row_json(row: Row, variants: tuple[str, str]) -> dict[str, Any]:
@@ -145,7 +150,7 @@ def render(
     for base, subject in pairs:
         out += [
             "",
-            f"| case | metric | {VARIANTS[base].title} | {VARIANTS[subject].title} | "
+            f"| case | metric | {column_title(base)} | {column_title(subject)} | "
             f"{subject} vs {base} | target | met |",
             "| --- | --- | ---: | ---: | --- | --- | --- |",
         ]
@@ -193,7 +198,12 @@ an HTTP proxy with absolute-form requests to
 small chat completion and the reply a small JSON body with usage. Streaming uses an
 asyncio client on one keep-alive connection (one warm-up stream, then the measured ones):
 the upstream writes `time.time()` into every chunk as `x_sent`, the client subtracts it
-from the time the event arrived. Each proxy is checked with one real call before it is
+from the time the event arrived. The hostile case runs llmgate with
+`limits: {max_event_bytes: 268435456}` and has the upstream write one SSE `data:` line
+of 125 MiB that never ends (2,000 chunks of 64 KB, as fast as the proxy reads them);
+buffered calls one after another on another connection (an asyncio client) are timed
+while the stream runs, from its first byte to its last, and for as long on the idle
+proxy. Each proxy is checked with one real call before it is
 measured (llmgate's reply must carry `x-llmgate-request-id`, the quota variant's also
 `x-llmgate-ratelimit-*` from both windows) and warmed up for a moment. Proxy CPU per
 request is the mitmdump process's user+system time (all threads, from /proc) over the
@@ -216,7 +226,9 @@ windows) adds <= 0.2 ms median latency at one connection over llmgate without qu
 the safety scan of a 1 MB prompt full of code costs <= 20 ms at the median (llmgate
 minus llmgate with `safety: {enabled: false}`, one connection; the in-process
 `Scanner().scan` median is held to the same 20 ms), and BENCH.md reports the scan's
-share of llmgate's request overhead over bare mitmdump.
+share of llmgate's request overhead over bare mitmdump. The hostile case (a runaway
+upstream stream) has no target: it reports other callers' latency during the stream
+against the idle proxy, and the proxy's CPU for the stream.
 
 """
 

@@ -1,11 +1,14 @@
 """llmgate benchmark: bare `mitmdump` against `mitmdump -s scripts/llmgate_addon.py`,
 llmgate without quotas against llmgate with two quota windows, and llmgate with its
-safety scan off against llmgate as it ships (scan on) on a 1 MB prompt of code, in one run.
+safety scan off against llmgate as it ships (scan on) on a 1 MB prompt of code, and
+llmgate's calls while a hostile upstream pours one never-ending 125 MiB SSE event
+through it against the same calls on the idle proxy (case `hostile`), in one run.
 
-    ./run.sh bench                 full run (about 3.5 minutes), rewrites the results in BENCH.md
+    ./run.sh bench                 full run (about 4 minutes), rewrites the results in BENCH.md
     ./run.sh bench --quick         short run; prints and saves raw JSON, BENCH.md untouched
     ./run.sh bench --quick --write short run that still rewrites BENCH.md
     ./run.sh bench --cases throughput,latency --reps 5
+    ./run.sh bench --quick --cases hostile
 
 Set-up. `bench/upstream.py` is a fake OpenAI upstream (plain HTTP/1.1 on 127.0.0.1,
 keep-alive, answers at once) run as a subprocess. Each variant is a real mitmdump
@@ -71,6 +74,7 @@ CASES: list[Case] = [
     Case("streaming", cases.case_streaming),
     Case("quota", cases.case_quota),
     Case("safety", cases.case_safety),
+    Case("hostile", cases.case_hostile),
 ]
 
 

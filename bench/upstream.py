@@ -13,6 +13,11 @@ killed. Every POST is answered at once:
   delay the path added to every event. The headers `x-bench-events` and
   `x-bench-interval-ms` override the two settings for one request.
 
+A streamed request with the header `x-bench-runaway-chunks: N` gets a hostile reply
+instead: the SSE head, then N chunks of 64 KB of one data line that never ends (no
+line break, no blank line), as fast as the reader takes them, then the end of the
+body. It is what an upstream that never finishes an event looks like to the proxy.
+
 The request body is parsed only far enough to find `stream`; large bodies (a 1 MB
 prompt) are read without re-scanning what has already arrived.
 """
@@ -62,6 +67,12 @@ _NOT_FOUND = (
 )
 
 
+# The runaway reply's pieces: one HTTP chunk of 64 KB each, the first starting the line.
+RUNAWAY_CHUNK = 64 * 1024
+_RUNAWAY_FIRST = b"%x\r\ndata: %s\r\n" % (RUNAWAY_CHUNK, b"a" * (RUNAWAY_CHUNK - 6))
+_RUNAWAY_REST = b"%x\r\n%s\r\n" % (RUNAWAY_CHUNK, b"a" * RUNAWAY_CHUNK)
+
+
 def _chunk(data: bytes) -> bytes:
     """One HTTP/1.1 chunk of the chunked transfer coding."""
     return b"%x\r\n%s\r\n" % (len(data), data)
@@ -93,10 +104,20 @@ class UpstreamProtocol(asyncio.Protocol):
         # (request line, headers, body start, request end) once a head is parsed
         self.head: tuple[str, dict[str, str], int, int] | None = None
         self.streaming = False  # a stream is being written: hold further requests
+        # Cleared while the transport's buffer is full: a runaway reply waits on it, so
+        # its 125 MB go out at the reader's pace rather than into this process's memory.
+        self.writable = asyncio.Event()
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -105,6 +126,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.writable.set()  # a writer waiting for room finds the connection gone
 
     def _serve(self) -> None:
         while self.transport is not None and not self.streaming:
@@ -141,6 +163,11 @@ class UpstreamProtocol(asyncio.Protocol):
             request = {}
         if not isinstance(request, dict) or not request.get("stream"):
             self.transport.write(_JSON_HEAD + _JSON_REPLY)
+            return
+        if "x-bench-runaway-chunks" in headers:
+            self.streaming = True
+            chunks = int(headers["x-bench-runaway-chunks"])
+            asyncio.get_running_loop().create_task(self._runaway(chunks))
             return
         events = int(headers.get("x-bench-events", self.events))
         interval = float(headers.get("x-bench-interval-ms", self.interval * 1000)) / 1000
@@ -182,6 +209,22 @@ class UpstreamProtocol(asyncio.Protocol):
                 tail += _sse_chunk(last)
             tail += _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
             self.transport.write(tail)
+        finally:
+            self.streaming = False
+        if self.buf:
+            self._serve()
+
+    async def _runaway(self, chunks: int) -> None:
+        try:
+            for i in range(chunks):
+                await self.writable.wait()
+                if self.transport is None:
+                    return
+                self.transport.write(_SSE_HEAD + _RUNAWAY_FIRST if i == 0 else _RUNAWAY_REST)
+            await self.writable.wait()
+            if self.transport is None:
+                return
+            self.transport.write(b"0\r\n\r\n")
         finally:
             self.streaming = False
         if self.buf:

@@ -923,6 +923,9 @@ class _ResetDone(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle on, the body waits
+    # for the ACK of the headers, which the client delays by 40 ms.
+    disable_nagle_algorithm = True
     server_version = "llmgate-emulator/1"
     sys_version = ""
     timeout = IO_TIMEOUT
