@@ -275,18 +275,15 @@ class Gateway:
         await self._send(flow, call)
 
     async def _send(self, flow: http.HTTPFlow, call: Call) -> None:
-        """The decided call goes to the dispatcher, once its row is as durable as
-        audit.on_failure asks."""
+        """The decided call goes to the dispatcher. With audit.on_failure refuse its
+        row's commit runs meanwhile, and the dispatcher waits for it before anything
+        leaves (refusing with 503 audit_unavailable if it failed)."""
         await self.handoff.ensure_started()
         ticket = self.handoff.take(flow, call, call.route)  # the flow is masked from here
         req = flow.request
-        recorded = await self.recorder.open_row_before_sending(
+        ticket.recorded = self.recorder.open_row_before_sending(
             call, req.host, req.headers.fields, req.get_content(strict=False) or b""
         )
-        if not recorded:
-            self.recorder.release_quota(call)
-            self._reject(flow, call, _AUDIT_UNAVAILABLE)
-            return
         self.handoff.send(flow, call, ticket)
 
     def _too_large(self, flow: http.HTTPFlow) -> Rejection | None:
@@ -463,16 +460,6 @@ class Gateway:
         self.recorder.close_row(
             call, fields, response.headers.fields if response is not None else None, body
         )
-
-
-_AUDIT_UNAVAILABLE = Rejection(
-    503,
-    "audit_unavailable",
-    "llmgate could not record this call in its audit ledger, so it did not send it "
-    "(audit.on_failure: refuse). Retry shortly; operators: see `llmgate doctor`.",
-    "failed",
-    {"retry-after": "1"},
-)
 
 
 def _claimed_names(flow: http.HTTPFlow) -> list[str]:

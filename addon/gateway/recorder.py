@@ -6,6 +6,7 @@ touches a flow.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from typing import TYPE_CHECKING
@@ -62,23 +63,24 @@ class CallRecorder:
         self.close_row(call, pipeline.refusal_fields(call, rejection), None, b"")
 
     def release_quota(self, call: Call) -> None:
-        """The call never went out: its reservation counts nothing."""
+        """The call never went out: its reservation counts nothing, not even as a
+        request (closing its row later settles nothing more)."""
         self._quota_settle(call, Demand(0, 0, 0, 0.0))
+        call.quota_states = []
 
-    async def open_row_before_sending(
+    def open_row_before_sending(
         self, call: Call, upstream_host: str, headers: Fields, body: bytes
-    ) -> bool:
-        """Open the row of a call about to go upstream; False if audit.on_failure is
-        refuse and the row could not be committed (the call must then not go)."""
+    ) -> asyncio.Task[bool] | None:
+        """Open the row of a call about to go upstream. With audit.on_failure refuse,
+        the commit of its row, which the dispatcher awaits before anything leaves."""
         assert self.gateway.audit is not None
         if self.gateway.config.audit.on_failure == "serve":
             self.open_row(call, upstream_host, headers, body)
-            return True
+            return None
         row = call.open_row() | {"upstream_host": upstream_host}
-        if not await self.gateway.audit.insert_durably("requests", row):
-            return False
+        committed = asyncio.ensure_future(self.gateway.audit.insert_durably("requests", row))
         self._write_request_half(call, headers, body)
-        return True
+        return committed
 
     def open_row(self, call: Call, upstream_host: str, headers: Fields, body: bytes) -> None:
         assert self.gateway.audit is not None
@@ -103,6 +105,8 @@ class CallRecorder:
     def close_row(self, call: Call, fields: dict, headers: Fields | None, body: bytes) -> None:
         assert self.gateway.audit is not None
         call.closed = True
+        if call.upstream_failure is not None and not call.upstream_failure.sent:
+            self.release_quota(call)  # nothing left llmgate: nothing to count
         self._quota_settle(call, budget.actual_demand(fields, 0 if call.warmup else 1))
         self.gateway.audit.update("requests", call.id, fields)
         if log.isEnabledFor(logging.INFO):  # the line is not free to build

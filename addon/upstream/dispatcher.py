@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,7 @@ from aiohttp import web
 from yarl import URL
 
 from addon.call import Call, describe_exception
-from addon.upstream.failures import UpstreamFailure, classify
+from addon.upstream.failures import AUDIT_UNAVAILABLE, UpstreamFailure, classify
 
 if TYPE_CHECKING:
     from addon.protocols import WireProtocol
@@ -87,7 +88,9 @@ class Ticket:
     body: bytes
     route: str
     timeouts: Timeouts
-    failure: UpstreamFailure | None = field(default=None)
+    # With audit.on_failure refuse: the commit of the call's row, awaited before
+    # anything leaves (it runs while mitmproxy brings the flow over).
+    recorded: Awaitable[bool] | None = field(default=None)
 
 
 def stream_framing(call: Call, status: int, content_type: str) -> str | None:
@@ -102,15 +105,14 @@ def stream_framing(call: Call, status: int, content_type: str) -> str | None:
 def error_reply(call: Call, failure: UpstreamFailure) -> web.Response:
     """llmgate's answer in the caller's format, as the listener sends it to mitmproxy."""
     body = json.dumps(_error_body(call.protocol, failure)).encode()
-    return web.Response(
-        status=failure.status,
-        body=body,
-        headers={
-            "content-type": "application/json",
-            REQUEST_ID_HEADER: call.id,
-            FILLED_IN_HEADER: "Date,Server",
-        },
-    )
+    headers = {
+        "content-type": "application/json",
+        REQUEST_ID_HEADER: call.id,
+        FILLED_IN_HEADER: "Date,Server",
+    }
+    if failure.status == 503:
+        headers["retry-after"] = "1"
+    return web.Response(status=failure.status, body=body, headers=headers)
 
 
 def _error_body(protocol: WireProtocol | None, failure: UpstreamFailure) -> dict:
@@ -220,6 +222,8 @@ class Dispatcher:
     async def _exchange(self, request: web.BaseRequest, ticket: Ticket) -> web.StreamResponse:
         assert self._session is not None
         call, limits = ticket.call, ticket.timeouts
+        if ticket.recorded is not None and not await ticket.recorded:
+            return self._failed(call, AUDIT_UNAVAILABLE)
         body = ticket.body if ticket.body or ticket.method not in ("GET", "HEAD") else None
         deadline = asyncio.timeout(limits.connect + limits.first_byte)
         try:

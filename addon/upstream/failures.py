@@ -21,6 +21,16 @@ class UpstreamFailure:
     status: int  # what the caller is answered (502 unreachable or broken, 504 timed out)
     reason: str  # the ledger's `reason`
     message: str  # the ledger's `error`, and the caller's error message
+    sent: bool = True  # False: nothing left llmgate, so the call counts against no quota
+
+
+AUDIT_UNAVAILABLE = UpstreamFailure(
+    503,
+    "audit_unavailable",
+    "llmgate could not record this call in its audit ledger, so it did not send it "
+    "(audit.on_failure: refuse). Retry shortly; operators: see `llmgate doctor`.",
+    sent=False,
+)
 
 
 def timed_out(route: str, phase: Phase, seconds: float) -> UpstreamFailure:
