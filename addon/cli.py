@@ -131,7 +131,6 @@ def cmd_check(args: argparse.Namespace) -> None:
     warnings = config_warnings(config, pricing, secrets)
     for warning in warnings:
         err_console.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
-    _print_routes(config)
     fallback = f" ({len(config.fallback_routes)} fallback)" if config.fallback_routes else ""
     verdict = Text("OK", style="green") + (
         Text(f" with {len(warnings)} warning(s)", style="yellow") if warnings else Text("")
@@ -144,33 +143,29 @@ def cmd_check(args: argparse.Namespace) -> None:
         ),
         soft_wrap=True,
     )
+    _print_routes(config)
 
 
 def _print_routes(config: GatewayConfig) -> None:
-    """The route table in the order it is matched, with each route's timeouts."""
-    table = Table(title="routes, first match wins")
-    for column in ("id", "model", "provider", "endpoint", "secret"):
-        table.add_column(column, overflow="fold")
-    for column in ("connect s", "first byte s", "idle s"):
-        table.add_column(column, justify="right")
+    """The route table in the order it is matched, with each route's timeouts: one
+    plain line per route, whole however narrow the terminal or the pipe."""
+    console.print("routes, first match wins:", soft_wrap=True)
     for route in config.routes:
-        table.add_row(
-            route.id,
-            route.model_pattern,
-            route.provider,
-            route.endpoint,
-            route.api_key_secret or "(caller's key)",
-            f"{route.connect_timeout_s:g}",
-            f"{route.first_byte_timeout_s:g}",
-            f"{route.idle_timeout_s:g}",
+        key = route.api_key_secret or "the caller's"
+        line = (
+            f"  {route.id}: {route.model_pattern} -> {route.provider} {route.endpoint} "
+            f"(key: {key}); timeouts: "
+            f"connect {route.connect_timeout_s:g} s, first byte {route.first_byte_timeout_s:g} s, "
+            f"idle {route.idle_timeout_s:g} s"
         )
-    console.print(table)
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
     limits, audit = config.limits, config.audit
     console.print(
         f"audit.on_failure: {audit.on_failure}; synchronous: {audit.synchronous}; "
         f"drain: {audit.drain_seconds:g} s; max request {limits.max_request_bytes} bytes; "
         f"max stream event {limits.max_event_bytes} bytes",
         soft_wrap=True,
+        highlight=False,
     )
 
 

@@ -253,3 +253,17 @@ def test_config_warnings_ignore_other_providers_and_fallbacks_hidden_by_user_rou
     assert [w.split(" (")[0] for w in config_warnings(config, load_pricing(None), {})] == [
         "route 'two'"
     ]
+
+
+def test_the_route_table_shows_each_routes_timeouts(check: Check, tmp_path: Path) -> None:
+    timeouts = ", connect_timeout_s: 3, first_byte_timeout_s: 42, idle_timeout_s: 7.5"
+    directory = policies(
+        tmp_path, {"r.yaml": "routes:\n" + route("slowpoke", "gpt-*", extra=timeouts)}
+    )
+    code, out, _ = check(str(directory))
+    assert code == 0
+    assert (
+        "  slowpoke: gpt-* -> openai https://slowpoke.example (key: the caller's); "
+        "timeouts: connect 3 s, first byte 42 s, idle 7.5 s"
+    ) in out.splitlines()
+    assert "audit.on_failure: refuse" in out.replace("\n", " ")
