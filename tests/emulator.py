@@ -27,6 +27,10 @@ Control headers (all optional, case-insensitive names):
 ``x-emulator-chunks: N``         synthetic streams split the text into N deltas (default 3)
 ``x-emulator-no-usage: 1``       synthetic replies carry no usage at all
 ``x-emulator-output-tokens: N``  synthetic replies report N output tokens (any size: 10**20)
+``x-emulator-cache-write-tokens: N``  synthetic OpenAI Chat and Responses usage says N of the
+                                 input tokens were written to the prompt cache, in
+                                 ``prompt_tokens_details`` / ``input_tokens_details``
+                                 ``.cache_write_tokens`` (as OpenRouter reports explicit caching)
 ``x-emulator-pause-ms: N``       sleep N ms before every body event after the first
 ``x-emulator-reset-after: K``    after K body events, abort the connection with a TCP RST
 ``x-emulator-gzip: 1``           gzip the body, flushed (Z_SYNC_FLUSH) after every event
@@ -96,6 +100,7 @@ __all__ = [
     "DEFAULT_CHUNKS",
     "DEFAULT_FIXTURES_DIR",
     "DEFAULT_REPLY",
+    "HEADER_CACHE_WRITE_TOKENS",
     "HEADER_CHUNKS",
     "HEADER_FIXTURE",
     "HEADER_GZIP",
@@ -135,6 +140,7 @@ HEADER_REPLY_REF = "x-emulator-reply-ref"
 HEADER_CHUNKS = "x-emulator-chunks"
 HEADER_NO_USAGE = "x-emulator-no-usage"
 HEADER_OUTPUT_TOKENS = "x-emulator-output-tokens"
+HEADER_CACHE_WRITE_TOKENS = "x-emulator-cache-write-tokens"
 HEADER_PAUSE_MS = "x-emulator-pause-ms"
 HEADER_RESET_AFTER = "x-emulator-reset-after"
 HEADER_GZIP = "x-emulator-gzip"
@@ -428,6 +434,7 @@ class _Controls:
     chunks: int = DEFAULT_CHUNKS
     no_usage: bool = False
     output_tokens: int | None = None
+    cache_write_tokens: int | None = None
     pause_s: float = 0.0
     reset_after: int | None = None
     gzip: bool = False
@@ -458,6 +465,7 @@ class _Controls:
             chunks=max(1, num(HEADER_CHUNKS) or DEFAULT_CHUNKS),
             no_usage=flag(HEADER_NO_USAGE),
             output_tokens=num(HEADER_OUTPUT_TOKENS),
+            cache_write_tokens=num(HEADER_CACHE_WRITE_TOKENS),
             pause_s=max(0, num(HEADER_PAUSE_MS) or 0) / 1000.0,
             reset_after=None if (k := num(HEADER_RESET_AFTER)) is None else max(0, k),
             gzip=flag(HEADER_GZIP),
@@ -571,14 +579,22 @@ class _Synth:
     created: int
     tool_call: tuple[str, str] | None = None  # (name, arguments): a Responses function call
     generate: bool = True  # False: a Responses warm-up, no output
+    cache_write_tokens: int | None = None  # OpenAI usage only; None: the field is absent
 
 
-def _chat_usage(u: Usage) -> dict[str, Any]:
+def _input_details(s: _Synth, base: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's input token details, with the cache writes when the test asked for them."""
+    if s.cache_write_tokens is None:
+        return base
+    return {**base, "cache_write_tokens": s.cache_write_tokens}
+
+
+def _chat_usage(u: Usage, s: _Synth) -> dict[str, Any]:
     return {
         "prompt_tokens": u.input_tokens,
         "completion_tokens": u.output_tokens,
         "total_tokens": u.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": _input_details(s, {"cached_tokens": 0, "audio_tokens": 0}),
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -617,7 +633,7 @@ def _openai_chat(s: _Synth) -> _Reply:
             ],
         }
         if s.usage is not None:
-            obj["usage"] = _chat_usage(s.usage)
+            obj["usage"] = _chat_usage(s.usage, s)
         reply = _json_reply(200, obj)
         reply.headers.append(("x-request-id", f"req_emu{s.serial}"))
         return reply
@@ -638,7 +654,7 @@ def _openai_chat(s: _Synth) -> _Reply:
     events += [chunk(choice({"content": piece})) for piece in s.pieces]
     events.append(chunk(choice({}, "stop")))
     if include_usage and s.usage is not None:
-        events.append(chunk([], _chat_usage(s.usage)))
+        events.append(chunk([], _chat_usage(s.usage, s)))
     events.append("data: [DONE]\n\n")
     reply = _sse_reply(events)
     reply.headers.append(("x-request-id", f"req_emu{s.serial}"))
@@ -657,7 +673,7 @@ def _responses_payloads(s: _Synth) -> tuple[dict[str, Any], list[dict[str, Any]]
     if s.usage is not None:
         usage = {
             "input_tokens": s.usage.input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": _input_details(s, {"cached_tokens": 0}),
             "output_tokens": s.usage.output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": s.usage.total_tokens,
@@ -1410,6 +1426,7 @@ class Emulator:
             created=int(time.time()),
             tool_call=tool_call,
             generate=generate,
+            cache_write_tokens=c.cache_write_tokens,
         )
 
     def _ws_events(
