@@ -89,9 +89,11 @@ class SseSplitter:
         self._held = len(buf)
         buf += data
         size = len(buf)
-        if b"\n" not in data and b"\r" not in data:
+        held_cr = self._held > 0 and buf[self._held - 1] == 0x0D
+        if not held_cr and b"\n" not in data and b"\r" not in data:
             # No line break, so no boundary can end here; memchr is ~50x cheaper
-            # than the regex, which matters for a line that never ends.
+            # than the regex, which matters for a line that never ends. (A CR the
+            # last feed ended with may complete a boundary whatever follows it.)
             self.scanned += len(data)
             _check_size(size, self.max_event_bytes, [])
             self._pos = max(size - _EVENT_END_BACKOFF, 0)
