@@ -1,9 +1,15 @@
-"""Shared end-to-end fixtures: one upstream emulator and one llmgate proxy per session."""
+"""Shared end-to-end fixtures: one upstream emulator and one llmgate proxy per session.
+
+Also the run's guards against silent passes: an exception in any thread fails
+the test it happened in, and a skip not on the allow-list (tests/skips.py)
+fails the run; every skip is listed with its reason at the end.
+"""
 
 from __future__ import annotations
 
 import os
 import textwrap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +18,7 @@ import pytest
 from tests.agents import CodexRunner
 from tests.emulator import Emulator
 from tests.proxy import ROOT, Proxy
+from tests.skips import allowed_reason
 
 # A copy of ../shared/fixtures/recorded (see its README for provenance and licence),
 # so that a clone anywhere can run the suite.
@@ -105,3 +112,72 @@ def codex(proxy: Proxy, tmp_path: Path) -> CodexRunner:
     """Runs `codex exec` through the session's llmgate proxy (see tests/agents.py):
     `codex("say hi", api_key=...)` -> AgentResult."""
     return CodexRunner(proxy.url, proxy.ca_path, tmp_path)
+
+
+# --- no silent passes -------------------------------------------------------------------
+
+# Reasons pytest gives a skip that names none.
+_NO_REASON = {"", "skipped", "unconditional skip"}
+_skipped: list[tuple[str, str]] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest reports an exception raised in a thread as a warning, and the test
+    # passes. As an error it fails the test that is running when it is collected.
+    # Tests that assert in threads use tests.strict.Workers, which fails the right
+    # test; this catches the threads they do not own. Both spellings, because with
+    # `-p no:warnings` the ini filters are not applied, and without it the global
+    # filters are not the ones in force during a test.
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning")
+    warnings.filterwarnings("error", category=pytest.PytestUnhandledThreadExceptionWarning)
+
+
+def _reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return f"xfail: {report.wasxfail}"
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return text.removeprefix("Skipped: ").strip()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append((report.nodeid, _reason(report)))
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a whole module skipped at import
+        _skipped.append((report.nodeid, _reason(report)))
+
+
+def _unallowed() -> list[tuple[str, str]]:
+    return [
+        (nodeid, reason)
+        for nodeid, reason in _skipped
+        if reason.lower() in _NO_REASON or allowed_reason(nodeid) is None
+    ]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _unallowed() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _skipped:
+        return
+    terminalreporter.section("skips (allow-list: tests/skips.py)")
+    bad = _unallowed()
+    for nodeid, reason in _skipped:
+        documented = allowed_reason(nodeid)
+        if (nodeid, reason) in bad:
+            why = "no reason given" if reason.lower() in _NO_REASON else "not on the allow-list"
+            terminalreporter.line(f"SKIPPED {nodeid}: {reason or '-'} [{why}]", red=True)
+        else:
+            terminalreporter.line(f"SKIPPED {nodeid}: {reason} [allowed: {documented}]")
+    if bad:
+        terminalreporter.line(
+            f"{len(bad)} skip(s) not allowed: the run fails (see tests/skips.py)",
+            red=True,
+            bold=True,
+        )

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "scripts" / "llmgate_addon.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 MITMWEB = Path(sys.executable).parent / "mitmweb"
+# The tables addon/ledger/store.py creates when it opens a new ledger.
+LEDGER_TABLES = ("requests", "payloads", "findings")
 
 
 def free_port() -> int:
@@ -141,10 +143,21 @@ class Proxy:
         conn.row_factory = sqlite3.Row
         try:
             return [dict(r) for r in conn.execute(sql, params)]
-        except sqlite3.OperationalError:
-            return []
+        except sqlite3.OperationalError as exc:
+            # The writer creates the file, then its tables one at a time: until they
+            # all exist, a missing table is an empty one. Anything else (a typo in the
+            # SQL, a locked or broken file, a table missing from a complete ledger)
+            # must fail the test, not read as "no rows".
+            if str(exc).startswith("no such table") and not self._ledger_created(conn):
+                return []
+            raise
         finally:
             conn.close()
+
+    @staticmethod
+    def _ledger_created(conn: sqlite3.Connection) -> bool:
+        names = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+        return set(LEDGER_TABLES) <= names
 
     def row(self, request_id: str, timeout: float = 10) -> dict[str, Any]:
         """The closed audit row for a request id (waits for the writer thread)."""

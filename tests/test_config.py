@@ -10,6 +10,9 @@ from addon.config import ConfigError, SafetySettings, load_config
 from addon.credentials import read_secrets_file, storable_headers, strip_credential_params
 from addon.routes import match_route, upstream_for
 from tests.proxy import ROOT
+from tests.strict import nonempty_glob
+
+EXAMPLES = nonempty_glob(ROOT / "policies" / "examples", "*.yaml")
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -117,7 +120,7 @@ def test_credentials_are_never_kept(tmp_path: Path) -> None:
     assert "sk-live" not in str(err.value)
 
 
-@pytest.mark.parametrize("example", sorted((ROOT / "policies" / "examples").glob("*.yaml")))
+@pytest.mark.parametrize("example", EXAMPLES)
 def test_every_example_policy_loads(example: Path) -> None:
     assert load_config(example).routes
 
@@ -218,7 +221,7 @@ def test_the_team_example_copied_beside_default_yaml_is_live(tmp_path: Path) -> 
     assert match_route(config.routes, "gemini-2.5-pro", "gemini").id == "gemini"
 
 
-@pytest.mark.parametrize("example", sorted((ROOT / "policies" / "examples").glob("*.yaml")))
+@pytest.mark.parametrize("example", EXAMPLES)
 def test_every_example_loads_beside_the_shipped_default(tmp_path: Path, example: Path) -> None:
     (tmp_path / "default.yaml").write_text((ROOT / "policies" / "default.yaml").read_text())
     (tmp_path / example.name).write_text(example.read_text())

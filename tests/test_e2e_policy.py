@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import anthropic
@@ -15,14 +17,11 @@ import bcrypt
 import openai
 import pytest
 
-from addon.config import load_config
-from addon.policy import effective_policy
-from addon.quota.budget import bind_windows
-from addon.quota.store import QuotaStore
 from addon.quota.worker import quota_path
 from tests.conftest import UPSTREAM_KEYS, emulator_policy
-from tests.emulator import Emulator
+from tests.emulator import Emulator, input_tokens_for
 from tests.proxy import ROOT, Proxy
+from tests.strict import wait_until
 
 REQUEST_ID = "x-llmgate-request-id"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -104,6 +103,26 @@ def keys(gate: Proxy) -> dict[str, str]:
         "settler": issue("settler"),
         "revoked": issue("mallory"),
     }
+
+
+def quota_totals(gate: Proxy, user: str) -> dict[str, float]:
+    """The quota rows of a user, summed straight from the file: not through the store."""
+    with closing(sqlite3.connect(quota_path(gate.db), timeout=10)) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*), TOTAL(requests), TOTAL(input_tokens), TOTAL(output_tokens),"
+            " TOTAL(cost_nusd), TOTAL(settled = 0) FROM quota_ledger WHERE scope_key = ?",
+            (f"user:{user}",),
+        ).fetchone()
+    names = ("rows", "requests", "input_tokens", "output_tokens", "cost_nusd", "unsettled")
+    return dict(zip(names, row, strict=True))
+
+
+def all_settled(gate: Proxy, user: str) -> None:
+    """Settles land on the quota worker after the reply: wait for the user's last one."""
+    wait_until(
+        lambda: quota_totals(gate, user)["unsettled"] == 0,
+        what=f"the quota settles of {user}",
+    )
 
 
 def oa(proxy: Proxy, key: str) -> openai.OpenAI:
@@ -313,7 +332,8 @@ def test_token_budget_admits_nothing_past_settled_plus_reserved(
                 model="gpt-4o", messages=HELLO, max_completion_tokens=100
             )
             admitted += 1
-            time.sleep(0.06)  # settles are batched every 20 ms; let this one land
+            # The arithmetic above counts each admitted call settled at 6 before the next.
+            all_settled(gate, "budget")
         except openai.RateLimitError as err:
             message = err.body["message"]
             break
@@ -329,6 +349,9 @@ def test_retry_after_is_the_time_until_budget_frees(
     client = oa(gate, keys["retry"])
     first = time.time()
     client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    # These sleeps are the behaviour under test, not a wait for something to land: the
+    # calls must be apart in time so that Retry-After (about 8 - 3 = 5 s, when the first
+    # call leaves the window) is told from the time until the second one leaves (7 s).
     time.sleep(2)
     client.chat.completions.create(model="gpt-4o", messages=HELLO)
     time.sleep(1)
@@ -341,7 +364,7 @@ def test_retry_after_is_the_time_until_budget_frees(
 
 
 def test_settled_counters_equal_the_ledger_and_headers_inform(
-    gate: Proxy, keys: dict[str, str], emulator: Emulator, policy_dir: Path
+    gate: Proxy, keys: dict[str, str], emulator: Emulator
 ) -> None:
     client = oa(gate, keys["settler"])
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
@@ -351,25 +374,29 @@ def test_settled_counters_equal_the_ledger_and_headers_inform(
     list(an(gate, keys["settler"]).messages.create(
         model="claude-haiku-4-5", max_tokens=50, messages=HELLO, stream=True))  # fmt: skip
     rows = gate.closed_rows("settler", count=3)
+    # What the emulator reported, worked out here: input is len(body) // 4 + 1 of the
+    # body it received, output 6 for its reply ("Hello from the llmgate emulator.":
+    # 5 words + 1). Prices from addon/ledger/data/pricing.yaml, US$ per 1M tokens:
+    # gpt-4o 2.50 in / 10.00 out, claude-haiku-4-5 1.00 in / 5.00 out.
+    gpt_a, gpt_b, claude = (input_tokens_for(hit.body) for hit in emulator.hits)
+    assert [hit.path for hit in emulator.hits] == [
+        "/v1/chat/completions", "/v1/chat/completions", "/v1/messages",
+    ]  # fmt: skip
+    want_cost = ((gpt_a + gpt_b) * 2.50 + 2 * 6 * 10.00 + claude * 1.00 + 6 * 5.00) / 1e6
+    want = {"requests": 3, "input_tokens": gpt_a + gpt_b + claude, "output_tokens": 18}
     ledger = {
-        "n": len(rows),
-        "i": sum(r["input_tokens"] for r in rows),
-        "o": sum(r["output_tokens"] for r in rows),
-        "c": sum(r["cost_usd"] for r in rows),
+        "requests": len(rows),
+        "input_tokens": sum(r["input_tokens"] for r in rows),
+        "output_tokens": sum(r["output_tokens"] for r in rows),
     }
-    config = load_config(policy_dir)
-    policy = effective_policy(config.policies, "settler", [])
-    time.sleep(0.3)  # settles are fire-and-forget on the quota worker
-    states = QuotaStore(quota_path(gate.db)).states(
-        bind_windows("settler", (), policy.quota_windows)
-    )
-    day = next(s for s in states if s.window.window_seconds == 86400)
-    assert day.reserved.requests == 0
-    assert (day.used.requests, day.used.input_tokens, day.used.output_tokens) == (
-        ledger["n"], ledger["i"], ledger["o"],
-    )  # fmt: skip
-    assert day.used.cost_usd == pytest.approx(ledger["c"])
-    assert ledger["c"] > 0
+    assert ledger == want
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(want_cost, rel=1e-9)
+    all_settled(gate, "settler")
+    # Both windows count under one key (user:settler): one row per call, all settled.
+    quota = quota_totals(gate, "settler")
+    assert (quota["rows"], quota["unsettled"]) == (3, 0)
+    assert {k: int(quota[k]) for k in want} == want
+    assert quota["cost_nusd"] / 1e9 == pytest.approx(want_cost, rel=1e-6)
 
 
 def test_cli_shows_quota_windows_and_the_ledger(
@@ -379,7 +406,7 @@ def test_cli_shows_quota_windows_and_the_ledger(
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
     request_id = raw.headers[REQUEST_ID]
     gate.row(request_id)
-    time.sleep(0.1)  # the settle lands 20 ms after the call
+    all_settled(gate, "settler")  # `quota` below shows the settled counters
     cli = [sys.executable, "-m", "addon.cli", "--db", str(gate.db)]
     env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
 

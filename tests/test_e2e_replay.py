@@ -16,8 +16,9 @@ import pytest
 from tests.conftest import CALLER_KEY, FIXTURES
 from tests.emulator import Emulator, split_events
 from tests.proxy import Proxy
+from tests.strict import nonempty_glob
 
-ALL_FIXTURES = sorted(FIXTURES.glob("*.json"))
+ALL_FIXTURES = nonempty_glob(FIXTURES, "*.json")
 
 
 def sse_payloads(body_text: str) -> list[tuple[str | None, Any]]:

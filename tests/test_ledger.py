@@ -19,8 +19,11 @@ from tests.proxy import ROOT
 
 def test_longest_prefix_wins_and_route_pricing_overrides() -> None:
     table = load_pricing(ROOT / "policies" / "pricing.yaml")
-    assert table.price_for("gpt-4o-mini-2024-07-18") == table.models["gpt-4o-mini"]
-    assert table.price_for("gpt-4o-2024-08-06") == table.models["gpt-4o"]
+    # Rates from addon/ledger/data/pricing.yaml (policies/pricing.yaml adds none).
+    mini = table.price_for("gpt-4o-mini-2024-07-18")
+    assert mini is not None and (mini.input, mini.output, mini.cache_read) == (0.15, 0.60, 0.075)
+    full = table.price_for("gpt-4o-2024-08-06")
+    assert full is not None and (full.input, full.output, full.cache_read) == (2.50, 10.00, 1.25)
     assert table.price_for("no-such-model") is None
     own = Pricing(input=1, output=2)
     assert Pricer(table).price("gpt-4o", own) is own

@@ -8,7 +8,6 @@ from each fixture's JSON.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -31,12 +30,13 @@ from addon.protocols.canonical import (
 )
 from addon.protocols.jsonedit import top_level_spans
 from addon.streaming import SseSplitter
+from tests.strict import nonempty, nonempty_glob
 from tests.test_jsonedit import changed_region, json_values
 
 FIXTURE_DIR = Path(
     os.environ.get("LLMGATE_FIXTURES", Path(__file__).parent / "fixtures" / "recorded")
 )
-FIXTURES = sorted(FIXTURE_DIR.glob("*.json"))
+FIXTURES = nonempty_glob(FIXTURE_DIR, "*.json")
 # Hosts that speak a provider's own error format (OpenRouter and Groq only mimic OpenAI's).
 OFFICIAL_HOSTS = ("api.openai.com", "api.anthropic.com", "googleapis.com")
 
@@ -49,11 +49,15 @@ LOADED = {path.stem: load(path) for path in FIXTURES}
 
 
 def fixture_params(predicate: Any = None) -> list[Any]:
-    return [
-        pytest.param(fx, id=stem)
-        for stem, fx in LOADED.items()
-        if predicate is None or predicate(fx)
-    ]
+    """The recordings `predicate` selects, as params; none selected fails collection."""
+    return nonempty(
+        (
+            pytest.param(fx, id=stem)
+            for stem, fx in LOADED.items()
+            if predicate is None or predicate(fx)
+        ),
+        f"recordings matching {getattr(predicate, '__name__', predicate)}",
+    )
 
 
 def request_path(fx: dict[str, Any]) -> str:
@@ -63,6 +67,11 @@ def request_path(fx: dict[str, Any]) -> str:
 
 def is_success(fx: dict[str, Any]) -> bool:
     return fx["response"]["status"] < 400
+
+
+def is_official(fx: dict[str, Any]) -> bool:
+    """From the provider's own host: OpenRouter and Groq only mimic OpenAI's formats."""
+    return (urlsplit(fx["request"]["url"]).hostname or "").endswith(OFFICIAL_HOSTS)
 
 
 def sse_events(text: str) -> list[StreamEvent]:
@@ -328,8 +337,6 @@ def test_stream(fx: dict[str, Any]) -> None:
 
 def test_groq_midstream_error_is_recorded() -> None:
     path = FIXTURE_DIR / "openai_chat__error_midstream_event_groq_stream.json"
-    if not path.exists():
-        pytest.skip("fixture not present")
     state = StreamState()
     for event in sse_events(load(path)["response"]["body_text"]):
         PROTOCOLS["openai_chat"].feed_event(state, event)
@@ -341,8 +348,6 @@ def test_groq_midstream_error_is_recorded() -> None:
 def test_compaction_stream_matches_third_party_accounting() -> None:
     # pydantic-ai's own test of this very recording asserts these totals.
     path = FIXTURE_DIR / "anthropic_messages__cache_read_compaction_stream.json"
-    if not path.exists():
-        pytest.skip("fixture not present")
     state = StreamState()
     for event in sse_events(load(path)["response"]["body_text"]):
         PROTOCOLS["anthropic_messages"].feed_event(state, event)
@@ -352,10 +357,8 @@ def test_compaction_stream_matches_third_party_accounting() -> None:
     assert "".join(state.text) == "Hello! \N{WAVING HAND SIGN}"
 
 
-@pytest.mark.parametrize("fx", fixture_params(lambda f: not is_success(f)))
+@pytest.mark.parametrize("fx", fixture_params(lambda f: not is_success(f) and is_official(f)))
 def test_error_body_mirrors_recorded_error(fx: dict[str, Any]) -> None:
-    if not urlsplit(fx["request"]["url"]).hostname.endswith(OFFICIAL_HOSTS):
-        pytest.skip("an OpenAI-compatible vendor's own error format")
     recorded = json.loads(fx["response"]["body_text"])
     status = fx["response"]["status"]
     ours = PROTOCOLS[fx["protocol"]].error_body(status, "some_kind", "a message")
@@ -367,6 +370,17 @@ def test_error_body_mirrors_recorded_error(fx: dict[str, Any]) -> None:
         "gemini": lambda b: (b["error"]["code"], b["error"]["status"]),
     }[fx["protocol"]]
     assert label(ours) == label(recorded)
+
+
+@pytest.mark.parametrize("fx", fixture_params(lambda f: not is_success(f) and not is_official(f)))
+def test_error_body_has_what_clients_of_an_openai_compatible_vendor_read(
+    fx: dict[str, Any],
+) -> None:
+    """A vendor's own error object has extra fields (OpenRouter's `metadata`), so it
+    cannot be mirrored whole; what an OpenAI client reads from it must be in ours."""
+    recorded = json.loads(fx["response"]["body_text"])["error"]
+    ours = PROTOCOLS[fx["protocol"]].error_body(fx["response"]["status"], "kind", "msg")
+    assert {"message", "code"} <= set(recorded) & set(ours["error"])
 
 
 # --- history parts ----------------------------------------------------------------------
@@ -384,10 +398,7 @@ def test_error_body_mirrors_recorded_error(fx: dict[str, Any]) -> None:
     ],
 )
 def test_tool_history_is_typed(name: str) -> None:
-    path = FIXTURE_DIR / f"{name}.json"
-    if not path.exists():
-        pytest.skip("fixture not present")
-    fx = load(path)
+    fx = load(FIXTURE_DIR / f"{name}.json")  # a missing recording fails, never skips
     request = PROTOCOLS[fx["protocol"]].parse_request(fx["request"]["body"], request_path(fx))
     parts = [part for message in request.messages for part in message.content]
     calls = [p for p in parts if isinstance(p, ToolUsePart)]
@@ -787,13 +798,33 @@ def mutate(data: st.DataObject, obj: Any) -> Any:
     return replaced(obj, path, data.draw(json_values, label="value"))
 
 
+USAGE_KEYS = {"usage", "usageMetadata", "usage_metadata"}
+
+
 @settings(max_examples=500, deadline=None)
 @given(data=st.data())
 def test_request_parsing_fails_only_with_protocol_error(data: st.DataObject) -> None:
     fx = data.draw(st.sampled_from(list(LOADED.values())), label="fixture")
     body = mutate(data, fx["request"]["body"])
-    with contextlib.suppress(ProtocolError):
-        PROTOCOLS[fx["protocol"]].parse_request(body, request_path(fx))
+    proto, path = PROTOCOLS[fx["protocol"]], request_path(fx)
+    sent = json.dumps(body, sort_keys=True)
+    try:
+        request = proto.parse_request(body, path)  # anything but ProtocolError fails here
+    except ProtocolError as exc:
+        assert str(exc), "a refusal must say what is wrong"
+        assert json.dumps(body, sort_keys=True) == sent
+        return
+    assert json.dumps(body, sort_keys=True) == sent, "parsing edited the caller's body"
+    # What routing, policy and quotas are decided on, read here straight from the wire.
+    assert request.protocol == fx["protocol"]
+    if fx["protocol"] == "gemini":
+        assert request.model == expected_model(fx)  # the path, which is not mutated
+        assert request.stream == (":streamGenerateContent" in path)
+    else:
+        assert request.model == body["model"]
+        assert request.stream == (body.get("stream") is True)
+    assert request.stream == proto.is_stream_request(body, path)
+    assert proto.parse_request(body, path) == request, "a second read decodes differently"
 
 
 @settings(max_examples=300, deadline=None)
@@ -802,12 +833,19 @@ def test_replies_and_stream_events_never_raise(data: st.DataObject) -> None:
     fx = data.draw(st.sampled_from([f for f in LOADED.values() if is_success(f)]), label="fixture")
     proto = PROTOCOLS[fx["protocol"]]
     if not fx["stream"]:
-        body = mutate(data, json.loads(fx["response"]["body_text"]))
-        if isinstance(body, dict):
-            proto.parse_response(body)
-        else:
+        recorded = json.loads(fx["response"]["body_text"])
+        path = data.draw(st.sampled_from(json_paths(recorded)), label="path")
+        body = replaced(recorded, path, data.draw(json_values, label="value"))
+        if not isinstance(body, dict):
             with pytest.raises(ProtocolError):
                 proto.parse_response(body)
+            return
+        response = proto.parse_response(body)
+        # The ledger's hot path reads usage alone; it must agree with the full parse.
+        assert proto.read_usage(body) == response.usage
+        if path and path[0] not in USAGE_KEYS:  # the usage object itself is untouched
+            got = response.usage.model_dump() if response.usage else None
+            assert got == expected_usage(fx)
         return
     events = sse_events(fx["response"]["body_text"])
     position = data.draw(st.integers(0, len(events) - 1), label="event")
@@ -818,6 +856,16 @@ def test_replies_and_stream_events_never_raise(data: st.DataObject) -> None:
     events[position] = StreamEvent(json.dumps(mutate(data, original)), events[position].event)
     state = StreamState()
     for event in events:
-        proto.feed_event(state, event)
+        assert proto.feed_event(state, event) in (True, False)
         proto.hides_event(event)
+        text = proto.stream_text(event)
+        if text is None:
+            continue
+        # Whatever an event looks like, the redactor can put its text back in.
+        assert isinstance(text, str)
+        assert proto.stream_text(proto.with_stream_text(event, "[X]")) == "[X]"
+    # Not asserted here: that the text stream_text offers the redactor is the text
+    # feed_event records. On odd events it is not (a refusal delta, a kind named only
+    # by the SSE line, Gemini's code parts or candidate index): reported in issue 10.
+    assert all(isinstance(t, str) for t in state.text)
     state.response()

@@ -15,6 +15,7 @@ import pytest
 from addon.config import QuotaWindow
 from addon.quota import store as quota
 from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from tests.strict import Workers
 
 
 def applied(seconds: int, key: str = "user:alice", **limits: float) -> AppliedWindow:
@@ -64,46 +65,36 @@ def brute_force(db: Path, key: str, seconds: int, now: float) -> tuple[Demand, D
 
 def test_200_threads_with_their_own_store_admit_exactly_the_limit(db: Path) -> None:
     windows = [applied(3600, "global", max_requests=50)]
-    start = threading.Barrier(200)
+    # A timeout, so that one thread failing before the barrier cannot hang the other 199.
+    start = threading.Barrier(200, timeout=60)
     results: list[bool] = []
-    errors: list[BaseException] = []
 
     def one() -> None:
-        try:
-            with QuotaStore(db) as s:  # 200 connections also race to create the schema
-                start.wait()
-                results.append(admitted(s.reserve(uuid.uuid4().hex, windows, Demand())))
-        except BaseException as exc:  # "database is locked" must never reach a caller
-            errors.append(exc)
+        # Any exception ("database is locked" above all) fails the test: it must never
+        # reach a caller.
+        with QuotaStore(db) as s:  # 200 connections also race to create the schema
+            start.wait()
+            results.append(admitted(s.reserve(uuid.uuid4().hex, windows, Demand())))
 
-    threads = [threading.Thread(target=one) for _ in range(200)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    with Workers() as workers:
+        for _ in range(200):
+            workers.start(one)
     assert len(results) == 200 and results.count(True) == 50
     assert len(ledger_rows(db)) == 50
 
 
 def test_stores_opening_a_new_file_together_all_succeed(tmp_path: Path) -> None:
-    errors: list[BaseException] = []
     for round_ in range(50):  # switching a new file to WAL is the contended step
-        path, start = tmp_path / f"fresh{round_}.db", threading.Barrier(12)
+        path, start = tmp_path / f"fresh{round_}.db", threading.Barrier(12, timeout=60)
 
         def open_one(path: Path = path, start: threading.Barrier = start) -> None:
             start.wait()
-            try:
-                QuotaStore(path).close()
-            except BaseException as exc:
-                errors.append(exc)
+            QuotaStore(path).close()
 
-        threads = [threading.Thread(target=open_one) for _ in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert errors == []
+        with Workers() as workers:
+            for _ in range(12):
+                workers.start(open_one)
+        assert path.exists()
 
 
 def _process_worker(path: str, start, results, threads: int, per_thread: int) -> None:
@@ -111,19 +102,18 @@ def _process_worker(path: str, start, results, threads: int, per_thread: int) ->
     counts: list[int] = []
 
     def run() -> None:
-        try:
-            with QuotaStore(path) as s:
-                for _ in range(per_thread):
-                    counts.append(admitted(s.reserve(uuid.uuid4().hex, windows, Demand())))
-        except Exception as exc:
-            results.put(repr(exc))
+        with QuotaStore(path) as s:
+            for _ in range(per_thread):
+                counts.append(admitted(s.reserve(uuid.uuid4().hex, windows, Demand())))
 
     start.wait()
-    workers = [threading.Thread(target=run) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    try:
+        with Workers() as workers:
+            for _ in range(threads):
+                workers.start(run)
+    except BaseException as exc:  # the parent compares reports, so the error must reach it
+        results.put(repr(exc))
+        return
     results.put((len(counts), sum(counts)))
 
 
@@ -150,12 +140,16 @@ def test_token_budget_never_exceeded_with_reserves_settles_and_releases(db: Path
     limit = 20_000
     windows = [applied(60, "user:alice", max_input_tokens=limit), applied(3600, "group:dev")]
     violations: list[float] = []
+    reads = 0
+    outcomes: list[str] = []  # list.append is atomic; a shared counter += is not
     stop = threading.Event()
 
     def monitor() -> None:
+        nonlocal reads
         with QuotaStore(db) as s:
             while not stop.is_set():
                 state = s.states(windows[:1])[0]
+                reads += 1
                 if state.used.input_tokens + state.reserved.input_tokens > limit:
                     violations.append(state.used.input_tokens + state.reserved.input_tokens)
 
@@ -168,23 +162,29 @@ def test_token_budget_never_exceeded_with_reserves_settles_and_releases(db: Path
                 if not admitted(result):
                     assert isinstance(result, Exceeded)
                     assert result.current + want > limit
+                    outcomes.append("denied")
                     continue
+                outcomes.append("admitted")
                 assert result[0].used.input_tokens + result[0].reserved.input_tokens <= limit
                 if rng.random() < 0.2:
                     s.release(rid)
                 else:  # actual usage never above the reservation here
                     s.settle(rid, Demand(input_tokens=rng.randint(0, want)))
 
-    watcher = threading.Thread(target=monitor)
-    watcher.start()
-    callers = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
-    for t in callers:
-        t.start()
-    for t in callers:
-        t.join()
-    stop.set()
-    watcher.join()
+    with Workers() as watching:
+        watching.start(monitor)
+        try:
+            with Workers() as callers:
+                for i in range(8):
+                    callers.start(caller, i)
+        finally:
+            stop.set()  # else a failed caller leaves the monitor running forever
     assert violations == []
+    assert reads > 0, "the monitor never read the state: it checked nothing"
+    # 8 x 25 calls of up to 3000 tokens against 20 000: both outcomes must occur, or
+    # the asserts on either branch were never reached.
+    assert len(outcomes) == 200
+    assert 0 < outcomes.count("admitted") < 200, outcomes.count("admitted")
     with QuotaStore(db) as s:
         state = s.states(windows, now=1000.0)
         assert state[0].used.input_tokens <= limit

@@ -20,8 +20,12 @@ from addon.streaming import (
     parse_sse_block,
 )
 from tests.conftest import FIXTURES
+from tests.strict import nonempty, nonempty_glob
 
-STREAMS = sorted(p for p in FIXTURES.glob("*.json") if json.loads(p.read_text())["stream"])
+STREAMS = nonempty(
+    (p for p in nonempty_glob(FIXTURES, "*.json") if json.loads(p.read_text())["stream"]),
+    "recorded streams",
+)
 
 
 def stream_body(path) -> bytes:  # type: ignore[no-untyped-def]
@@ -47,7 +51,7 @@ def json_array_body(path) -> bytes:  # type: ignore[no-untyped-def]
     return ("[" + "\n,\r\n".join(e.data for e in events) + "\n]").encode()
 
 
-GEMINI_STREAMS = [p for p in STREAMS if p.stem.startswith("gemini__")]
+GEMINI_STREAMS = nonempty((p for p in STREAMS if p.stem.startswith("gemini__")), "Gemini streams")
 # Every recorded stream with its framing: SSE as recorded, Gemini's also as an array.
 FRAMED = [("sse", stream_body(p)) for p in STREAMS] + [
     ("json_array", json_array_body(p)) for p in GEMINI_STREAMS
