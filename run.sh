@@ -2,7 +2,7 @@
 # llmgate: set up the virtualenv when needed, then start the proxy, the tests,
 # mitmweb or the benchmark.
 #   ./run.sh            start mitmdump with llmgate on 127.0.0.1:${LLMGATE_PORT:-8080}
-#   ./run.sh test [...] run the test suite (extra args go to pytest)
+#   ./run.sh test [...] run the test suite and the mutation checks (with args: pytest only)
 #   ./run.sh web        start mitmweb with llmgate
 #   ./run.sh bench      run the benchmark (bare mitmproxy against llmgate)
 #   ./run.sh llmgate …  run the llmgate command line (report, tail, show, keys, quota)
@@ -122,7 +122,13 @@ case "$cmd" in
   test)
     ensure_venv
     ensure_agents
-    exec "$VENV/bin/python" -m pytest "$@"
+    if [ $# -gt 0 ]; then
+      exec "$VENV/bin/python" -m pytest "$@"
+    fi
+    # The whole suite (what CI runs): the tests, then the mutations a review found
+    # the tests blind to, each of which must now make its tests fail.
+    "$VENV/bin/python" -m pytest
+    LLMGATE_PYTHON="$VENV/bin/python" "$ROOT/tests/mutations/check.sh"
     ;;
   bench)
     ensure_venv
