@@ -103,7 +103,9 @@ class StreamGuard:
         self._pushed = False
         self._redactor = self._new_redactor()
         self._seen = 0
-        out = [self._with_text(*self._template, rest)] if rest else []
+        event, raw = self._template
+        held = self.protocol.with_held_text(event, rest)
+        out = [render_event(held, raw, self.framing)] if rest else []
         return out + self._block_tail()
 
     def _collect(self) -> None:

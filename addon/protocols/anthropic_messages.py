@@ -13,6 +13,7 @@ from typing import Any
 from addon.protocols.base import (
     StreamEvent,
     StreamState,
+    TextSlot,
     WireProtocol,
     add_tool_delta,
     as_int,
@@ -21,7 +22,7 @@ from addon.protocols.base import (
     build_request,
     dig,
     error_summary,
-    event_json,
+    fill_slots,
     image_from_url,
     lenient_parts,
     load_event,
@@ -34,6 +35,7 @@ from addon.protocols.base import (
     require_list,
     require_model,
     require_object,
+    slots_text,
     stop_list,
 )
 from addon.protocols.canonical import (
@@ -293,7 +295,7 @@ class AnthropicMessages(WireProtocol):
                 complete=True,
             )
             return True
-        text = as_str(block.get("text")) if kind == "text" else None
+        text = slots_text(_block_text_slots(block))
         if text:
             state.text.append(text)
             return True
@@ -307,7 +309,7 @@ class AnthropicMessages(WireProtocol):
     @staticmethod
     def _block_delta(state: StreamState, key: str, delta: dict[str, Any]) -> bool:
         kind = delta.get("type")
-        if kind == "text_delta" and isinstance(delta.get("text"), str):
+        if _delta_text_slots(delta):
             state.text.append(delta["text"])
             return bool(delta["text"])
         if kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
@@ -322,24 +324,60 @@ class AnthropicMessages(WireProtocol):
 
     # --- errors -------------------------------------------------------------------
     def stream_text(self, event: StreamEvent) -> str | None:
-        data = event_json(event)
-        if not data or data.get("type") != "content_block_delta":
-            return None
-        delta = data.get("delta")
-        if not isinstance(delta, dict) or delta.get("type") != "text_delta":
-            return None
-        return delta.get("text") if isinstance(delta.get("text"), str) else None
+        return slots_text(_text_slots(load_event(event)))
 
     def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
-        data = event_json(event) or {}
-        data["delta"]["text"] = text
+        data = load_event(event)
+        fill_slots(_text_slots(data), text)
         return replace_event_data(event, data)
+
+    def with_held_text(self, event: StreamEvent, text: str) -> StreamEvent:
+        """Held text after a block's start goes in a delta: a second start would open
+        a second block."""
+        data = load_event(event)
+        if not isinstance(data, dict) or data.get("type") != "content_block_start":
+            return self.with_stream_text(event, text)
+        delta = {
+            "type": "content_block_delta",
+            "index": data.get("index"),
+            "delta": {"type": "text_delta", "text": text},
+        }
+        return replace_event_data(
+            StreamEvent(data="", event="content_block_delta" if event.event else None), delta
+        )
 
     def error_body(self, status: int, kind: str, message: str) -> dict[str, Any]:
         error_type = _ERROR_TYPES.get(status)
         if error_type is None:
             error_type = "api_error" if status >= 500 else "invalid_request_error"
         return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def _block_text_slots(block: dict[str, Any]) -> list[TextSlot]:
+    """A text block's start may already carry text, which is reply text like a delta's.
+
+    It normally carries "", and then the start stays a structural event, one that
+    releases what the scanner held back from the block before.
+    """
+    if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
+        return [(block, "text")]
+    return []
+
+
+def _delta_text_slots(delta: dict[str, Any]) -> list[TextSlot]:
+    if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+        return [(delta, "text")]
+    return []
+
+
+def _text_slots(data: Any) -> list[TextSlot]:
+    """The reply text of a stream event, found where `feed_event` records it."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "content_block_start" and isinstance(data.get("content_block"), dict):
+        return _block_text_slots(data["content_block"])
+    if kind == "content_block_delta" and isinstance(data.get("delta"), dict):
+        return _delta_text_slots(data["delta"])
+    return []
 
 
 def _seed(value: Any) -> str | None:

@@ -149,6 +149,14 @@ class WireProtocol:
         """A copy of a text-delta event carrying `text` instead."""
         raise NotImplementedError
 
+    def with_held_text(self, event: StreamEvent, text: str) -> StreamEvent:
+        """An extra event after text event `event`, carrying text the scanner held back.
+
+        Most protocols can simply repeat the event; one whose text event may also open
+        a block (Anthropic's `content_block_start`) must not open it twice.
+        """
+        return self.with_stream_text(event, text)
+
     def error_event(self, status: int, kind: str, message: str) -> StreamEvent:
         """An in-stream error in this protocol's format, to end a blocked stream."""
         return StreamEvent(data=json.dumps(self.error_body(status, kind, message)), event="error")
@@ -170,10 +178,29 @@ def event_json(event: StreamEvent) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def replace_event_data(event: StreamEvent, data: dict[str, Any]) -> StreamEvent:
+def replace_event_data(event: StreamEvent, data: dict[str, Any] | list[Any]) -> StreamEvent:
     return StreamEvent(
         data=json.dumps(data, ensure_ascii=False, separators=(",", ":")), event=event.event
     )
+
+
+# Where an event keeps a piece of reply text: (the object holding it, its key).
+TextSlot = tuple[dict[str, Any], str]
+
+
+def slots_text(slots: list[TextSlot]) -> str | None:
+    """The reply text in an event's slots; None when it has none, so is no text event."""
+    return "".join(holder[key] for holder, key in slots) if slots else None
+
+
+def fill_slots(slots: list[TextSlot], text: str) -> None:
+    """Put `text` in the first slot and empty the rest.
+
+    The redactor releases one string per event, with no trace of where the slots'
+    boundaries fell in it, so it cannot be split back among them.
+    """
+    for position, (holder, key) in enumerate(slots):
+        holder[key] = text if position == 0 else ""
 
 
 def require_object(body: Any, what: str = "request body") -> dict[str, Any]:

@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 from addon.protocols.base import (
     StreamEvent,
     StreamState,
+    TextSlot,
     WireProtocol,
     add_tool_delta,
     append_parts,
@@ -24,12 +25,13 @@ from addon.protocols.base import (
     as_str,
     build_request,
     error_summary,
-    event_json,
+    fill_slots,
     lenient_parts,
     load_event,
     merge_raw_usage,
     replace_event_data,
     require_object,
+    slots_text,
     stop_list,
 )
 from addon.protocols.canonical import (
@@ -62,6 +64,8 @@ _STATUSES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+# Part kinds `_part` reads before code parts: one of these is never reply text.
+_NON_TEXT_PARTS = ("functionCall", "functionResponse", "inlineData", "fileData")
 _CAMEL_HUMP = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -124,12 +128,28 @@ def _function_response(data: dict[str, Any]) -> ToolResultPart:
     )
 
 
+def _text_slot(part: dict[str, Any]) -> TextSlot | None:
+    """Where a part keeps reply text: its text unless it is a thought, else the code
+    the model wrote or what running it printed, which are conversation text too."""
+    if isinstance(_get(part, "text"), str):
+        return None if _get(part, "thought") is True else (part, "text")
+    if any(isinstance(_get(part, key), dict) for key in _NON_TEXT_PARTS):
+        return None
+    for key, field in (("executableCode", "code"), ("codeExecutionResult", "output")):
+        holder = _get_dict(part, key)
+        if isinstance(holder.get(field), str) and holder[field]:
+            return (holder, field)
+    return None
+
+
 def _part(part: dict[str, Any]) -> ContentPart | None:
     text = _get(part, "text")
-    if isinstance(text, str):
-        if _get(part, "thought") is True:
-            return ThinkingPart(text=text)
-        return TextPart(text=text) if text else None
+    if isinstance(text, str) and _get(part, "thought") is True:
+        return ThinkingPart(text=text)
+    slot = _text_slot(part)
+    if slot is not None:
+        holder, key = slot
+        return TextPart(text=holder[key]) if holder[key] else None
     call = _get(part, "functionCall")
     if isinstance(call, dict):
         return ToolUsePart(
@@ -144,10 +164,7 @@ def _part(part: dict[str, Any]) -> ContentPart | None:
         data = _get(part, key)
         if isinstance(data, dict):
             return _media(data, inline=inline)
-    # Code the model wrote and what running it printed are conversation text.
-    code = as_str(_get(_get_dict(part, "executableCode"), "code"))
-    output = as_str(_get(_get_dict(part, "codeExecutionResult"), "output"))
-    return TextPart(text=code or output) if code or output else None
+    return None
 
 
 def _parts(parts: Any, where: str) -> list[ContentPart]:
@@ -362,14 +379,11 @@ class Gemini(WireProtocol):
 
     # --- errors -------------------------------------------------------------------
     def stream_text(self, event: StreamEvent) -> str | None:
-        parts = _text_parts(event_json(event))
-        return "".join(p["text"] for p in parts) if parts else None
+        return slots_text(_event_slots(load_event(event)))
 
     def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
-        data = event_json(event) or {}
-        # The first answer-text part carries the (re)released text; the rest empty.
-        for index, part in enumerate(_text_parts(data)):
-            part["text"] = text if index == 0 else ""
+        data = load_event(event)
+        fill_slots(_event_slots(data), text)
         return replace_event_data(event, data)
 
     def error_event(self, status: int, kind: str, message: str) -> StreamEvent:
@@ -396,15 +410,15 @@ class Gemini(WireProtocol):
         }
 
 
-def _text_parts(data: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Answer-text parts of candidate 0 (thought parts are reasoning, not the answer)."""
-    candidates = data.get("candidates") if data else None
-    if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
-        return []
-    content = candidates[0].get("content")
-    parts = content.get("parts") if isinstance(content, dict) else None
-    return [
-        p
-        for p in (parts if isinstance(parts, list) else [])
-        if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
-    ]
+def _event_slots(data: Any) -> list[TextSlot]:
+    """The reply text slots of an event, read as `feed_event` reads it: every chunk of
+    it, candidate 0 of each."""
+    slots: list[TextSlot] = []
+    for chunk in data if isinstance(data, list) else [data]:
+        if not isinstance(chunk, dict):
+            continue
+        for part in as_list(_get(_get_dict(_candidate(chunk), "content"), "parts")):
+            slot = _text_slot(part) if isinstance(part, dict) else None
+            if slot is not None:
+                slots.append(slot)
+    return slots

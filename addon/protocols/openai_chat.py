@@ -14,6 +14,7 @@ from addon.protocols import jsonedit
 from addon.protocols.base import (
     StreamEvent,
     StreamState,
+    TextSlot,
     WireProtocol,
     add_tool_delta,
     as_int,
@@ -22,7 +23,7 @@ from addon.protocols.base import (
     build_request,
     dig,
     error_summary,
-    event_json,
+    fill_slots,
     image_from_url,
     json_arguments,
     lenient_parts,
@@ -35,6 +36,7 @@ from addon.protocols.base import (
     require_list,
     require_model,
     require_object,
+    slots_text,
     stop_list,
 )
 from addon.protocols.canonical import (
@@ -306,14 +308,14 @@ class OpenAIChat(WireProtocol):
         if not isinstance(delta, dict):
             return False
         carried = False
-        for key, sink in (
-            ("content", state.text),
-            ("refusal", state.text),
-            *((k, state.thinking) for k in _REASONING_KEYS),
-        ):
+        for holder, key in _text_slots(delta):
+            if holder[key]:
+                state.text.append(holder[key])
+                carried = True
+        for key in _REASONING_KEYS:
             value = delta.get(key)
             if isinstance(value, str) and value:
-                sink.append(value)
+                state.thinking.append(value)
                 carried = True
         for position, call in enumerate(as_list(delta.get("tool_calls"))):
             if not isinstance(call, dict):
@@ -343,19 +345,31 @@ class OpenAIChat(WireProtocol):
         return openai_error_body(status, kind, message)
 
     def stream_text(self, event: StreamEvent) -> str | None:
-        data = event_json(event)
-        delta = _first_choice(data.get("choices")).get("delta") if data else None
-        text = delta.get("content") if isinstance(delta, dict) else None
-        return text if isinstance(text, str) else None
+        return slots_text(_event_slots(load_event(event)))
 
     def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
-        data = event_json(event) or {}
-        _first_choice(data.get("choices"))["delta"]["content"] = text
+        data = load_event(event)
+        fill_slots(_event_slots(data), text)
         return replace_event_data(event, data)
 
     def error_event(self, status: int, kind: str, message: str) -> StreamEvent:
         # OpenAI streams errors as a plain data line; the SDK raises on it.
         return StreamEvent(data=json.dumps(self.error_body(status, kind, message)))
+
+
+def _text_slots(delta: Any) -> list[TextSlot]:
+    """The reply text of a choice's delta: its content, and a refusal, which the
+    caller is shown just the same."""
+    if not isinstance(delta, dict):
+        return []
+    return [(delta, key) for key in ("content", "refusal") if isinstance(delta.get(key), str)]
+
+
+def _event_slots(chunk: Any) -> list[TextSlot]:
+    """The text slots of a stream chunk, from the choice `feed_event` reads."""
+    if not isinstance(chunk, dict):
+        return []
+    return _text_slots(_first_choice(chunk.get("choices")).get("delta"))
 
 
 def _first_choice(choices: Any) -> dict[str, Any]:

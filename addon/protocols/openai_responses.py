@@ -13,6 +13,7 @@ from typing import Any
 from addon.protocols.base import (
     StreamEvent,
     StreamState,
+    TextSlot,
     WireProtocol,
     add_tool_delta,
     append_parts,
@@ -21,7 +22,7 @@ from addon.protocols.base import (
     build_request,
     dig,
     error_summary,
-    event_json,
+    fill_slots,
     image_from_url,
     json_arguments,
     lenient_parts,
@@ -33,6 +34,7 @@ from addon.protocols.base import (
     replace_event_data,
     require_model,
     require_object,
+    slots_text,
 )
 from addon.protocols.canonical import (
     CanonicalRequest,
@@ -237,8 +239,7 @@ class OpenAIResponses(WireProtocol):
 
     def feed_event(self, state: StreamState, event: StreamEvent) -> bool:
         data = load_event(event)
-        kind = data.get("type") if isinstance(data, dict) else None
-        kind = kind or event.event
+        kind = _kind(data, event)
         if kind == "error":
             state.error = error_summary(data, fallback=event.data.strip())
             return False
@@ -249,7 +250,7 @@ class OpenAIResponses(WireProtocol):
             self._read_response(state, kind, response)
             return False
         delta = data.get("delta")
-        if kind in _TEXT_DELTAS and isinstance(delta, str) and delta:
+        if _text_slots(data, kind) and delta:
             state.text.append(delta)
             return True
         if kind in _THINKING_DELTAS and isinstance(delta, str) and delta:
@@ -300,14 +301,12 @@ class OpenAIResponses(WireProtocol):
         return openai_error_body(status, kind, message)
 
     def stream_text(self, event: StreamEvent) -> str | None:
-        data = event_json(event)
-        if not data or data.get("type") != "response.output_text.delta":
-            return None
-        return data.get("delta") if isinstance(data.get("delta"), str) else None
+        data = load_event(event)
+        return slots_text(_text_slots(data, _kind(data, event)))
 
     def with_stream_text(self, event: StreamEvent, text: str) -> StreamEvent:
-        data = event_json(event) or {}
-        data["delta"] = text
+        data = load_event(event)
+        fill_slots(_text_slots(data, _kind(data, event)), text)
         return replace_event_data(event, data)
 
     def websocket_error(self, status: int, kind: str, message: str) -> dict[str, Any]:
@@ -318,3 +317,16 @@ class OpenAIResponses(WireProtocol):
         # The Responses stream's own error event shape.
         payload = {"type": "error", "code": kind, "message": message, "param": None}
         return StreamEvent(data=json.dumps(payload), event="error")
+
+
+def _kind(data: Any, event: StreamEvent) -> str | None:
+    """The event's type; the SSE `event:` line names it when the JSON does not."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) and kind else event.event
+
+
+def _text_slots(data: Any, kind: str | None) -> list[TextSlot]:
+    """The reply text an event carries: an answer or a refusal delta."""
+    if kind in _TEXT_DELTAS and isinstance(data, dict) and isinstance(data.get("delta"), str):
+        return [(data, "delta")]
+    return []
