@@ -1084,8 +1084,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._abort()
             if index > 0 and c.pause_s > 0:
                 time.sleep(c.pause_s)
-            self.wfile.write(ws.send(TextMessage(data=_dumps(event))))
+            # Stamped before the write: once it is out, the client may look at the hit.
             hit.events_sent.append(time.monotonic())
+            self.wfile.write(ws.send(TextMessage(data=_dumps(event))))
         if c.reset_after is not None:
             self._abort()
 
@@ -1118,8 +1119,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if c.reset_after == 0:
                 self._abort()
+            hit.events_sent.append(time.monotonic())  # before: the client may look at once
             self.wfile.write(payload)
-            hit.events_sent.append(time.monotonic())
             if c.reset_after is not None:
                 self._abort()
             return
@@ -1132,9 +1133,9 @@ class _Handler(BaseHTTPRequestHandler):
             if index > 0 and c.pause_s > 0:
                 time.sleep(c.pause_s)
             data = event if comp is None else comp.compress(event) + comp.flush(zlib.Z_SYNC_FLUSH)
+            hit.events_sent.append(time.monotonic())  # before: the client may look at once
             if data:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            hit.events_sent.append(time.monotonic())
         if c.reset_after is not None:
             self._abort()
         if comp is not None and (tail := comp.flush()):
