@@ -7,13 +7,11 @@ addon (or llmgate itself) may already have answered the flow.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import mitmproxy.flow
 from mitmproxy import ctx, exceptions, http
@@ -29,6 +27,7 @@ from addon.credentials import (
     replace_in_fields,
     strip_credential_params,
 )
+from addon.gateway.admission import bad_target, claimed_names, misdirected, too_large
 from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
 from addon.gateway.handoff import HandOff
@@ -190,7 +189,7 @@ class Gateway:
         """An LLM call: the host it goes to, the TLS name or the Host header names ours."""
         if flow.request.host in self.hosts:
             return True
-        return any(name in self.hosts for name in _claimed_names(flow))
+        return any(name in self.hosts for name in claimed_names(flow))
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -224,9 +223,9 @@ class Gateway:
 
     async def _decide(self, flow: http.HTTPFlow, call: Call) -> None:
         problem = (
-            self._misdirected(flow)
-            or _bad_target(self.masking.caller_path(flow))
-            or self._too_large(flow)
+            misdirected(flow, self.hosts)
+            or bad_target(self.masking.caller_path(flow))
+            or too_large(flow, self.config.limits.max_request_bytes)
         )
         if problem is not None:
             self._reject(flow, call, problem)
@@ -285,31 +284,6 @@ class Gateway:
             call, req.host, req.headers.fields, req.get_content(strict=False) or b""
         )
         self.handoff.send(flow, call, ticket)
-
-    def _too_large(self, flow: http.HTTPFlow) -> Rejection | None:
-        limit = self.config.limits.max_request_bytes
-        if len(flow.request.raw_content or b"") <= limit:
-            return None
-        return Rejection(
-            413,
-            "request_too_large",
-            f"the request body is larger than llmgate's limit of {limit} bytes "
-            "(limits.max_request_bytes)",
-        )
-
-    def _misdirected(self, flow: http.HTTPFlow) -> Rejection | None:
-        """A call that names an LLM host (TLS SNI, Host header) on a tunnel to another host:
-        sending it on would hand an LLM call to whoever that host is."""
-        for name in _claimed_names(flow):
-            if name in self.hosts and not self.hosts.same(name, flow.request.host):
-                return Rejection(
-                    421,
-                    "misdirected_request",
-                    f"this request names {name}, an LLM host, but its connection was opened "
-                    "to another host; llmgate refuses it. Connect to the host you name.",
-                    "denied",
-                )
-        return None
 
     def forwarding(self, flow: http.HTTPFlow, call: Call) -> None:
         """The flow, as it now stands, is the decided call mitmproxy is about to send."""
@@ -460,30 +434,3 @@ class Gateway:
         self.recorder.close_row(
             call, fields, response.headers.fields if response is not None else None, body
         )
-
-
-def _claimed_names(flow: http.HTTPFlow) -> list[str]:
-    """The host names a request claims besides where it goes: TLS SNI, the Host header."""
-    names = [flow.client_conn.sni] if flow.client_conn.sni else []
-    header = flow.request.host_header
-    if header:
-        names.append(_header_host(header))
-    return names
-
-
-@functools.lru_cache(maxsize=1024)
-def _header_host(header: str) -> str:
-    """The host of a Host header value (port and IPv6 brackets removed)."""
-    try:
-        return urlsplit("//" + header).hostname or header
-    except ValueError:
-        return header
-
-
-def _bad_target(path: str) -> Rejection | None:
-    """mitmproxy decodes a raw non-UTF-8 byte as a lone surrogate; such a target is refused."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return Rejection(400, "invalid_request_target", "the request path is not valid UTF-8")
-    return None
