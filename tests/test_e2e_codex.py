@@ -175,7 +175,10 @@ def test_a_codex_run_is_recorded_call_by_call_with_reported_usage(
             usage = usage._replace(output_tokens=0)
         assert row["usage_source"] == "reported"
         assert (row["input_tokens"], row["output_tokens"]) == tuple(usage)
-        assert row["cost_usd"] is not None and row["cost_usd"] > 0
+        # gpt-5.5 is priced by its longest listed prefix, gpt-5: $1.25 in, $10.00 out
+        # per million tokens (addon/ledger/data/pricing.yaml), no cached tokens here.
+        cost = (usage.input_tokens * 1.25 + usage.output_tokens * 10.00) / 1_000_000
+        assert row["cost_usd"] == pytest.approx(cost, rel=1e-9), (row["cost_usd"], cost)
     # The virtual key never left llmgate: the upstream saw only the route's secret.
     assert {h.headers["authorization"] for h in emulator.handshakes} == {
         f"Bearer {UPSTREAM_KEYS['UPSTREAM_OPENAI_KEY']}"

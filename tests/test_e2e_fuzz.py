@@ -450,8 +450,11 @@ def _rows(proxy: Proxy, expected: int, timeout: float = 60) -> dict[str, dict[st
     while True:
         rows = proxy.query("select id, status, http_status, reason, error from requests")
         settled = len(rows) >= expected and all(r["status"] != "pending" for r in rows)
-        if settled or time.monotonic() > deadline:
+        if settled:
             return {r["id"]: r for r in rows}
+        if time.monotonic() > deadline:
+            pending = sum(r["status"] == "pending" for r in rows)
+            raise AssertionError(f"{len(rows)} of {expected} rows, {pending} still pending")
         time.sleep(0.2)
 
 

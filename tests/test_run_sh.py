@@ -40,6 +40,8 @@ def test_run_sh_starts_the_default_proxy_and_prints_the_exports(tmp_path: Path) 
                 break
             except OSError:
                 time.sleep(0.1)
+        else:
+            raise AssertionError(f"./run.sh did not listen within 120 s: {log.read_text()}")
         assert ca.exists()
         banner = log.read_text()
         for line in (
