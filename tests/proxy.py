@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import sqlite3
@@ -20,6 +21,18 @@ MITMDUMP = Path(sys.executable).parent / "mitmdump"
 MITMWEB = Path(sys.executable).parent / "mitmweb"
 # The tables addon/ledger/store.py creates when it opens a new ledger.
 LEDGER_TABLES = ("requests", "payloads", "findings")
+
+
+# Every proxy a test started and has not stopped: killed when the test process
+# exits, so that a test that failed before its `stop()` leaves no mitmdump behind.
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            proc.kill()
 
 
 def free_port() -> int:
@@ -70,6 +83,7 @@ class Proxy:
         self._proc = subprocess.Popen(
             self._args, env=self._env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT
         )
+        _RUNNING.add(self._proc)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -282,10 +282,12 @@ def test_sigterm_during_six_streams_leaves_them_interrupted_with_partial_usage(
     policies = write_policies(tmp_path / "policies", emulator, QUOTA)
     db = tmp_path / "audit.db"
     proxy = start_proxy(policies, db, confdir, emulator)
-    start_streams(proxy, 6)
-    wait_for(lambda: len(pending(db)) == 6, what="six streams in flight")
-    wait_for(lambda: sum(len(h.events_sent) for h in emulator.hits) >= 12, what="first events")
-    proxy.stop()  # SIGTERM, then mitmdump exits after the drain
+    try:
+        start_streams(proxy, 6)
+        wait_for(lambda: len(pending(db)) == 6, what="six streams in flight")
+        wait_for(lambda: sum(len(h.events_sent) for h in emulator.hits) >= 12, what="first events")
+    finally:
+        proxy.stop()  # SIGTERM, then mitmdump exits after the drain
     assert pending(db) == []
     rows = ledger(
         db, "select status, reason, output_tokens, usage_source from requests where stream = 1"
