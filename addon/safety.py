@@ -465,7 +465,9 @@ class Scanner:
         key_ids: list[tuple[int, int]] = []
         for p in self._passes:
             src, i = getattr(views, p.view), start
-            while (m := p.regex.search(src, i)) is not None:
+            # i past the end: a pattern that matches the empty string (a custom `x*`)
+            # would otherwise match at the end again and again, for ever.
+            while i <= len(src) and (m := p.regex.search(src, i)) is not None:
                 hit = p.fn(text, m, m.start() - p.back)
                 i = m.start() + 1  # a rejected match may hide a real one inside it
                 if hit is None:

@@ -329,3 +329,12 @@ def test_a_megabyte_of_innocent_text_yields_exactly_the_planted_secrets(ascii_on
     redacted = one_shot(text)
     assert redacted.count("[REDACTED:") == len(plants)
     assert not any(value in redacted for _, value in plants)
+
+
+@pytest.mark.parametrize("regex", ["x*", "(ab)?", r"\b", "a|"])
+def test_a_custom_pattern_that_matches_the_empty_string_ends(regex: str) -> None:
+    # It used to restart the search past the end, where the empty match is found
+    # again: one line of safety config hung every scanned call.
+    scanner = Scanner([("loose", regex)])
+    findings = scanner.scan("ab xx ab")
+    assert all(f.value for f in findings), findings  # no empty finding either
