@@ -5,6 +5,7 @@
 #   ./run.sh test [...] run the test suite and the mutation checks (with args: pytest only)
 #   ./run.sh web        start mitmweb with llmgate
 #   ./run.sh bench      run the benchmark (bare mitmproxy against llmgate)
+#   ./run.sh mutate     mutation testing of the modules where a silent change costs most
 #   ./run.sh llmgate …  run the llmgate command line (report, tail, show, keys, quota)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -129,6 +130,13 @@ case "$cmd" in
     # the tests blind to, each of which must now make its tests fail.
     "$VENV/bin/python" -m pytest
     LLMGATE_PYTHON="$VENV/bin/python" "$ROOT/tests/mutations/check.sh"
+    # Mutation testing on the modules this change touched, a fixed sample within a
+    # 90 s budget (MUTATION.md); `./run.sh mutate` runs it all.
+    "$VENV/bin/python" "$ROOT/tools/mutate/run.py" --changed --sample 20 --budget 90 --strict
+    ;;
+  mutate)
+    ensure_venv
+    exec "$VENV/bin/python" "$ROOT/tools/mutate/run.py" "$@"
     ;;
   bench)
     ensure_venv
@@ -139,7 +147,7 @@ case "$cmd" in
     exec "$VENV/bin/llmgate" "$@"
     ;;
   *)
-    echo "usage: ./run.sh [test|web|bench|llmgate ...]  (no argument starts the proxy)" >&2
+    echo "usage: ./run.sh [test|web|bench|mutate|llmgate ...]  (no argument starts the proxy)" >&2
     exit 2
     ;;
 esac
