@@ -57,7 +57,7 @@ def test_denied_flow_is_marked_with_the_reason_as_comment(tmp_path: Path) -> Non
         assert allowed.response is None and not allowed.marked
         assert allowed.metadata["llmgate"]["user"] == "anonymous"
         json.dumps(allowed.metadata)  # mitmweb needs serialisable metadata
-        gateway.done()
+        asyncio.run(gateway.done())
 
 
 def test_a_broken_policy_file_is_an_options_error(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_any_exception_while_deciding_is_a_500_in_the_callers_format_never_a_for
             "internal_error",
             500,
         )
-        gateway.done()
+        asyncio.run(gateway.done())
     assert secret_in_message not in caplog.text
     assert "KeyError" in caplog.text  # the log still says what broke, and where
 
@@ -136,7 +136,7 @@ def test_an_exception_on_the_reply_replaces_it_with_a_500(
         gateway.audit.flush()  # type: ignore[union-attr]
         row = _ledger_row(tmp_path / "a.db", flow.metadata["llmgate"]["request_id"])
         assert (row["status"], row["reason"]) == ("failed", "internal_error")
-        gateway.done()
+        asyncio.run(gateway.done())
 
 
 def test_the_default_policies_are_the_shipped_directory() -> None:
