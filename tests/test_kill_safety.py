@@ -189,6 +189,11 @@ def test_a_phrase_anchored_past_its_first_letter_checks_the_letters_before() -> 
     assert found("  q!", scanner) == []
 
 
+def test_a_custom_pattern_that_matches_nothing_finds_nothing() -> None:
+    scanner = Scanner([("empty", r"q*"), ("ticket", r"T-[0-9]+")])
+    assert found("abc T-12 x", scanner) == [("ticket", "T-12")]
+
+
 def test_a_custom_pattern_runs_on_the_text_itself() -> None:
     scanner = Scanner([("cafe", r"café-[0-9]{3}"), ("ticket", r"\bACME-[0-9]{4}\b")])
     assert found("order café-123 ok", scanner) == [("cafe", "café-123")]
