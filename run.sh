@@ -58,16 +58,17 @@ ensure_venv() {
 ensure_agents() {
   local dir="$ROOT/tests/agents" stamp="$ROOT/tests/agents/node_modules/.llmgate-stamp" want
   want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
-  if [ -x "$dir/node_modules/.bin/codex" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  if [ -x "$dir/node_modules/.bin/codex" ] && [ -x "$dir/node_modules/.bin/claude" ] \
+    && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
   fi
   if ! command -v npm >/dev/null 2>&1; then
-    echo "The end-to-end tests need npm (Node.js >= 20) to install the Codex CLI into tests/agents." >&2
+    echo "The end-to-end tests need npm (Node.js >= 20) to install the Codex and Claude Code CLIs into tests/agents." >&2
     exit 1
   fi
   echo "Installing the test agents: npm ci --prefix tests/agents ..." >&2
   if ! npm ci --prefix "$dir" --no-audit --no-fund >&2; then
-    echo "npm ci --prefix tests/agents failed; the Codex end-to-end tests cannot run." >&2
+    echo "npm ci --prefix tests/agents failed; the Codex and Claude Code end-to-end tests cannot run." >&2
     exit 1
   fi
   echo "$want" > "$stamp"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from addon.config import Route
+from addon.credentials import Fields
 from addon.policy import Denial
 from addon.protocols import WireProtocol
 from addon.protocols.canonical import CanonicalRequest
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from addon.screening import Screening
     from addon.stream_guard import StreamGuard
     from addon.streaming import StreamTap
+    from addon.translate.reply import Translation
     from addon.upstream.failures import UpstreamFailure
 
 # A random per-process prefix and a counter: unique across processes sharing a
@@ -86,6 +88,33 @@ class Call:
     dispatch_token: str | None = None
     upstream_target: tuple[str, str, int] | None = None
     upstream_failure: UpstreamFailure | None = None
+    # Where the call may go, in order: the route's own upstream, then its fallbacks.
+    # `attempted` is what happened to each one tried (the `attempts` table).
+    attempts: list[Attempt] = field(default_factory=list)
+    attempted: list[dict[str, Any]] = field(default_factory=list)
+    # The caller's own body, before any edit or translation: the payload row keeps it.
+    caller_body: bytes | None = None
+
+    @property
+    def serving(self) -> Attempt | None:
+        """The attempt whose upstream is answering (the first until another takes over)."""
+        return self.attempts[0] if self.attempts else None
+
+    def serve_with(self, attempt: Attempt) -> None:
+        """A fallback took over: the row names its route, model and protocol."""
+        self.attempts.remove(attempt)
+        self.attempts.insert(0, attempt)
+        self.route, self.upstream_model = attempt.route, attempt.upstream_model
+
+    @property
+    def translation(self) -> Translation | None:
+        attempt = self.serving
+        return attempt.translation if attempt is not None else None
+
+    @property
+    def upstream_protocol(self) -> str | None:
+        attempt = self.serving
+        return attempt.upstream_protocol if attempt is not None else None
 
     def open_row(self) -> dict[str, Any]:
         return {
@@ -103,6 +132,7 @@ class Call:
             "route": self.route.id if self.route else None,
             "stream": int(self.stream),
             "transport": self.transport,
+            "upstream_protocol": self.upstream_protocol,
             "status": "pending",
             "instance_id": INSTANCE_ID,
         }
@@ -139,3 +169,32 @@ class Rewrite:
     set_headers: dict[str, str]
     drop_headers: tuple[str, ...]
     credential_label: str = "caller key"
+    # A translated call drops the caller protocol's own headers (anthropic-*, ...).
+    drop_prefixes: tuple[str, ...] = ()
+
+    def apply_to(self, fields: Fields) -> Fields:
+        """The caller's header fields as they go upstream."""
+        drop = {name.encode() for name in self.drop_headers} | {
+            name.lower().encode() for name in self.set_headers
+        }
+        drop.add(b"accept-encoding")
+        prefixes = tuple(prefix.encode() for prefix in self.drop_prefixes)
+        kept = tuple(
+            (name, value)
+            for name, value in fields
+            if name.lower() not in drop and not (prefixes and name.lower().startswith(prefixes))
+        )
+        added = tuple((name.encode(), value.encode()) for name, value in self.set_headers.items())
+        # Streams must be readable as they arrive, so ask for them unencoded.
+        return kept + added + ((b"accept-encoding", b"identity"),)
+
+
+@dataclass
+class Attempt:
+    """One way to send a decided call: a route, and the request it gets there."""
+
+    route: Route
+    upstream_model: str
+    upstream_protocol: str
+    rewrite: Rewrite
+    translation: Translation | None = None

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from addon.config import GatewayConfig, Route
 from addon.ledger.pricing import PricingTable
+from addon.routes import served_callers
 
 # fnmatch reads these as wildcards too; patterns holding them are not reasoned about.
 _OTHER_WILDCARDS = frozenset("?[")
@@ -47,8 +48,13 @@ def covers(earlier: str, later: str) -> bool:
     return False  # an exact pattern covers only itself, handled above
 
 
+def _callers(route: Route) -> set[str]:
+    return {caller for caller, _ in served_callers(route)}
+
+
 def shadowed_routes(config: GatewayConfig) -> list[str]:
-    """Routes no call can reach: an earlier route of the same provider matches all their models.
+    """Routes no call can reach: an earlier route matches all their models, for every
+    caller protocol they serve.
 
     A fallback route hidden by a user's route is the point of fallbacks, not a mistake.
     """
@@ -58,14 +64,14 @@ def shadowed_routes(config: GatewayConfig) -> list[str]:
         for earlier in config.routes[:index]:
             if id(route) not in user and id(earlier) in user:
                 continue
-            if earlier.provider == route.provider and covers(
+            if _callers(route) <= _callers(earlier) and covers(
                 earlier.model_pattern, route.model_pattern
             ):
                 out.append(
                     f"route {route.id!r} (model_pattern {route.model_pattern!r}) is shadowed: "
-                    f"no call naming a model can reach it, because the earlier {route.provider} "
-                    f"route {earlier.id!r} (model_pattern {earlier.model_pattern!r}) matches "
-                    "every model it matches"
+                    f"no call naming a model can reach it, because the earlier route "
+                    f"{earlier.id!r} (model_pattern {earlier.model_pattern!r}) matches every "
+                    "model it matches for every caller it serves (narrow one with `callers`)"
                 )
                 break
     return out

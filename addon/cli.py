@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from addon.checks import config_warnings
-from addon.config import ConfigError, GatewayConfig, load_config
+from addon.config import ConfigError, GatewayConfig, Route, load_config
 from addon.credentials import SecretStore
 from addon.keys import KeyStore
 from addon.ledger.pricing import load_pricing
@@ -29,6 +29,7 @@ from addon.policy import effective_policy
 from addon.quota.budget import bind_windows
 from addon.quota.store import QuotaStore
 from addon.quota.worker import quota_path
+from addon.routes import served_callers
 from addon.screening import build_scanner
 
 console = Console()
@@ -146,6 +147,17 @@ def cmd_check(args: argparse.Namespace) -> None:
     _print_routes(config)
 
 
+def _pairs(route: Route) -> str:
+    """Which callers a route serves, and which of them it translates."""
+    pairs = served_callers(route)
+    if not pairs:
+        return "no caller (check `callers`)"
+    return ", ".join(
+        caller if caller == upstream else f"{caller} (translated to {upstream})"
+        for caller, upstream in pairs
+    )
+
+
 def _print_routes(config: GatewayConfig) -> None:
     """The route table in the order it is matched, with each route's timeouts: one
     plain line per route, whole however narrow the terminal or the pipe."""
@@ -159,6 +171,14 @@ def _print_routes(config: GatewayConfig) -> None:
             f"idle {route.idle_timeout_s:g} s"
         )
         console.print(line, soft_wrap=True, markup=False, highlight=False)
+        console.print(f"    serves: {_pairs(route)}", soft_wrap=True, markup=False, highlight=False)
+        if route.fallbacks:
+            console.print(
+                f"    fallbacks: {', '.join(route.fallbacks)}",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
     limits, audit = config.limits, config.audit
     console.print(
         f"audit.on_failure: {audit.on_failure}; synchronous: {audit.synchronous}; "

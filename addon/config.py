@@ -32,7 +32,11 @@ from addon.safety_config import SafetySettings
 from addon.schema import ConfigError, Loc, Problem, problems_error
 from addon.schema import Strict as _Strict
 
-Provider = Literal["openai", "anthropic", "gemini"]
+# `openai` speaks Chat Completions and Responses; `openai_chat` is an
+# OpenAI-compatible server that speaks only Chat Completions (vLLM, Ollama,
+# llama.cpp), so a Responses caller is translated for it.
+Provider = Literal["openai", "openai_chat", "anthropic", "gemini"]
+CallerProtocol = Literal["openai_chat", "openai_responses", "anthropic_messages", "gemini"]
 
 # Hosts intercepted even when no route names them: callers talk to these.
 PROVIDER_BY_HOST = {
@@ -68,6 +72,15 @@ class Route(_Strict):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     first_byte_timeout_s: float = Field(default=600.0, gt=0)
     idle_timeout_s: float = Field(default=300.0, gt=0)
+    # The caller protocols this route serves; absent, every one (translated when
+    # the provider speaks another protocol). A pass-through route forwarding the
+    # caller's own key should name its own protocols: a key is only good at the
+    # provider it was made for.
+    callers: list[CallerProtocol] | None = None
+    # Route ids tried in order when this route's upstream cannot be reached, times
+    # out before its first byte, or answers 429/500/502/503/504 before anything
+    # reached the caller. Only this route's list is followed, never a fallback's.
+    fallbacks: list[str] = Field(default_factory=list)
 
     @field_validator("endpoint")
     @classmethod
@@ -196,6 +209,7 @@ class GatewayConfig(_Strict):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     # Built once: routing reads it on every call.
     _routes: list[Route] = PrivateAttr(default_factory=list)
+    _by_id: dict[str, Route] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _ids_are_unique_and_fallbacks_last(self) -> GatewayConfig:
@@ -209,10 +223,23 @@ class GatewayConfig(_Strict):
                     problems.append(Problem((section, i, "id"), message, first[route.id]))
                 else:
                     first[route.id] = (section, i)
+        for section, routes in sections:
+            for i, route in enumerate(routes):
+                for j, target in enumerate(route.fallbacks):
+                    if target == route.id:
+                        message = "a route cannot be its own fallback"
+                        problems.append(Problem((section, i, "fallbacks", j), message))
+                    elif target not in first:
+                        message = f"no route has the id {target!r}"
+                        problems.append(Problem((section, i, "fallbacks", j), message))
         if problems:
             raise problems_error(problems)
         self._routes = [*self.user_routes, *self.fallback_routes]
+        self._by_id = {route.id: route for route in self._routes}
         return self
+
+    def route(self, route_id: str) -> Route:
+        return self._by_id[route_id]
 
     @property
     def routes(self) -> list[Route]:

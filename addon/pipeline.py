@@ -8,12 +8,13 @@ decision testable without a proxy.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from addon.call import Call, Rejection, Rewrite
+from addon.call import Attempt, Call, Rejection, Rewrite
 from addon.config import PROVIDER_BY_HOST, GatewayConfig, Route, SafetySettings
 from addon.credentials import (
     CREDENTIAL_HEADERS,
@@ -26,9 +27,12 @@ from addon.ledger.store import storable_text
 from addon.policy import Denial, EffectivePolicy, check_model, check_size, check_unparsed
 from addon.protocols import PROTOCOLS, WireProtocol, strictjson
 from addon.protocols.canonical import ProtocolError, Usage, part_texts
-from addon.routes import match_route, upstream_for
+from addon.routes import match_route, serves, upstream_for, upstream_protocol
 from addon.safety import Scanner
 from addon.screening import Located, redact_json, request_locations, screen
+from addon.translate.plan import translate_call
+
+log = logging.getLogger("llmgate")
 
 
 def decode_body(raw_body: bytes) -> Any | Rejection:
@@ -66,13 +70,15 @@ def parse_body(call: Call, body: Any) -> Rejection | None:
 def choose_route(call: Call, config: GatewayConfig) -> Rejection | None:
     assert call.protocol and call.request
     model = call.request.model
-    route = match_route(config.routes, model, call.protocol.provider)
+    # WebSocket messages are not translated: only routes that speak Responses.
+    translate = call.transport == "http"
+    route = match_route(config.routes, model, call.protocol_name, translate=translate)
     if route is None:
         return Rejection(
             404,
             "no_route",
-            f"llmgate has no route for model '{model}' on provider '{call.protocol.provider}'. "
-            "Add a route whose model_pattern matches it to your policy file.",
+            f"llmgate has no route for model '{model}' that serves {call.protocol_name} "
+            "callers. Add a route whose model_pattern matches it to your policy file.",
         )
     call.route = route
     call.upstream_model = route.upstream_model or model
@@ -288,7 +294,95 @@ def plan_rewrite(
     credentials change.
     """
     assert call.protocol and call.route
-    protocol, route = call.protocol, call.route
+    model = call.upstream_model or (call.request.model if call.request else "")
+    return _same_protocol(call, call.route, model, raw_path, raw_body, secrets)
+
+
+def plan_attempts(
+    call: Call,
+    policy: EffectivePolicy,
+    config: GatewayConfig,
+    raw_path: str,
+    raw_body: bytes,
+    secrets: SecretStore,
+) -> Rewrite | Rejection:
+    """Plan the route's own attempt and then its fallbacks'; the first one's rewrite.
+
+    A fallback that could not serve this call (another caller protocol only, a
+    model the policy refuses, a secret that is not set) is left out with a log
+    line: the call is still decided by its own route.
+    """
+    assert call.route and call.upstream_model
+    primary = _attempt(call, call.route, call.upstream_model, raw_path, raw_body, secrets)
+    if isinstance(primary, Rejection):
+        return primary
+    call.attempts = [primary]
+    call.caller_body = raw_body
+    for route_id in call.route.fallbacks:
+        attempt = _fallback(call, config.route(route_id), policy, raw_path, raw_body, secrets)
+        if isinstance(attempt, str):
+            log.info("llmgate: %s: fallback route %r left out: %s", call.id, route_id, attempt)
+        else:
+            call.attempts.append(attempt)
+    return primary.rewrite
+
+
+def _fallback(
+    call: Call,
+    route: Route,
+    policy: EffectivePolicy,
+    raw_path: str,
+    raw_body: bytes,
+    secrets: SecretStore,
+) -> Attempt | str:
+    assert call.request
+    if not serves(route, call.protocol_name):
+        return f"it does not serve {call.protocol_name} callers"
+    upstream_model = route.upstream_model or call.request.model
+    denial = check_model(policy, call.request.model, upstream_model, route)
+    if denial is None and call.virtual_key and not route.api_key_secret:
+        return "it has no api_key_secret for an llmgate key"
+    if denial is not None:
+        return f"the policy refuses it ({denial.reason})"
+    attempt = _attempt(call, route, upstream_model, raw_path, raw_body, secrets)
+    return attempt.message if isinstance(attempt, Rejection) else attempt
+
+
+def _attempt(
+    call: Call,
+    route: Route,
+    upstream_model: str,
+    raw_path: str,
+    raw_body: bytes,
+    secrets: SecretStore,
+) -> Attempt | Rejection:
+    protocol = upstream_protocol(route.provider, call.protocol_name)
+    if protocol == call.protocol_name:
+        rewrite = _same_protocol(call, route, upstream_model, raw_path, raw_body, secrets)
+        translation = None
+    else:
+        credentials = _credentials(route, PROTOCOLS[protocol], secrets)
+        if isinstance(credentials, Rejection):
+            return credentials
+        planned = translate_call(call, route, upstream_model, protocol, credentials[0])
+        if isinstance(planned, Rejection):
+            return planned
+        rewrite, translation = planned
+    if isinstance(rewrite, Rejection):
+        return rewrite
+    return Attempt(route, upstream_model, protocol, rewrite, translation)
+
+
+def _same_protocol(
+    call: Call,
+    route: Route,
+    upstream_model: str,
+    raw_path: str,
+    raw_body: bytes | None,
+    secrets: SecretStore,
+) -> Rewrite | Rejection:
+    assert call.protocol
+    protocol = call.protocol
     credentials = _credentials(route, protocol, secrets)
     if isinstance(credentials, Rejection):
         return credentials
@@ -297,7 +391,7 @@ def plan_rewrite(
     path = strip_credential_params(raw_path) if route.api_key_secret else raw_path
     body = None
     if raw_body is not None and call.request is not None:
-        model_change = call.upstream_model if call.upstream_model != call.request.model else None
+        model_change = upstream_model if upstream_model != call.request.model else None
         if model_change and protocol.model_from_path(path):
             path = protocol.path_with_model(path, model_change)
         body, call.hide_injected = protocol.edit_request(
@@ -347,6 +441,21 @@ def settle(
                 output_texts = part_texts(call.protocol.parse_response(body).content)
         except (ValueError, RecursionError, ProtocolError):
             output_texts = [response_body.decode("utf-8", "replace")]
+
+    translation = call.translation
+    if translation is not None and translation.usage is not None:
+        # The provider's own report, before the caller's protocol had to express it.
+        usage = translation.usage
+    if call.attempted and call.serving is not None:
+        # A fallback may have served: the row names the route that did.
+        serving = call.serving
+        fields.update(
+            route=serving.route.id,
+            provider=serving.route.provider,
+            upstream_model=serving.upstream_model,
+            upstream_protocol=serving.upstream_protocol,
+            upstream_host=serving.rewrite.upstream.host,
+        )
 
     if cancelled:
         fields["status"] = "cancelled"

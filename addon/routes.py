@@ -20,15 +20,58 @@ class Upstream:
     port: int
     path: str
 
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
 
-def match_route(routes: list[Route], model: str, provider: str) -> Route | None:
-    """The first route whose pattern matches and whose provider speaks the caller's protocol.
 
-    llmgate does not translate between wire protocols, so a route for another
-    provider can never serve the call and is skipped rather than chosen.
+# What each provider speaks natively; any other caller protocol is translated
+# to the provider's own protocol.
+NATIVE_PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "openai": ("openai_chat", "openai_responses"),
+    "openai_chat": ("openai_chat",),
+    "anthropic": ("anthropic_messages",),
+    "gemini": ("gemini",),
+}
+PROVIDER_PROTOCOL = {
+    "openai": "openai_chat",
+    "openai_chat": "openai_chat",
+    "anthropic": "anthropic_messages",
+    "gemini": "gemini",
+}
+TRANSLATABLE = ("openai_chat", "openai_responses", "anthropic_messages", "gemini")
+
+
+def upstream_protocol(provider: str, caller: str) -> str:
+    """The wire protocol a call of protocol `caller` is sent in to `provider`."""
+    return caller if caller in NATIVE_PROTOCOLS[provider] else PROVIDER_PROTOCOL[provider]
+
+
+def serves(route: Route, caller: str, *, translate: bool = True) -> bool:
+    """Whether `route` can carry a call of protocol `caller`.
+
+    `translate` False (a WebSocket, whose messages llmgate does not translate)
+    admits only routes that speak the caller's protocol natively.
     """
+    if route.callers is not None and caller not in route.callers:
+        return False
+    if caller in NATIVE_PROTOCOLS[route.provider]:
+        return True
+    return translate and caller in TRANSLATABLE
+
+
+def served_callers(route: Route) -> list[tuple[str, str]]:
+    """(caller protocol, upstream protocol) for every caller the route serves."""
+    return [(c, upstream_protocol(route.provider, c)) for c in TRANSLATABLE if serves(route, c)]
+
+
+def match_route(
+    routes: list[Route], model: str, caller: str, *, translate: bool = True
+) -> Route | None:
+    """The first route whose pattern matches and that can carry the caller's protocol."""
     for route in routes:
-        if route.provider == provider and route.matches(model):
+        if route.matches(model) and serves(route, caller, translate=translate):
             return route
     return None
 

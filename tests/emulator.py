@@ -34,16 +34,44 @@ Control headers (all optional, case-insensitive names):
 ``x-emulator-pause-ms: N``       sleep N ms before every body event after the first
 ``x-emulator-reset-after: K``    after K body events, abort the connection with a TCP RST
 ``x-emulator-gzip: 1``           gzip the body, flushed (Z_SYNC_FLUSH) after every event
-``x-emulator-tool-call: <name>``  Responses replies call the function ``<name>`` instead of
-                                 answering text, unless the input already holds a tool
-                                 output (``*_call_output`` item): then the text reply
-``x-emulator-tool-args: <json>``  that call's arguments, percent-decoded (default ``{}``)
+``x-emulator-tool-call: <names>`` the reply calls the function(s) named (comma-separated:
+                                 ``a,b`` makes two parallel calls, each with its own id)
+                                 instead of answering text, in every protocol: Chat
+                                 ``tool_calls`` (finish_reason ``tool_calls``), Responses
+                                 ``function_call`` items, Anthropic ``tool_use`` blocks
+                                 (stop_reason ``tool_use``), Gemini ``functionCall`` parts
+                                 with an ``id`` (finishReason ``STOP``). Streamed, the
+                                 arguments arrive in several fragments (Chat tool call deltas,
+                                 ``function_call_arguments.delta``, ``input_json_delta``);
+                                 Gemini sends one chunk per call. Unless the request already
+                                 holds a tool output (a Chat ``tool`` message, a Responses
+                                 ``*_call_output`` item, an Anthropic ``tool_result`` block, a
+                                 Gemini ``functionResponse`` part): then the text reply
+``x-emulator-tool-args: <json>``  every call's arguments, percent-decoded (default ``{}``);
+                                 a JSON object for Anthropic and Gemini, which carry objects
+``x-emulator-thinking: <text>``   the reply starts with this reasoning, percent-decoded, in
+                                 the protocol's own form: an Anthropic ``thinking`` block
+                                 (signature ``sig-<n>``), a Gemini part with ``thought: true``
+                                 and a ``thoughtSignature`` (base64 of ``sig-<n>``), Chat
+                                 ``reasoning_content``, a Responses ``reasoning`` item with a
+                                 ``summary_text`` and ``encrypted_content``; streamed as deltas
 ``x-emulator-ws-reject: N``      refuse a WebSocket upgrade with HTTP status N (an OpenAI
                                  error body), so that clients fall back to HTTPS
 ``x-emulator-ws-deflate: 0``     decline permessage-deflate on a WebSocket upgrade
 
 Precedence: ``x-emulator-status`` > ``x-emulator-fixture`` > synthetic reply. The delivery
 controls (pause, reset, gzip) apply to all three.
+
+Every HTTP request to a protocol endpoint is checked first, whatever the controls say, by
+``tests.emulator_checks.check_request`` against the rules the real provider enforces
+(Anthropic's turn alternation and tool_use / tool_result pairing, Chat's tool_call_id
+answers and JSON arguments, Gemini's part shapes and functionCall / functionResponse
+turns, ...): a malformed translation by the gateway must fail the test, not get a
+friendly answer. An invalid request is answered 400 in the protocol's error format with
+the message ``emulator: invalid <protocol> request: <reason>``, and its ``Hit.invalid``
+holds the reason. One exception: a fixture that records the provider refusing a request
+(status >= 400) is replayed even for an invalid request (``Hit.invalid`` is still set), as
+the recorded requests of those fixtures are the invalid ones.
 
 On a WebSocket the controls come from the upgrade request's headers and apply to every
 message on that connection: ``x-emulator-status`` answers each ``response.create`` with an
@@ -53,13 +81,17 @@ gzip does not apply. Clients that cannot add headers (a CLI agent) can be steere
 does not send the header itself, until ``reset()``.
 
 Usage: a synthetic reply reports ``expected_usage(hit.body, reply)``; for a WebSocket
-message ``hit.body`` is the message's UTF-8 text; for a tool call ``reply`` is the call's
-arguments string; a ``response.create`` with ``"generate": false`` (a warm-up) reports no
-output tokens.
+message ``hit.body`` is the message's UTF-8 text; for tool calls ``reply`` is the calls'
+arguments strings joined with spaces (one call: its arguments string); with
+``x-emulator-thinking`` the thinking text and a space come first (``f"{thinking} {reply}"``),
+and its word count is reported as reasoning tokens (Gemini: ``thoughtsTokenCount``, not
+part of ``candidatesTokenCount``); a ``response.create`` with ``"generate": false`` (a
+warm-up) reports no output tokens.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -96,6 +128,11 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import generate_accept_token
 
+try:
+    from tests.emulator_checks import check_request
+except ImportError:  # loaded as a top-level module, beside emulator_checks.py
+    from emulator_checks import check_request  # type: ignore[no-redef]
+
 __all__ = [
     "DEFAULT_CHUNKS",
     "DEFAULT_FIXTURES_DIR",
@@ -111,6 +148,7 @@ __all__ = [
     "HEADER_RESET_AFTER",
     "HEADER_STATUS",
     "HEADER_TOOL_ARGS",
+    "HEADER_THINKING",
     "HEADER_TOOL_CALL",
     "HEADER_WS_DEFLATE",
     "HEADER_WS_REJECT",
@@ -146,6 +184,7 @@ HEADER_RESET_AFTER = "x-emulator-reset-after"
 HEADER_GZIP = "x-emulator-gzip"
 HEADER_TOOL_CALL = "x-emulator-tool-call"
 HEADER_TOOL_ARGS = "x-emulator-tool-args"
+HEADER_THINKING = "x-emulator-thinking"
 HEADER_WS_REJECT = "x-emulator-ws-reject"
 HEADER_WS_DEFLATE = "x-emulator-ws-deflate"
 
@@ -390,6 +429,9 @@ class Hit:
     message's UTF-8 text as ``body``, ``connection`` numbering its WebSocket (1, 2, ...
     per emulator) and, when the emulator refused the message, ``error`` saying why
     (the client got an ``error`` event).
+
+    ``invalid`` says why an HTTP request broke its protocol's rules (see
+    ``tests.emulator_checks.check_request``); the client got a 400. None when valid.
     """
 
     method: str
@@ -400,6 +442,7 @@ class Hit:
     transport: str = "http"
     connection: int | None = None
     error: str | None = None
+    invalid: str | None = None
 
     @property
     def websocket(self) -> bool:
@@ -440,6 +483,7 @@ class _Controls:
     gzip: bool = False
     tool_call: str | None = None
     tool_args: str = "{}"
+    thinking: str | None = None
     ws_reject: int | None = None
     ws_deflate: bool = True
 
@@ -457,6 +501,7 @@ class _Controls:
 
         reply = headers.get(HEADER_REPLY)
         tool_args = headers.get(HEADER_TOOL_ARGS)
+        thinking = headers.get(HEADER_THINKING)
         deflate = headers.get(HEADER_WS_DEFLATE, "").strip().lower()
         return cls(
             status=num(HEADER_STATUS),
@@ -471,6 +516,7 @@ class _Controls:
             gzip=flag(HEADER_GZIP),
             tool_call=headers.get(HEADER_TOOL_CALL, "").strip() or None,
             tool_args="{}" if tool_args is None else unquote(tool_args),
+            thinking=None if thinking is None else unquote(thinking),
             ws_reject=num(HEADER_WS_REJECT),
             ws_deflate=deflate not in {"0", "false", "no", "off"},
         )
@@ -577,9 +623,33 @@ class _Synth:
     usage: Usage | None
     serial: str
     created: int
-    tool_call: tuple[str, str] | None = None  # (name, arguments): a Responses function call
+    # (name, arguments) of each function the reply calls instead of answering text
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
+    thinking: str | None = None  # the reasoning the reply starts with
     generate: bool = True  # False: a Responses warm-up, no output
     cache_write_tokens: int | None = None  # OpenAI usage only; None: the field is absent
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """The part of the output tokens spent on ``thinking``: its word count."""
+        return len(self.thinking.split()) if self.thinking else 0
+
+    def call_id(self, prefix: str, n: int) -> str:
+        """A call's id, distinct per call and per reply: ``<prefix>emu<serial>[_<n>]``."""
+        return f"{prefix}emu{self.serial}" + (f"_{n}" if n else "")
+
+    @property
+    def signature(self) -> str:
+        """The opaque signature of the reply's thinking."""
+        return f"sig-{int(self.serial)}"
+
+
+def _tool_input(arguments: str) -> dict[str, Any]:
+    """A call's arguments as the object Anthropic and Gemini carry (``{}`` for ``""``)."""
+    parsed = json.loads(arguments) if arguments.strip() else {}
+    if not isinstance(parsed, dict):
+        raise ValueError(f"x-emulator-tool-args must be a JSON object, got {arguments!r}")
+    return parsed
 
 
 def _input_details(s: _Synth, base: dict[str, Any]) -> dict[str, Any]:
@@ -596,7 +666,7 @@ def _chat_usage(u: Usage, s: _Synth) -> dict[str, Any]:
         "total_tokens": u.total_tokens,
         "prompt_tokens_details": _input_details(s, {"cached_tokens": 0, "audio_tokens": 0}),
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": s.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -615,21 +685,26 @@ def _openai_chat(s: _Synth) -> _Reply:
         "service_tier": "default",
         "system_fingerprint": "fp_emulator",
     }
+    calls = [
+        {
+            "id": s.call_id("call_", n),
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        for n, (name, arguments) in enumerate(s.tool_calls)
+    ]
+    finish = "tool_calls" if calls else "stop"
     if not s.body.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": None if calls else s.reply}
+        if s.thinking is not None:
+            message["reasoning_content"] = s.thinking
+        message.update(refusal=None, annotations=[])
+        if calls:
+            message["tool_calls"] = calls
         obj: dict[str, Any] = {
             **base,
             "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": s.reply,
-                        "refusal": None,
-                        "annotations": [],
-                    },
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             ],
         }
         if s.usage is not None:
@@ -650,9 +725,24 @@ def _openai_chat(s: _Synth) -> _Reply:
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-    events = [chunk(choice({"role": "assistant", "content": "", "refusal": None}))]
-    events += [chunk(choice({"content": piece})) for piece in s.pieces]
-    events.append(chunk(choice({}, "stop")))
+    events = [
+        chunk(choice({"role": "assistant", "content": None if calls else "", "refusal": None}))
+    ]
+    if s.thinking is not None:
+        events += [
+            chunk(choice({"reasoning_content": p})) for p in split_text(s.thinking, len(s.pieces))
+        ]
+    if calls:
+        for n, call in enumerate(calls):
+            start = {**call, "function": {**call["function"], "arguments": ""}}
+            events.append(chunk(choice({"tool_calls": [{"index": n, **start}]})))
+            events += [
+                chunk(choice({"tool_calls": [{"index": n, "function": {"arguments": piece}}]}))
+                for piece in split_text(call["function"]["arguments"], max(2, len(s.pieces)))
+            ]
+    else:
+        events += [chunk(choice({"content": piece})) for piece in s.pieces]
+    events.append(chunk(choice({}, finish)))
     if include_usage and s.usage is not None:
         events.append(chunk([], _chat_usage(s.usage, s)))
     events.append("data: [DONE]\n\n")
@@ -665,41 +755,111 @@ def _responses_payloads(s: _Synth) -> tuple[dict[str, Any], list[dict[str, Any]]
     """A Responses reply: the final response object, and the stream's events in order
     (each with its ``sequence_number``), as SSE ``data`` or WebSocket messages carry them.
 
-    The output is one assistant message with ``s.reply``, or one ``function_call`` when
-    ``s.tool_call`` is set, or nothing for a warm-up (``"generate": false``).
+    The output is a ``reasoning`` item when ``s.thinking`` is set, then one assistant
+    message with ``s.reply``, or one ``function_call`` per ``s.tool_calls``; nothing at all
+    for a warm-up (``"generate": false``).
     """
-    resp_id, item_id = f"resp_emu{s.serial}", f"msg_emu{s.serial}"
+    resp_id = f"resp_emu{s.serial}"
     usage = None
     if s.usage is not None:
         usage = {
             "input_tokens": s.usage.input_tokens,
             "input_tokens_details": _input_details(s, {"cached_tokens": 0}),
             "output_tokens": s.usage.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": s.reasoning_tokens},
             "total_tokens": s.usage.total_tokens,
         }
-    part_done = {"type": "output_text", "annotations": [], "logprobs": [], "text": s.reply}
-    item_done: dict[str, Any]
-    name, arguments = s.tool_call or ("", "")
-    if s.tool_call is not None:
-        item_id = f"fc_emu{s.serial}"
-        item_done = {
-            "type": "function_call",
-            "id": item_id,
-            "call_id": f"call_emu{s.serial}",
-            "name": name,
-            "arguments": arguments,
-            "status": "completed",
+    # Each output item: its final form, and the events that stream it (without the
+    # output_item.added / done pair, which all items share).
+    items: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = []
+    if s.generate and s.thinking is not None:
+        summary = {"type": "summary_text", "text": s.thinking}
+        done = {
+            "id": f"rs_emu{s.serial}",
+            "type": "reasoning",
+            "summary": [summary],
+            "encrypted_content": f"enc-{s.signature}",
         }
+        at = {"item_id": done["id"], "output_index": len(items), "summary_index": 0}
+        items.append(
+            (
+                done,
+                {**done, "summary": []},
+                [
+                    {
+                        "type": "response.reasoning_summary_part.added",
+                        **at,
+                        "part": {**summary, "text": ""},
+                    },
+                    *(
+                        {"type": "response.reasoning_summary_text.delta", **at, "delta": piece}
+                        for piece in split_text(s.thinking, len(s.pieces))
+                    ),
+                    {"type": "response.reasoning_summary_text.done", **at, "text": s.thinking},
+                    {"type": "response.reasoning_summary_part.done", **at, "part": summary},
+                ],
+            )
+        )
+    if not s.generate:
+        pass
+    elif s.tool_calls:
+        for n, (name, arguments) in enumerate(s.tool_calls):
+            done = {
+                "type": "function_call",
+                "id": s.call_id("fc_", n),
+                "call_id": s.call_id("call_", n),
+                "name": name,
+                "arguments": arguments,
+                "status": "completed",
+            }
+            at = {"item_id": done["id"], "output_index": len(items)}
+            items.append(
+                (
+                    done,
+                    {**done, "status": "in_progress", "arguments": ""},
+                    [
+                        *(
+                            {"type": "response.function_call_arguments.delta", **at, "delta": p}
+                            for p in split_text(arguments, len(s.pieces))
+                        ),
+                        {
+                            "type": "response.function_call_arguments.done",
+                            **at,
+                            "arguments": arguments,
+                        },
+                    ],
+                )
+            )
     else:
-        item_done = {
-            "id": item_id,
+        part_done = {"type": "output_text", "annotations": [], "logprobs": [], "text": s.reply}
+        done = {
+            "id": f"msg_emu{s.serial}",
             "type": "message",
             "status": "completed",
             "content": [part_done],
             "role": "assistant",
         }
-    output = [] if not s.generate else [item_done]
+        at = {"item_id": done["id"], "output_index": len(items), "content_index": 0}
+        items.append(
+            (
+                done,
+                {**done, "status": "in_progress", "content": []},
+                [
+                    {
+                        "type": "response.content_part.added",
+                        **at,
+                        "part": {**part_done, "text": ""},
+                    },
+                    *(
+                        {"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
+                        for piece in s.pieces
+                    ),
+                    {"type": "response.output_text.done", **at, "text": s.reply, "logprobs": []},
+                    {"type": "response.content_part.done", **at, "part": part_done},
+                ],
+            )
+        )
+    output = [done for done, _, _ in items]
 
     def response(done: bool) -> dict[str, Any]:
         return {
@@ -739,52 +899,45 @@ def _responses_payloads(s: _Synth) -> tuple[dict[str, Any], list[dict[str, Any]]
         {"type": "response.created", "response": response(done=False)},
         {"type": "response.in_progress", "response": response(done=False)},
     ]
-    if not s.generate:
-        pass
-    elif s.tool_call is not None:
-        at = {"item_id": item_id, "output_index": 0}
-        payloads += [
-            {
-                "type": "response.output_item.added",
-                "output_index": 0,
-                "item": {**item_done, "status": "in_progress", "arguments": ""},
-            },
-            *(
-                {"type": "response.function_call_arguments.delta", **at, "delta": piece}
-                for piece in split_text(arguments, len(s.pieces))
-            ),
-            {"type": "response.function_call_arguments.done", **at, "arguments": arguments},
-            {"type": "response.output_item.done", "output_index": 0, "item": item_done},
-        ]
-    else:
-        at = {"item_id": item_id, "output_index": 0, "content_index": 0}
-        payloads += [
-            {
-                "type": "response.output_item.added",
-                "output_index": 0,
-                "item": {**item_done, "status": "in_progress", "content": []},
-            },
-            {"type": "response.content_part.added", **at, "part": {**part_done, "text": ""}},
-            *(
-                {"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
-                for piece in s.pieces
-            ),
-            {"type": "response.output_text.done", **at, "text": s.reply, "logprobs": []},
-            {"type": "response.content_part.done", **at, "part": part_done},
-            {"type": "response.output_item.done", "output_index": 0, "item": item_done},
-        ]
+    for index, (done, added, middle) in enumerate(items):
+        payloads.append(
+            {"type": "response.output_item.added", "output_index": index, "item": added}
+        )
+        payloads += middle
+        payloads.append({"type": "response.output_item.done", "output_index": index, "item": done})
     payloads.append({"type": "response.completed", "response": response(done=True)})
     events = [{**p, "sequence_number": n} for n, p in enumerate(payloads)]
     return response(done=True), events
 
 
-def _has_tool_output(request: dict[str, Any]) -> bool:
-    """Whether a Responses input already answers a tool call (``*_call_output`` item)."""
-    items = request.get("input")
-    return isinstance(items, list) and any(
-        isinstance(item, dict) and str(item.get("type", "")).endswith("_call_output")
-        for item in items
-    )
+def _has_tool_output(protocol: str, request: dict[str, Any]) -> bool:
+    """Whether a request already answers a tool call: a Responses ``*_call_output`` item,
+    a Chat ``tool`` message, an Anthropic ``tool_result`` block, a Gemini
+    ``functionResponse`` part."""
+
+    def items(key: str) -> list[Any]:
+        value = request.get(key)
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+    def inner(container: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        value = container.get(key)
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+    if protocol == "openai_responses":
+        return any(str(i.get("type", "")).endswith("_call_output") for i in items("input"))
+    if protocol == "openai_chat":
+        return any(m.get("role") in ("tool", "function") for m in items("messages"))
+    if protocol == "anthropic_messages":
+        return any(
+            b.get("type") == "tool_result" for m in items("messages") for b in inner(m, "content")
+        )
+    if protocol == "gemini":
+        return any(
+            "functionResponse" in p or "function_response" in p
+            for c in items("contents")
+            for p in inner(c, "parts")
+        )
+    return False
 
 
 def _check_response_create(message: Any) -> tuple[str, str | None] | None:
@@ -823,6 +976,7 @@ def _openai_responses(s: _Synth) -> _Reply:
 
 def _anthropic_messages(s: _Synth) -> _Reply:
     msg_id = f"msg_emu{s.serial}"
+    stop_reason = "tool_use" if s.tool_calls else "end_turn"
 
     def usage(output_tokens: int) -> dict[str, Any] | None:
         if s.usage is None:
@@ -849,16 +1003,43 @@ def _anthropic_messages(s: _Synth) -> _Reply:
             msg["usage"] = u
         return msg
 
+    # The final content blocks, and the deltas that stream each one.
+    blocks: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = []
+    if s.thinking is not None:
+        block = {"type": "thinking", "thinking": s.thinking, "signature": s.signature}
+        deltas = [
+            {"type": "thinking_delta", "thinking": p} for p in split_text(s.thinking, len(s.pieces))
+        ]
+        deltas.append({"type": "signature_delta", "signature": s.signature})
+        blocks.append((block, {**block, "thinking": "", "signature": ""}, deltas))
+    if s.tool_calls:
+        for n, (name, arguments) in enumerate(s.tool_calls):
+            block = {
+                "type": "tool_use",
+                "id": s.call_id("toolu_", n),
+                "name": name,
+                "input": _tool_input(arguments),
+            }
+            deltas = [
+                {"type": "input_json_delta", "partial_json": p}
+                for p in split_text(arguments, max(2, len(s.pieces)))
+            ]
+            blocks.append((block, {**block, "input": {}}, deltas))
+    else:
+        block = {"type": "text", "text": s.reply}
+        deltas = [{"type": "text_delta", "text": p} for p in s.pieces]
+        blocks.append((block, {**block, "text": ""}, deltas))
+
     if not s.body.get("stream"):
         out = s.usage.output_tokens if s.usage else 0
-        msg = message([{"type": "text", "text": s.reply}], "end_turn", out)
+        msg = message([b for b, _, _ in blocks], stop_reason, out)
         reply = _json_reply(200, msg)
         reply.headers.append(("request-id", f"req_emu{s.serial}"))
         return reply
 
     delta: dict[str, Any] = {
         "type": "message_delta",
-        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
     }
     if s.usage is not None:
         delta["usage"] = {
@@ -867,18 +1048,14 @@ def _anthropic_messages(s: _Synth) -> _Reply:
             "cache_read_input_tokens": 0,
             "output_tokens": s.usage.output_tokens,
         }
-    payloads: list[dict[str, Any]] = [
-        {"type": "message_start", "message": message([], None, 1)},
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        {"type": "ping"},
-        *(
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
-            for p in s.pieces
-        ),
-        {"type": "content_block_stop", "index": 0},
-        delta,
-        {"type": "message_stop"},
-    ]
+    payloads: list[dict[str, Any]] = [{"type": "message_start", "message": message([], None, 1)}]
+    for index, (_, start, deltas) in enumerate(blocks):
+        payloads.append({"type": "content_block_start", "index": index, "content_block": start})
+        if index == 0:
+            payloads.append({"type": "ping"})
+        payloads += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+        payloads.append({"type": "content_block_stop", "index": index})
+    payloads += [delta, {"type": "message_stop"}]
     events = [f"event: {p['type']}\ndata: {_dumps(p)}\n\n" for p in payloads]
     reply = _sse_reply(events)
     reply.headers.append(("request-id", f"req_emu{s.serial}"))
@@ -887,9 +1064,10 @@ def _anthropic_messages(s: _Synth) -> _Reply:
 
 def _gemini(s: _Synth) -> _Reply:
     response_id = f"emu{s.serial}"
+    signature = base64.b64encode(s.signature.encode()).decode()
 
-    def chunk(text: str, final: bool) -> dict[str, Any]:
-        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+    def chunk(parts: list[dict[str, Any]], final: bool) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
         if final:
             candidate["finishReason"] = "STOP"
         candidate["index"] = 0
@@ -898,20 +1076,48 @@ def _gemini(s: _Synth) -> _Reply:
             u = s.usage
             meta: dict[str, Any] = {"promptTokenCount": u.input_tokens}
             if final:
-                meta["candidatesTokenCount"] = u.output_tokens
+                # Gemini counts the thoughts apart from the candidates.
+                meta["candidatesTokenCount"] = u.output_tokens - s.reasoning_tokens
             meta["totalTokenCount"] = u.total_tokens if final else u.input_tokens
             meta["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": u.input_tokens}]
+            if final and s.thinking is not None:
+                meta["thoughtsTokenCount"] = s.reasoning_tokens
             obj["usageMetadata"] = meta
         obj["modelVersion"] = s.model
         obj["responseId"] = response_id
         return obj
 
+    # The parts of the reply, one streamed chunk each.
+    thought_parts: list[dict[str, Any]] = []
+    if s.thinking is not None:
+        thought_parts = [
+            {"text": p, "thought": True} for p in split_text(s.thinking, len(s.pieces))
+        ]
+        thought_parts[-1]["thoughtSignature"] = signature
+    if s.tool_calls:
+        answer_parts = [
+            {
+                "functionCall": {
+                    "name": name,
+                    "args": _tool_input(arguments),
+                    "id": s.call_id("fc_", n),
+                }
+            }
+            for n, (name, arguments) in enumerate(s.tool_calls)
+        ]
+    else:
+        answer_parts = [{"text": p} for p in s.pieces]
+
     json_type = "application/json; charset=UTF-8"
     if not s.path.split("?", 1)[0].endswith(":streamGenerateContent"):
-        return _json_reply(200, chunk(s.reply, final=True), json_type)
+        thought = [{"text": s.thinking, "thought": True, "thoughtSignature": signature}]
+        answer = answer_parts if s.tool_calls else [{"text": s.reply}]
+        parts = (thought if s.thinking is not None else []) + answer
+        return _json_reply(200, chunk(parts, final=True), json_type)
 
-    last = len(s.pieces) - 1
-    chunks = [_dumps(chunk(p, final=i == last)) for i, p in enumerate(s.pieces)]
+    stream_parts = thought_parts + answer_parts
+    last = len(stream_parts) - 1
+    chunks = [_dumps(chunk([p], final=i == last)) for i, p in enumerate(stream_parts)]
     query = parse_qs(urlsplit(s.path).query)
     if "sse" in query.get("alt", []):
         headers = [("content-type", "text/event-stream"), ("content-disposition", "attachment")]
@@ -976,10 +1182,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         hit = Hit(self.command, self.path, headers, body)
         emulator = self.server.emulator
-        emulator._record(hit)
         controls = emulator._controls_for(headers)
         try:
-            reply = emulator._build_reply(self.command, self.path, body, controls)
+            hit.invalid = emulator._check(self.command, self.path, headers, body)
+            if hit.invalid is not None and not emulator._recorded_refusal(controls):
+                emulator._record(hit)
+                reply = emulator._invalid_reply(self.path, hit.invalid)
+            else:
+                emulator._record(hit)
+                reply = emulator._build_reply(self.command, self.path, body, controls)
         except Exception as exc:  # an emulator bug: say so instead of dropping the connection
             error = {"message": f"emulator failure: {exc!r}", "type": "emulator_error"}
             reply = _json_reply(500, {"error": error})
@@ -1370,6 +1581,35 @@ class Emulator:
 
     # replies -----------------------------------------------------------------------
 
+    def _check(self, method: str, path: str, headers: dict[str, str], body: bytes) -> str | None:
+        """Why an HTTP request breaks its protocol's rules, or None (also for requests
+        that are no protocol call at all: those get a 404)."""
+        protocol = detect_protocol(path)
+        if protocol is None or method != "POST":
+            return None
+        try:
+            request = json.loads(body) if body else None
+        except ValueError:
+            return "the request body is not valid JSON"
+        url = urlsplit(path)
+        return check_request(protocol, url.path, parse_qs(url.query), headers, request)
+
+    def _recorded_refusal(self, c: _Controls) -> bool:
+        """Whether the request replays a fixture that records the provider refusing its
+        request (status >= 400): that recording answers even an invalid request."""
+        if c.status is not None or c.fixture is None:
+            return False
+        try:
+            return int(load_fixture(c.fixture, self.fixtures_dir)["response"]["status"]) >= 400
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def _invalid_reply(self, path: str, reason: str) -> _Reply:
+        protocol = detect_protocol(path)
+        serial = f"{next(self._serial):08d}"
+        message = f"emulator: invalid {protocol} request: {reason}"
+        return _error_reply(protocol, 400, message, f"req_emu{serial}")
+
     def _build_reply(self, method: str, path: str, body: bytes, c: _Controls) -> _Reply:
         protocol = detect_protocol(path)
         serial = f"{next(self._serial):08d}"
@@ -1403,15 +1643,15 @@ class Emulator:
             model = match.group(1) if match else "gemini"
         else:
             model = str(request.get("model") or "emulator-model")
-        tool_call = None
-        generate = True
-        if protocol == "openai_responses":
-            if c.tool_call is not None and not _has_tool_output(request):
-                tool_call = (c.tool_call, c.tool_args)
-            generate = request.get("generate") is not False
+        tool_calls: list[tuple[str, str]] = []
+        if c.tool_call is not None and not _has_tool_output(protocol, request):
+            names = [n.strip() for n in c.tool_call.split(",") if n.strip()]
+            tool_calls = [(name, c.tool_args) for name in names]
+        generate = protocol != "openai_responses" or request.get("generate") is not False
         usage = None
         if not c.no_usage:
-            usage = expected_usage(body, c.reply if tool_call is None else tool_call[1])
+            answer = " ".join(a for _, a in tool_calls) if tool_calls else c.reply
+            usage = expected_usage(body, f"{c.thinking} {answer}" if c.thinking else answer)
             if not generate:
                 usage = Usage(usage.input_tokens, 0)
             elif c.output_tokens is not None:
@@ -1425,7 +1665,8 @@ class Emulator:
             usage=usage,
             serial=serial,
             created=int(time.time()),
-            tool_call=tool_call,
+            tool_calls=tool_calls,
+            thinking=c.thinking,
             generate=generate,
             cache_write_tokens=c.cache_write_tokens,
         )

@@ -20,7 +20,7 @@ ENTRY = ROOT / "scripts" / "llmgate_addon.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 MITMWEB = Path(sys.executable).parent / "mitmweb"
 # The tables addon/ledger/store.py creates when it opens a new ledger.
-LEDGER_TABLES = ("requests", "payloads", "findings")
+LEDGER_TABLES = ("requests", "payloads", "findings", "attempts")
 
 
 # Every proxy a test started and has not stopped: killed when the test process

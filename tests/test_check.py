@@ -14,7 +14,7 @@ import pytest
 
 from addon.checks import config_warnings, covers
 from addon.cli import main
-from addon.config import load_config
+from addon.config import ConfigError, load_config
 from addon.credentials import SecretStore
 from addon.ledger.pricing import load_pricing
 from addon.routes import match_route
@@ -109,7 +109,7 @@ def test_a_user_file_sorting_after_default_yaml_still_wins(check: Check, tmp_pat
     directory = policies(tmp_path, {"team.yaml": "routes:\n" + route("mine", "gpt-*")}, True)
     code, out, err = check(str(directory))
     assert code == 0 and "shadowed" not in err
-    assert match_route(load_config(directory).routes, "gpt-4o", "openai").id == "mine"
+    assert match_route(load_config(directory).routes, "gpt-4o", "openai_chat").id == "mine"
 
 
 def test_the_team_example_copied_beside_default_yaml_is_live(check: Check, tmp_path: Path) -> None:
@@ -118,8 +118,8 @@ def test_the_team_example_copied_beside_default_yaml_is_live(check: Check, tmp_p
     code, _, err = check(str(directory))
     assert code == 0 and "shadowed" not in err
     routes = load_config(directory).routes
-    assert match_route(routes, "gpt-5", "openai").id == "openai-team"
-    assert match_route(routes, "claude-sonnet-4-5", "anthropic").id == "anthropic-team"
+    assert match_route(routes, "gpt-5", "openai_chat").id == "openai-team"
+    assert match_route(routes, "claude-sonnet-4-5", "anthropic_messages").id == "anthropic-team"
 
 
 # --- warnings ----------------------------------------------------------------------
@@ -238,16 +238,28 @@ def test_covers_is_certain_or_silent(earlier: str, later: str, shadowed: bool) -
     assert covers(earlier, later) is shadowed
 
 
-def test_config_warnings_ignore_other_providers_and_fallbacks_hidden_by_user_routes(
+def test_config_warnings_ignore_other_callers_and_fallbacks_hidden_by_user_routes(
     tmp_path: Path,
 ) -> None:
+    claude_only = ", callers: [anthropic_messages]"
     directory = policies(
         tmp_path,
-        {"r.yaml": "routes:\n" + route("claude", "*", "anthropic") + route("gpt", "*")},
+        {
+            "r.yaml": "routes:\n"
+            + route("claude", "*", "anthropic", claude_only)
+            + route("gpt", "*")
+        },
         with_default=True,
     )
     warnings = config_warnings(load_config(directory), load_pricing(None), SecretStore())
     assert warnings == []  # default.yaml's fallbacks are meant to be hidden by these
+    # Without `callers`, a catch-all route translates every caller: the next one is dead.
+    wide = policies(
+        tmp_path / "w",
+        {"r.yaml": "routes:\n" + route("claude", "*", "anthropic") + route("gpt", "*")},
+    )
+    shadowed = config_warnings(load_config(wide), load_pricing(None), SecretStore())
+    assert [w.split(" (")[0] for w in shadowed] == ["route 'gpt'"]
     text = "fallback_routes:\n" + route("one", "*") + route("two", "gpt-*")
     config = load_config(policies(tmp_path / "b", {"f.yaml": text}))
     assert [w.split(" (")[0] for w in config_warnings(config, load_pricing(None), {})] == [
@@ -267,3 +279,37 @@ def test_the_route_table_shows_each_routes_timeouts(check: Check, tmp_path: Path
         "timeouts: connect 3 s, first byte 42 s, idle 7.5 s"
     ) in out.splitlines()
     assert "audit.on_failure: refuse" in out.replace("\n", " ")
+
+
+def test_the_route_table_says_which_callers_each_route_serves_and_translates(
+    check: Check, tmp_path: Path
+) -> None:
+    text = (
+        "routes:\n"
+        + route("claude", "claude-*", "anthropic", ", fallbacks: [local]")
+        + route("local", "llama-*", "openai_chat")
+        + route("gem", "gemini-*", "gemini", ", callers: [gemini]")
+    )
+    code, out, _ = check(str(policies(tmp_path, {"r.yaml": text})))
+    assert code == 0
+    lines = out.splitlines()
+    assert (
+        "    serves: openai_chat (translated to anthropic_messages), openai_responses "
+        "(translated to anthropic_messages), anthropic_messages, gemini (translated to "
+        "anthropic_messages)"
+    ) in lines
+    assert "    fallbacks: local" in lines
+    assert (
+        "    serves: openai_chat, openai_responses (translated to openai_chat), "
+        "anthropic_messages (translated to openai_chat), gemini (translated to openai_chat)"
+    ) in lines
+    assert "    serves: gemini" in lines
+
+
+def test_a_fallback_must_name_another_existing_route(tmp_path: Path) -> None:
+    text = "routes:\n" + route("a", "x", extra=", fallbacks: [a, nowhere]")
+    with pytest.raises(ConfigError) as raised:
+        load_config(policies(tmp_path, {"r.yaml": text}))
+    message = str(raised.value)
+    assert "routes[0] (id=a).fallbacks[0]: a route cannot be its own fallback" in message
+    assert "routes[0] (id=a).fallbacks[1]: no route has the id 'nowhere'" in message

@@ -70,7 +70,7 @@ def test_duplicate_route_ids_are_rejected(tmp_path: Path) -> None:
         load_config(write(tmp_path, "p.yaml", f"routes:\n  - {route}\n  - {route}\n"))
 
 
-def test_first_matching_route_of_the_callers_provider_wins(tmp_path: Path) -> None:
+def test_first_matching_route_wins_whatever_protocol_its_provider_speaks(tmp_path: Path) -> None:
     config = load_config(
         write(
             tmp_path,
@@ -80,16 +80,33 @@ def test_first_matching_route_of_the_callers_provider_wins(tmp_path: Path) -> No
             "  - {id: exact, model_pattern: gpt-4o, provider: openai, endpoint: https://b.example}\n"
             "  - {id: suffix, model_pattern: '*-mini', provider: openai, endpoint: https://c.example}\n"
             "  - {id: prefix, model_pattern: 'gpt-*', provider: openai, endpoint: https://d.example}\n"
-            "  - {id: all, model_pattern: '*', provider: openai, endpoint: https://e.example}\n",
+            "  - {id: all, model_pattern: '*', provider: openai, endpoint: https://e.example}\n"
+            "  - {id: gem, model_pattern: '*', provider: gemini, endpoint: https://f.example,\n"
+            "     callers: [gemini]}\n",
         )
     )
-    pick = lambda model, provider="openai": match_route(config.routes, model, provider).id  # noqa: E731
+    pick = lambda model, caller="openai_chat": match_route(config.routes, model, caller).id  # noqa: E731
     assert pick("gpt-4o") == "exact"
     assert pick("gpt-4o-mini") == "suffix"
     assert pick("gpt-5") == "prefix"
-    assert pick("claude-x") == "all"  # an anthropic route never serves an OpenAI call
-    assert pick("claude-x", "anthropic") == "claude"
-    assert match_route(config.routes, "gemini-2.5", "gemini") is None
+    assert pick("claude-x") == "claude"  # translated: Chat in, Anthropic Messages out
+    assert pick("claude-x", "anthropic_messages") == "claude"
+    assert pick("gemini-2.5", "gemini") == "all"  # the first match, translated to Chat
+    assert pick("gemini-2.5", "anthropic_messages") == "all"
+    # A WebSocket's messages are not translated: only a route that speaks Responses.
+    assert match_route(config.routes, "claude-x", "openai_responses", translate=False).id == "all"
+    # `callers` narrows a route to the protocols it names.
+    narrowed = load_config(
+        write(
+            tmp_path,
+            "q.yaml",
+            "routes:\n"
+            "  - {id: gem, model_pattern: '*', provider: gemini, endpoint: https://f.example,\n"
+            "     callers: [gemini]}\n",
+        )
+    )
+    assert match_route(narrowed.routes, "x", "openai_chat") is None
+    assert match_route(narrowed.routes, "x", "gemini").id == "gem"
 
 
 def test_upstream_url_joins_base_path_and_the_versioned_tail(tmp_path: Path) -> None:
@@ -207,8 +224,8 @@ def test_a_user_file_sorting_after_default_yaml_still_wins(tmp_path: Path) -> No
     route = "{id: team, model_pattern: 'gpt-*', provider: openai, endpoint: https://t.example}"
     write(tmp_path, "zz-team.yaml", f"routes:\n  - {route}\n")
     config = load_config(tmp_path)
-    assert match_route(config.routes, "gpt-4o", "openai").id == "team"
-    assert match_route(config.routes, "o3", "openai").id == "openai"  # the fallback
+    assert match_route(config.routes, "gpt-4o", "openai_chat").id == "team"
+    assert match_route(config.routes, "o3", "openai_chat").id == "openai"  # the fallback
     assert [r.id for r in config.fallback_routes] == ["openai", "anthropic", "gemini"]
 
 
@@ -216,8 +233,8 @@ def test_the_team_example_copied_beside_default_yaml_is_live(tmp_path: Path) -> 
     for source in (ROOT / "policies" / "default.yaml", ROOT / "policies/examples/team.yaml"):
         (tmp_path / source.name).write_text(source.read_text())
     config = load_config(tmp_path)
-    assert match_route(config.routes, "gpt-4.1", "openai").id == "openai-team"
-    assert match_route(config.routes, "claude-default", "anthropic").id == "claude-default"
+    assert match_route(config.routes, "gpt-4.1", "openai_chat").id == "openai-team"
+    assert match_route(config.routes, "claude-default", "anthropic_messages").id == "claude-default"
     assert match_route(config.routes, "gemini-2.5-pro", "gemini").id == "gemini"
 
 

@@ -47,8 +47,10 @@ audit: {{payload_max_bytes: 64}}
 routes:
   # An OpenAI-compatible vendor serving Claude (as OpenRouter does), which reports
   # explicit cache writes in the OpenAI usage object.
+  # Only for OpenAI callers: Anthropic callers of claude-* keep their own route.
   - {{id: openrouter-claude, model_pattern: "claude-*", provider: openai,
-     endpoint: "{emulator_url}", api_key_secret: UPSTREAM_OPENAI_KEY}}
+     endpoint: "{emulator_url}", api_key_secret: UPSTREAM_OPENAI_KEY,
+     callers: [openai_chat, openai_responses]}}
 policies:
   - name: tight-output
     applies_to: {{users: [settle-failed, settle-reset, settle-cancelled]}}

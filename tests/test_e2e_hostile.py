@@ -216,12 +216,21 @@ def test_nesting_just_past_the_limit_is_refused_and_just_within_is_not(
     protocol: str, gate: Proxy, emulator: Emulator
 ) -> None:
     """129 levels (128 is the documented limit) is refused; a tree of 100 goes through."""
-    raw = with_raw_member(valid_body(protocol), "metadata", nested_object(129))
+    raw = deep_body(protocol, 129)
     response = post(gate, url(protocol), raw, caller_headers(protocol))
     assert_refused(gate, emulator, response, wire=WIRE[protocol], status=400,
                    reason=("invalid_request", "invalid_json"), outcome="failed")  # fmt: skip
-    raw = with_raw_member(valid_body(protocol), "metadata", nested_object(100))
+    raw = deep_body(protocol, 100)
     assert_forwarded(gate, emulator, post(gate, url(protocol), raw, caller_headers(protocol)))
+
+
+def deep_body(protocol: str, depth: int) -> bytes:
+    """A valid call with a member nested `depth` levels, where the protocol allows free JSON:
+    `metadata`, or for Gemini (which has no such field) a response JSON schema."""
+    if protocol == "gemini":
+        schema = '{"responseJsonSchema":' + nested_object(depth - 1) + "}"
+        return with_raw_member(valid_body(protocol), "generationConfig", schema)
+    return with_raw_member(valid_body(protocol), "metadata", nested_object(depth))
 
 
 # --- 3. a raw 0xFF byte in the request target ----------------------------------------------

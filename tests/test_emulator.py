@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import ssl
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import anthropic
 import httpx2
@@ -23,10 +24,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from tests import emulator_checks
 from tests.emulator import (
     DEFAULT_REPLY,
     Emulator,
     Hit,
+    detect_protocol,
     expected_usage,
     fixture_names,
     input_tokens_for,
@@ -35,6 +38,7 @@ from tests.emulator import (
     split_events,
     split_text,
 )
+from tests.emulator_checks import check_request
 
 FIXTURES = fixture_names()
 CHAT = "/v1/chat/completions"
@@ -42,6 +46,20 @@ RESPONSES = "/v1/responses"
 MESSAGES = "/v1/messages"
 GEMINI = "/v1beta/models/gemini-test:generateContent"
 GEMINI_STREAM = "/v1beta/models/gemini-test:streamGenerateContent"
+ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
+
+
+def body(path: str, **fields: Any) -> dict[str, Any]:
+    """A minimal valid request body for the protocol of ``path``, with ``fields`` added."""
+    if path.split("?")[0].endswith("/chat/completions"):
+        base: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    elif path.split("?")[0].endswith("/responses"):
+        base = {"model": "m", "input": "hi"}
+    elif path.split("?")[0].endswith("/messages"):
+        base = {"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    else:
+        base = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    return {**base, **fields}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +80,7 @@ def tls(emu: Emulator) -> ssl.SSLContext:
 
 @pytest.fixture
 def http(tls: ssl.SSLContext) -> Iterator[httpx2.Client]:
-    with httpx2.Client(verify=tls, timeout=10) as client:
+    with httpx2.Client(verify=tls, timeout=10, headers=ANTHROPIC_VERSION) as client:
         yield client
 
 
@@ -93,7 +111,7 @@ def test_attributes_and_certificate(emu: Emulator, http: httpx2.Client) -> None:
     # The leaf also verifies under the DNS name.
     ctx = ssl.create_default_context(cafile=emu.ca_path)
     with httpx2.Client(verify=ctx) as client:
-        response = client.post(f"https://localhost:{emu.port}{CHAT}", json={"model": "m"})
+        response = client.post(f"https://localhost:{emu.port}{CHAT}", json=body(CHAT))
     assert response.status_code == 200
 
 
@@ -102,7 +120,7 @@ def test_start_stop_and_context_manager() -> None:
     try:
         assert emulator.port > 0
         ctx = ssl.create_default_context(cafile=emulator.ca_path)
-        assert httpx2.post(emulator.url + CHAT, json={}, verify=ctx).status_code == 200
+        assert httpx2.post(emulator.url + CHAT, json=body(CHAT), verify=ctx).status_code == 200
     finally:
         emulator.stop()
     emulator.stop()  # idempotent
@@ -174,8 +192,12 @@ def test_fixture_replay_is_byte_exact(emu: Emulator, http: httpx2.Client, stem: 
     path = url.path + (f"?{url.query}" if url.query else "")
     expected = fixture["response"]["body_text"].encode()
     headers = {"x-emulator-fixture": stem}
-    body = fixture["request"]["body"]
-    with http.stream("POST", emu.url + path, json=body, headers=headers) as response:
+    sent = fixture["request"]["body"]
+    why = check_request(fixture["protocol"], url.path, parse_qs(url.query), ANTHROPIC_VERSION, sent)
+    if why is not None:  # a recorded request the provider refused: the emulator refuses it too
+        assert "error_400" in stem, why
+        sent = body(path)
+    with http.stream("POST", emu.url + path, json=sent, headers=headers) as response:
         raw = b"".join(response.iter_raw())
     assert raw == expected
     assert response.status_code == fixture["response"]["status"]
@@ -193,7 +215,7 @@ def test_fixture_replay_is_byte_exact(emu: Emulator, http: httpx2.Client, stem: 
 
 
 def test_unknown_fixture_is_an_emulator_error(emu: Emulator, http: httpx2.Client) -> None:
-    response = http.post(emu.url + CHAT, json={}, headers={"x-emulator-fixture": "nope"})
+    response = http.post(emu.url + CHAT, json=body(CHAT), headers={"x-emulator-fixture": "nope"})
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "emulator_error"
 
@@ -208,7 +230,7 @@ def test_pause_and_no_buffering(emu: Emulator, http: httpx2.Client) -> None:
     received: list[float] = []
     buffer = b""
     start = time.monotonic()
-    with http.stream("POST", emu.url + MESSAGES, json={}, headers=headers) as response:
+    with http.stream("POST", emu.url + MESSAGES, json=body(MESSAGES), headers=headers) as response:
         for piece in response.iter_raw():
             buffer += piece
             # Record the arrival time of every event completed by this read.
@@ -236,7 +258,7 @@ def test_reset_after_k_events(emu: Emulator, http: httpx2.Client) -> None:
     got = b""
     with (
         pytest.raises(httpx2.TransportError),
-        http.stream("POST", emu.url + CHAT, json={}, headers=headers) as response,
+        http.stream("POST", emu.url + CHAT, json=body(CHAT), headers=headers) as response,
     ):
         assert response.status_code == 200
         for piece in response.iter_raw():
@@ -248,9 +270,9 @@ def test_reset_after_k_events(emu: Emulator, http: httpx2.Client) -> None:
 def test_reset_before_any_event(emu: Emulator, http: httpx2.Client) -> None:
     headers = {"x-emulator-reset-after": "0"}
     with pytest.raises(httpx2.TransportError):
-        http.post(emu.url + CHAT, json={"model": "m"}, headers=headers)
+        http.post(emu.url + CHAT, json=body(CHAT), headers=headers)
     # A fresh connection works afterwards.
-    assert http.post(emu.url + CHAT, json={"model": "m"}).status_code == 200
+    assert http.post(emu.url + CHAT, json=body(CHAT)).status_code == 200
 
 
 def test_gzip_stream_is_decodable_per_event(emu: Emulator, http: httpx2.Client) -> None:
@@ -261,7 +283,7 @@ def test_gzip_stream_is_decodable_per_event(emu: Emulator, http: httpx2.Client) 
     decoder = zlib.decompressobj(wbits=31)
     decoded_per_read: list[bytes] = []
     with http.stream(
-        "POST", emu.url + GEMINI_STREAM + "?alt=sse", json={}, headers=headers
+        "POST", emu.url + GEMINI_STREAM + "?alt=sse", json=body(GEMINI), headers=headers
     ) as response:
         assert response.headers["content-encoding"] == "gzip"
         for piece in response.iter_raw():
@@ -273,13 +295,15 @@ def test_gzip_stream_is_decodable_per_event(emu: Emulator, http: httpx2.Client) 
     non_empty = [d for d in decoded_per_read if d]
     assert non_empty[: len(events)] == [e.encode() for e in events]
     # And the client's own decoding agrees.
-    with http.stream("POST", emu.url + GEMINI_STREAM, json={}, headers=headers) as response:
+    with http.stream(
+        "POST", emu.url + GEMINI_STREAM, json=body(GEMINI), headers=headers
+    ) as response:
         assert b"".join(response.iter_bytes()) == text.encode()
 
 
 def test_gzip_buffered(emu: Emulator, http: httpx2.Client) -> None:
     headers = {"x-emulator-gzip": "1"}
-    response = http.post(emu.url + MESSAGES, json={"model": "claude-test"}, headers=headers)
+    response = http.post(emu.url + MESSAGES, json=body(MESSAGES), headers=headers)
     assert response.headers["content-encoding"] == "gzip"
     assert response.json()["content"][0]["text"] == DEFAULT_REPLY
     assert int(response.headers["content-length"]) < len(response.content)
@@ -290,8 +314,8 @@ def test_200_concurrent_requests(emu: Emulator, tls: ssl.SSLContext) -> None:
     headers = {"x-emulator-pause-ms": "100", "x-emulator-chunks": "2"}
 
     def one(i: int) -> bytes:
-        body = {"model": f"m{i}", "stream": True}
-        with client.stream("POST", emu.url + CHAT, json=body, headers=headers) as response:
+        sent = body(CHAT, model=f"m{i}", stream=True)
+        with client.stream("POST", emu.url + CHAT, json=sent, headers=headers) as response:
             assert response.status_code == 200
             return b"".join(response.iter_raw())
 
@@ -310,13 +334,13 @@ def test_200_concurrent_requests(emu: Emulator, tls: ssl.SSLContext) -> None:
 
 
 def test_chat_stream_usage_only_with_include_usage(emu: Emulator, http: httpx2.Client) -> None:
-    body = {"model": "gpt-test", "stream": True}
-    chunks = _sse_data(http.post(emu.url + CHAT, json=body).content)
+    sent = body(CHAT, stream=True)
+    chunks = _sse_data(http.post(emu.url + CHAT, json=sent).content)
     assert chunks[-1] == "[DONE]"
     assert all("usage" not in c and c["choices"] for c in chunks[:-1])
 
-    body["stream_options"] = {"include_usage": True}
-    chunks = _sse_data(http.post(emu.url + CHAT, json=body).content)
+    sent["stream_options"] = {"include_usage": True}
+    chunks = _sse_data(http.post(emu.url + CHAT, json=sent).content)
     usage_chunk = chunks[-2]
     assert usage_chunk["choices"] == []
     hit = emu.hits[-1]
@@ -326,9 +350,9 @@ def test_chat_stream_usage_only_with_include_usage(emu: Emulator, http: httpx2.C
 
 def test_no_usage(emu: Emulator, http: httpx2.Client) -> None:
     headers = {"x-emulator-no-usage": "1"}
-    chat = http.post(emu.url + CHAT, json={"model": "m"}, headers=headers).json()
+    chat = http.post(emu.url + CHAT, json=body(CHAT), headers=headers).json()
     assert "usage" not in chat
-    stream = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+    stream = body(CHAT, stream=True, stream_options={"include_usage": True})
     chunks = _sse_data(http.post(emu.url + CHAT, json=stream, headers=headers).content)
     assert all(c == "[DONE]" or (c["choices"] and c.get("usage") is None) for c in chunks)
 
@@ -339,17 +363,17 @@ def test_no_usage(emu: Emulator, http: httpx2.Client) -> None:
     )
     assert events[-1]["response"]["usage"] is None
 
-    message = http.post(emu.url + MESSAGES, json={"model": "m"}, headers=headers).json()
+    message = http.post(emu.url + MESSAGES, json=body(MESSAGES), headers=headers).json()
     assert "usage" not in message
     events = _sse_data(
-        http.post(emu.url + MESSAGES, json={"model": "m", "stream": True}, headers=headers).content
+        http.post(emu.url + MESSAGES, json=body(MESSAGES, stream=True), headers=headers).content
     )
     assert all("usage" not in e and "usage" not in e.get("message", {}) for e in events)
 
-    gemini = http.post(emu.url + GEMINI, json={}, headers=headers).json()
+    gemini = http.post(emu.url + GEMINI, json=body(GEMINI), headers=headers).json()
     assert "usageMetadata" not in gemini
     events = _sse_data(
-        http.post(emu.url + GEMINI_STREAM + "?alt=sse", json={}, headers=headers).content
+        http.post(emu.url + GEMINI_STREAM + "?alt=sse", json=body(GEMINI), headers=headers).content
     )
     assert events and all("usageMetadata" not in e for e in events)
 
@@ -380,9 +404,7 @@ def test_responses_stream_event_sequence(emu: Emulator, http: httpx2.Client) -> 
 
 
 def test_anthropic_stream_event_sequence(emu: Emulator, http: httpx2.Client) -> None:
-    raw = http.post(
-        emu.url + MESSAGES + "?beta=true", json={"model": "claude-test", "stream": True}
-    ).content
+    raw = http.post(emu.url + MESSAGES + "?beta=true", json=body(MESSAGES, stream=True)).content
     payloads = _sse_data(raw)
     assert [p["type"] for p in payloads] == [
         "message_start",
@@ -403,13 +425,13 @@ def test_anthropic_stream_event_sequence(emu: Emulator, http: httpx2.Client) -> 
 
 
 def test_gemini_stream_formats(emu: Emulator, http: httpx2.Client) -> None:
-    sse = http.post(emu.url + GEMINI_STREAM + "?alt=sse", json={"contents": []})
+    sse = http.post(emu.url + GEMINI_STREAM + "?alt=sse", json=body(GEMINI))
     assert sse.headers["content-type"].startswith("text/event-stream")
     events = split_events(sse.text)
     assert len(events) == 3
     assert all(e.startswith("data: {") and e.endswith("}\r\n\r\n") for e in events)
 
-    array = http.post(emu.url + GEMINI_STREAM, json={"contents": []})
+    array = http.post(emu.url + GEMINI_STREAM, json=body(GEMINI))
     assert array.headers["content-type"].startswith("application/json")
     assert array.text.startswith("[{") and array.text.endswith("}\n]")
     assert "\n,\r\n{" in array.text
@@ -427,12 +449,12 @@ def test_custom_reply_and_chunks(emu: Emulator, http: httpx2.Client) -> None:
     text = "Line one\nline two — ünïcode"
     headers = {"x-emulator-reply": quote(text), "x-emulator-chunks": "5"}
     chunks = _sse_data(
-        http.post(emu.url + CHAT, json={"model": "m", "stream": True}, headers=headers).content
+        http.post(emu.url + CHAT, json=body(CHAT, stream=True), headers=headers).content
     )
     deltas = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
     assert len(deltas) == 5
     assert "".join(deltas) == text
-    buffered = http.post(emu.url + MESSAGES, json={"model": "m"}, headers=headers).json()
+    buffered = http.post(emu.url + MESSAGES, json=body(MESSAGES), headers=headers).json()
     assert buffered["content"][0]["text"] == text
     assert buffered["usage"]["output_tokens"] == output_tokens_for(text) == 7
 
@@ -454,9 +476,8 @@ def test_invalid_json_body_is_400(emu: Emulator, http: httpx2.Client) -> None:
     ],
 )
 def test_status_error_shapes(emu: Emulator, http: httpx2.Client, path: str, check: Any) -> None:
-    response = http.post(
-        emu.url + path, json={"model": "m", "stream": True}, headers={"x-emulator-status": "429"}
-    )
+    sent = body(path) if "/models/" in path else body(path, stream=True)  # Gemini: by path
+    response = http.post(emu.url + path, json=sent, headers={"x-emulator-status": "429"})
     assert response.status_code == 429
     assert check(response.json())
 
@@ -964,3 +985,648 @@ def test_openai_sdk_websocket(emu: Emulator, tls: ssl.SSLContext) -> None:
     hit = _only_hit(emu)
     assert hit.websocket and hit.headers["authorization"] == "Bearer x"
     assert completed.usage.input_tokens == input_tokens_for(hit.body)
+
+
+# --------------------------------------------------------------------------- request checks
+
+PATHS = {
+    "openai_chat": CHAT,
+    "openai_responses": RESPONSES,
+    "anthropic_messages": MESSAGES,
+    "gemini": GEMINI,
+}
+PNG = (  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+    "AAAABJRU5ErkJggg=="
+)
+
+
+def _check(protocol: str, request: Any, path: str | None = None, **headers: str) -> str | None:
+    url = urlsplit(path or PATHS[protocol])
+    return check_request(
+        protocol, url.path, parse_qs(url.query), {**ANTHROPIC_VERSION, **headers}, request
+    )
+
+
+# Valid multi-turn conversations with tools, shaped as the SDKs send them.
+VALID_CHAT: Any = {
+    "model": "gpt-4o",
+    "messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "system", "content": [{"type": "text", "text": "Really."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Weather?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                {"id": "call_2", "type": "function",
+                 "function": {"name": "get_time", "arguments": "{}"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "noon"}]},
+        {"role": "assistant", "content": "Sunny at noon."},
+        {"role": "user", "content": "Thanks"},
+    ],
+    "tools": [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "get_time"}},
+    ],
+    "tool_choice": "auto",
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "max_completion_tokens": 100,
+}  # fmt: skip
+VALID_ANTHROPIC: Any = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 2048,
+    "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+    "thinking": {"type": "enabled", "budget_tokens": 1024},
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Weather?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": PNG}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "Call it.", "signature": "sig"},
+                {"type": "redacted_thinking", "data": "abc"},
+                {"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_01", "name": "get_weather",
+                 "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_02", "name": "get_time", "input": {}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01", "content": "sunny"},
+                {"type": "tool_result", "tool_use_id": "toolu_02", "is_error": True,
+                 "content": [{"type": "text", "text": "no clock"}]},
+                {"type": "text", "text": "And?"},
+            ],
+        },
+        {"role": "assistant", "content": "It is"},
+    ],
+    "tools": [
+        {"name": "get_weather", "input_schema": {"type": "object", "properties": {}}},
+        {"name": "get_time", "input_schema": {"type": "object"}},
+        {"type": "web_search_20250305", "name": "web_search"},
+    ],
+    "tool_choice": {"type": "auto"},
+    "temperature": 1,
+    "stream": True,
+}  # fmt: skip
+VALID_GEMINI: Any = {
+    "contents": [
+        {"role": "user", "parts": [
+            {"text": "Weather?"}, {"inline_data": {"mime_type": "image/png", "data": PNG}}]},
+        {"role": "model", "parts": [
+            {"text": "thinking", "thought": True},
+            {"functionCall": {"id": "fc_1", "name": "get_weather", "args": {"city": "Paris"}},
+             "thoughtSignature": "c2ln"},
+            {"function_call": {"name": "get_time", "args": {}}},
+        ]},
+        {"role": "user", "parts": [
+            {"functionResponse": {"id": "fc_1", "name": "get_weather",
+                                  "response": {"result": "sunny"}}},
+            {"function_response": {"name": "get_time", "response": {"output": "noon"}}},
+        ]},
+        {"role": "model", "parts": [{"text": "Sunny at noon."}]},
+        {"parts": [{"text": "Thanks"}]},
+    ],
+    "systemInstruction": {"parts": [{"text": "Be brief."}]},
+    "tools": [{"functionDeclarations": [
+        {"name": "get_weather", "parametersJsonSchema": {"type": "object"}},
+        {"name": "get_time", "parameters": {"type": "OBJECT"}},
+    ]}, {"googleSearch": {}}],
+    "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}},
+    "generation_config": {"temperature": 0.5, "maxOutputTokens": 100,
+                          "thinkingConfig": {"includeThoughts": True}},
+}  # fmt: skip
+VALID_RESPONSES: Any = {
+    "model": "gpt-5",
+    "instructions": "Be brief.",
+    "input": [
+        {"role": "user", "content": "Weather?"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Now"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "enc"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+         "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    ],
+    "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
+              {"type": "web_search"}],
+    "stream": True,
+}  # fmt: skip
+VALID = {
+    "openai_chat": VALID_CHAT,
+    "anthropic_messages": VALID_ANTHROPIC,
+    "gemini": VALID_GEMINI,
+    "openai_responses": VALID_RESPONSES,
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(VALID))
+def test_valid_conversations_pass_the_checks(protocol: str) -> None:
+    assert _check(protocol, VALID[protocol]) is None
+
+
+@pytest.mark.parametrize("stem", FIXTURES)
+def test_recorded_requests_pass_the_checks_unless_the_provider_refused_them(stem: str) -> None:
+    fixture = load_fixture(stem)
+    url = urlsplit(fixture["request"]["url"])
+    path = url.path + (f"?{url.query}" if url.query else "")
+    why = _check(fixture["protocol"], fixture["request"]["body"], path)
+    if stem == "openai_responses__error_400_invalid_request":  # temperature -1
+        assert why == "temperature must be a number between 0 and 2"
+    else:
+        assert why is None, why
+
+
+def _mutate(protocol: str, edit: Callable[[Any], Any]) -> Any:
+    request = copy.deepcopy(VALID[protocol])
+    edit(request)
+    return request
+
+
+def _msg(request: Any, i: int) -> Any:
+    return request["messages"][i]
+
+
+# (protocol, edit of the valid request, a piece of the expected reason)
+VIOLATIONS: list[tuple[str, Callable[[Any], Any], str]] = [
+    # Anthropic
+    ("anthropic_messages", lambda r: r.pop("max_tokens"), "max_tokens"),
+    ("anthropic_messages", lambda r: r.update(max_tokens=0), "max_tokens"),
+    ("anthropic_messages", lambda r: r.update(max_tokens="5"), "max_tokens"),
+    ("anthropic_messages", lambda r: r.update(messages=[]), "messages"),
+    ("anthropic_messages", lambda r: r.pop("model"), "model"),
+    ("anthropic_messages", lambda r: _msg(r, 0).update(role="system"), "role"),
+    ("anthropic_messages", lambda r: r["messages"].pop(0), "first message"),
+    ("anthropic_messages", lambda r: r["messages"].insert(1, {"role": "user", "content": "x"}),
+     "alternate"),
+    ("anthropic_messages", lambda r: _msg(r, 0).update(content=""), "non-empty content"),
+    ("anthropic_messages", lambda r: _msg(r, 0)["content"].append({"type": "video"}),
+     "unknown content block type"),
+    ("anthropic_messages", lambda r: _msg(r, 0)["content"].append({"type": "text", "text": ""}),
+     "non-empty"),
+    ("anthropic_messages", lambda r: _msg(r, 0)["content"][1]["source"].update(data="***"),
+     "base64"),
+    ("anthropic_messages", lambda r: _msg(r, 0)["content"][1]["source"].pop("media_type"),
+     "media_type"),
+    ("anthropic_messages", lambda r: _msg(r, 1)["content"][3].update(id="call 1"), "pattern"),
+    ("anthropic_messages", lambda r: _msg(r, 1)["content"][3].update(input='{"a": 1}'), "input"),
+    ("anthropic_messages", lambda r: _msg(r, 1)["content"][3].pop("name"), "name"),
+    ("anthropic_messages", lambda r: _msg(r, 2)["content"][0].update(tool_use_id="toolu_99"),
+     "unexpected `tool_use_id`"),
+    ("anthropic_messages", lambda r: _msg(r, 2)["content"].pop(1), "without `tool_result`"),
+    ("anthropic_messages", lambda r: _msg(r, 2)["content"].reverse(), "must come first"),
+    ("anthropic_messages", lambda r: _msg(r, 2)["content"][1].update(is_error="yes"), "is_error"),
+    ("anthropic_messages",
+     lambda r: _msg(r, 2)["content"][1].update(content=[{"type": "tool_use"}]), "may not hold"),
+    ("anthropic_messages", lambda r: _msg(r, 1)["content"][0].pop("signature"), "signature"),
+    ("anthropic_messages", lambda r: _msg(r, 1)["content"][1].pop("data"), "data"),
+    ("anthropic_messages", lambda r: _msg(r, 0)["content"].append(
+        {"type": "tool_use", "id": "t", "name": "n", "input": {}}), "assistant messages"),
+    ("anthropic_messages", lambda r: r.update(system=[{"type": "image"}]), "system"),
+    ("anthropic_messages", lambda r: r.update(system=5), "system"),
+    ("anthropic_messages", lambda r: r["tools"][0].pop("input_schema"), "input_schema"),
+    ("anthropic_messages", lambda r: r["tools"][0].update(input_schema={"type": "array"}),
+     "input_schema.type"),
+    ("anthropic_messages", lambda r: r["tools"][1].update(parameters={}, input_schema=None),
+     "input_schema"),
+    ("anthropic_messages", lambda r: r.update(tool_choice={"type": "required"}), "tool_choice"),
+    ("anthropic_messages", lambda r: r.update(temperature=1.5), "temperature"),
+    ("anthropic_messages", lambda r: r.update(max_output_tokens=5), "unknown field"),
+    ("anthropic_messages", lambda r: r.update(thinking={"type": "enabled", "budget_tokens": 10}),
+     "budget_tokens"),
+    ("anthropic_messages", lambda r: _msg(r, 0).update(name="bob"), "unknown field"),
+    # OpenAI Chat
+    ("openai_chat", lambda r: r.pop("model"), "model"),
+    ("openai_chat", lambda r: r.update(messages=[]), "messages"),
+    ("openai_chat", lambda r: _msg(r, 0).update(role="model"), "role"),
+    ("openai_chat", lambda r: _msg(r, 4).update(tool_call_id="call_9"), "role 'tool'"),
+    ("openai_chat", lambda r: r["messages"].pop(5), "did not have response messages: call_2"),
+    ("openai_chat", lambda r: r.update(messages=r["messages"][:5]),
+     "did not have response messages: call_2"),
+    ("openai_chat", lambda r: r["messages"].insert(4, {"role": "user", "content": "x"}),
+     "did not have response messages"),
+    ("openai_chat", lambda r: _msg(r, 3)["tool_calls"][0]["function"].update(arguments={}),
+     "must be a string"),
+    ("openai_chat",
+     lambda r: _msg(r, 3)["tool_calls"][0]["function"].update(arguments="{city: Paris}"),
+     "not valid JSON"),
+    ("openai_chat", lambda r: _msg(r, 3)["tool_calls"][0].pop("id"), "id"),
+    ("openai_chat", lambda r: _msg(r, 3)["tool_calls"][0].update(type="tool"), "type"),
+    ("openai_chat", lambda r: _msg(r, 3)["tool_calls"][1].update(id="call_1"), "duplicate"),
+    ("openai_chat", lambda r: _msg(r, 3).update(tool_calls=[]), "non-empty"),
+    ("openai_chat", lambda r: _msg(r, 6).update(content=None), "content is required"),
+    ("openai_chat", lambda r: _msg(r, 2)["content"].append({"type": "image", "url": "x"}),
+     "type"),
+    ("openai_chat", lambda r: _msg(r, 2)["content"][1]["image_url"].pop("url"), "url"),
+    ("openai_chat", lambda r: r["tools"].append({"name": "f", "parameters": {}}), "type"),
+    ("openai_chat", lambda r: r["tools"][0]["function"].pop("name"), "name"),
+    ("openai_chat", lambda r: r.update(stream=False), "stream_options"),
+    ("openai_chat", lambda r: r.update(max_tokens=5), "max_completion_tokens"),
+    ("openai_chat", lambda r: r.update(system="Be brief."), "Unrecognized request argument"),
+    ("openai_chat", lambda r: r.update(temperature=3), "temperature"),
+    ("openai_chat", lambda r: r.update(tool_choice="any"), "tool_choice"),
+    # Gemini
+    ("gemini", lambda r: r.update(contents=[]), "contents"),
+    ("gemini", lambda r: r.pop("contents"), "contents"),
+    ("gemini", lambda r: r["contents"][0].update(role="assistant"), "role"),
+    ("gemini", lambda r: r["contents"][0].update(parts=[]), "parts"),
+    ("gemini", lambda r: r["contents"][3]["parts"][0].update(thought=True, foo=1), "unknown"),
+    ("gemini", lambda r: r["contents"][3]["parts"][0].update(functionCall={"name": "f"}),
+     "exactly one"),
+    ("gemini", lambda r: r["contents"][3]["parts"][0].pop("text"), "exactly one"),
+    ("gemini", lambda r: r["contents"][0]["parts"][1]["inline_data"].pop("mime_type"),
+     "mimeType"),
+    ("gemini", lambda r: r["contents"][0]["parts"][1]["inline_data"].update(data="*"), "base64"),
+    ("gemini", lambda r: r["contents"][0]["parts"].append({"fileData": {}}), "fileUri"),
+    ("gemini", lambda r: r["contents"][1]["parts"][1]["functionCall"].update(args="{}"), "args"),
+    ("gemini", lambda r: r["contents"][2]["parts"][0]["functionResponse"].update(response="ok"),
+     "response"),
+    ("gemini", lambda r: r["contents"][2]["parts"][0]["functionResponse"].update(name="other"),
+     "answers no functionCall"),
+    ("gemini", lambda r: r["contents"][2]["parts"].pop(), "number of function response parts"),
+    ("gemini", lambda r: r["contents"].pop(1), "immediately after a function call turn"),
+    ("gemini", lambda r: r["contents"][2].update(role="model"), "functionResponse"),
+    ("gemini", lambda r: r["systemInstruction"].pop("parts"), "systemInstruction.parts"),
+    ("gemini", lambda r: r["tools"][0]["functionDeclarations"][0].update(parameters={}),
+     "at most one"),
+    ("gemini", lambda r: r["tools"][0]["functionDeclarations"][0].pop("name"), "name"),
+    ("gemini", lambda r: r["generation_config"].update(max_tokens=5), "generationConfig"),
+    ("gemini", lambda r: r.update(messages=[]), "Unknown name"),
+    # Responses
+    ("openai_responses", lambda r: r.pop("model"), "model"),
+    ("openai_responses", lambda r: r.update(input=5), "input"),
+    ("openai_responses", lambda r: r["input"].append({"type": "tool_result"}), "unknown input"),
+    ("openai_responses", lambda r: r["input"][4].pop("call_id"), "call_id"),
+    ("openai_responses", lambda r: r["input"][3].update(arguments={}), "arguments"),
+    ("openai_responses", lambda r: r["input"][0].update(role="tool"), "role"),
+    ("openai_responses", lambda r: r["tools"].append({"name": "f"}), "type"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules existing end-to-end tests still break, switched on."""
+    monkeypatch.setattr(emulator_checks, "REQUIRE_ANTHROPIC_VERSION", True)
+    monkeypatch.setattr(emulator_checks, "ALLOW_EMPTY_CHAT_MESSAGES", False)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "edit", "reason"),
+    VIOLATIONS,
+    ids=[f"{p}-{n}" for n, (p, _, _) in enumerate(VIOLATIONS)],
+)
+def test_each_rule_violation_is_caught(
+    strict: None, protocol: str, edit: Callable[[Any], Any], reason: str
+) -> None:
+    why = _check(protocol, _mutate(protocol, edit))
+    assert why is not None and reason in why, why
+
+
+def test_request_level_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    def without_version() -> str | None:
+        return check_request("anthropic_messages", MESSAGES, {}, {}, VALID_ANTHROPIC)
+
+    # Not yet required by default (see emulator_checks), but never malformed.
+    assert without_version() is None
+    assert _check("openai_chat", body(CHAT, messages=[])) is None
+    assert "anthropic-version" in (
+        _check("anthropic_messages", VALID_ANTHROPIC, **{"anthropic-version": "latest"}) or ""
+    )
+    monkeypatch.setattr(emulator_checks, "REQUIRE_ANTHROPIC_VERSION", True)
+    assert "anthropic-version" in (without_version() or "")
+    assert "JSON object" in (_check("openai_chat", ["a list"]) or "")
+    assert "no such method" in (_check("gemini", VALID_GEMINI, "/v1beta/gemini-test") or "")
+    assert _check("gemini", VALID_GEMINI, "/v1/models/g:streamGenerateContent?alt=sse") is None
+    vertex = "/v1beta1/projects/p/locations/global/publishers/google/models/g:generateContent"
+    assert _check("gemini", VALID_GEMINI, vertex) is None
+    assert "alt" in (_check("gemini", VALID_GEMINI, GEMINI_STREAM + "?alt=xml") or "")
+    assert _check("openai_responses", {"model": "m"}) is None  # input is optional
+
+
+@pytest.mark.parametrize(
+    ("path", "sent", "check"),
+    [
+        (CHAT, {"model": "m"}, lambda b: b["error"]["type"] == "invalid_request_error"),
+        (RESPONSES, {"input": "x"}, lambda b: b["error"]["type"] == "invalid_request_error"),
+        (MESSAGES, {"model": "m", "messages": MSGS}, lambda b: b["type"] == "error"),
+        (GEMINI, {"contents": []}, lambda b: b["error"]["status"] == "INVALID_ARGUMENT"),
+    ],
+)  # fmt: skip
+def test_an_invalid_request_is_a_400_before_any_control(
+    emu: Emulator, http: httpx2.Client, path: str, sent: Any, check: Any
+) -> None:
+    headers = {"x-emulator-status": "429", "x-emulator-fixture": "openai_chat__text_stream"}
+    response = http.post(emu.url + path, json=sent, headers=headers)
+    assert response.status_code == 400
+    payload = response.json()
+    assert check(payload)
+    hit = _only_hit(emu)
+    assert hit.invalid is not None
+    assert f"emulator: invalid {detect_protocol(path)} request: {hit.invalid}" in json.dumps(
+        payload
+    )
+    # A valid request records no reason.
+    http.post(emu.url + path, json=body(path))
+    assert emu.hits[-1].invalid is None
+
+
+def test_a_recorded_refusal_answers_an_invalid_request(emu: Emulator, http: httpx2.Client) -> None:
+    stem = "openai_responses__error_400_invalid_request"
+    fixture = load_fixture(stem)
+    sent = fixture["request"]["body"]  # temperature -1
+    response = http.post(emu.url + RESPONSES, json=sent, headers={"x-emulator-fixture": stem})
+    assert response.content == fixture["response"]["body_text"].encode()
+    assert _only_hit(emu).invalid == "temperature must be a number between 0 and 2"
+    # A fixture of a successful reply does not answer an invalid request.
+    headers = {"x-emulator-fixture": "openai_responses__text_nonstream"}
+    assert http.post(emu.url + RESPONSES, json=sent, headers=headers).status_code == 400
+
+
+def test_sdks_see_the_400(emu: Emulator, tls: ssl.SSLContext) -> None:
+    bad_history: Any = [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{"}}]},
+    ]  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="not valid JSON"):
+        _openai(emu, tls).chat.completions.create(model="m", messages=MSGS + bad_history)
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
+        _anthropic(emu, tls).messages.create(model="m", max_tokens=0, messages=MSGS)
+    with pytest.raises(genai_errors.ClientError) as caught:
+        _genai(emu, tls).models.generate_content(
+            model="gemini-test",
+            contents=[genai_types.Content(role="tool", parts=[genai_types.Part(text="x")])],
+        )
+    assert caught.value.code == 400 and "role" in str(caught.value.message)
+    assert all(hit.invalid for hit in emu.hits)
+
+
+# ----------------------------------------------------------------- tool calls and thinking
+
+ARGS = '{"city": "Paris", "note": "50% sure"}'
+TOOL_HEADERS = {"x-emulator-tool-call": "get_weather", "x-emulator-tool-args": quote(ARGS)}
+TWO_TOOLS = {"x-emulator-tool-call": "get_weather, get_time", "x-emulator-tool-args": quote(ARGS)}
+CHAT_TOOLS: Any = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+]
+CLAUDE_TOOLS: Any = [
+    {"name": "get_weather", "input_schema": {"type": "object"}},
+    {"name": "get_time", "input_schema": {"type": "object"}},
+]
+
+
+def test_chat_tool_calls(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _openai(emu, tls, **TWO_TOOLS)
+    completion = client.chat.completions.create(model="m", messages=MSGS, tools=CHAT_TOOLS)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert [(c.function.name, c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+        ("get_weather", ARGS),
+        ("get_time", ARGS),
+    ]
+    assert len({c.id for c in calls}) == 2
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == output_tokens_for(f"{ARGS} {ARGS}")
+
+    stream = client.chat.completions.create(
+        model="m", messages=MSGS, tools=CHAT_TOOLS, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    fragments = [
+        tc.function.arguments
+        for c in chunks
+        if c.choices
+        for tc in c.choices[0].delta.tool_calls or []
+        if tc.index == 0 and tc.function and tc.function.arguments
+    ]
+    assert len(fragments) >= 2 and "".join(fragments) == ARGS
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    with client.chat.completions.stream(model="m", messages=MSGS, tools=CHAT_TOOLS) as helper:
+        final = helper.get_final_completion().choices[0].message
+    assert [c.function.arguments for c in final.tool_calls or []] == [ARGS, ARGS]  # type: ignore[union-attr]
+
+    # Answering the calls is a valid follow-up, and gets the text reply.
+    followup: Any = [
+        *MSGS,
+        choice.message.model_dump(exclude_none=True, exclude={"annotations", "refusal"}),
+        *({"role": "tool", "tool_call_id": c.id, "content": "sunny"} for c in calls),
+    ]
+    answer = client.chat.completions.create(model="m", messages=followup, tools=CHAT_TOOLS)
+    assert answer.choices[0].message.content == DEFAULT_REPLY
+    assert answer.choices[0].finish_reason == "stop"
+    assert all(hit.invalid is None for hit in emu.hits)
+
+
+def test_anthropic_tool_use(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _anthropic(emu, tls, **TWO_TOOLS)
+    message = client.messages.create(model="m", max_tokens=64, messages=MSGS, tools=CLAUDE_TOOLS)
+    assert message.stop_reason == "tool_use"
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert [(u.name, u.input) for u in uses] == [("get_weather", json.loads(ARGS))] + [
+        ("get_time", json.loads(ARGS))
+    ]
+    assert len({u.id for u in uses}) == 2
+    assert message.usage.output_tokens == output_tokens_for(f"{ARGS} {ARGS}")
+
+    raw = _sse_data(
+        httpx2.post(
+            emu.url + MESSAGES,
+            json={"model": "m", "max_tokens": 64, "messages": MSGS, "stream": True},
+            headers={**ANTHROPIC_VERSION, **TWO_TOOLS},
+            verify=tls,
+        ).content
+    )
+    starts = [e["content_block"] for e in raw if e["type"] == "content_block_start"]
+    assert [s["type"] for s in starts] == ["tool_use", "tool_use"]
+    partial = [
+        e["delta"]["partial_json"]
+        for e in raw
+        if e["type"] == "content_block_delta" and e["index"] == 0
+    ]
+    assert len(partial) >= 2 and "".join(partial) == ARGS
+    with client.messages.stream(model="m", max_tokens=64, messages=MSGS) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert [b.input for b in final.content if b.type == "tool_use"] == [json.loads(ARGS)] * 2
+
+    followup: Any = [
+        *MSGS,
+        {"role": "assistant", "content": [u.model_dump() for u in uses]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": u.id, "content": "sunny"} for u in uses]},
+    ]  # fmt: skip
+    answer = client.messages.create(model="m", max_tokens=64, messages=followup)
+    assert answer.stop_reason == "end_turn" and answer.content[0].text == DEFAULT_REPLY  # type: ignore[union-attr]
+    assert all(hit.invalid is None for hit in emu.hits)
+
+
+def test_gemini_function_calls(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _genai(emu, tls, **TWO_TOOLS)
+    response = client.models.generate_content(model="gemini-test", contents="Weather?")
+    calls = response.function_calls or []
+    assert [(c.name, c.args) for c in calls] == [
+        ("get_weather", json.loads(ARGS)),
+        ("get_time", json.loads(ARGS)),
+    ]
+    assert len({c.id for c in calls}) == 2 and all(c.id for c in calls)
+    assert response.candidates and response.candidates[0].finish_reason == "STOP"
+    assert response.usage_metadata is not None
+    assert response.usage_metadata.candidates_token_count == output_tokens_for(f"{ARGS} {ARGS}")
+
+    chunks = list(client.models.generate_content_stream(model="gemini-test", contents="Weather?"))
+    assert [[c.name for c in chunk.function_calls or []] for chunk in chunks] == [
+        ["get_weather"],
+        ["get_time"],
+    ]
+    array = httpx2.post(
+        emu.url + GEMINI_STREAM, json=body(GEMINI), headers=TOOL_HEADERS, verify=tls
+    ).json()
+    parts = [p for item in array for p in item["candidates"][0]["content"]["parts"]]
+    assert [p["functionCall"]["args"] for p in parts] == [json.loads(ARGS)]
+
+    assert response.candidates[0].content is not None
+    followup = [
+        genai_types.Content(role="user", parts=[genai_types.Part(text="Weather?")]),
+        response.candidates[0].content,
+        genai_types.Content(
+            role="user",
+            parts=[
+                genai_types.Part.from_function_response(name=c.name or "", response={"r": 1})
+                for c in calls
+            ],
+        ),
+    ]
+    answer = client.models.generate_content(model="gemini-test", contents=followup)
+    assert answer.text == DEFAULT_REPLY
+    assert all(hit.invalid is None for hit in emu.hits)
+
+
+def test_responses_parallel_function_calls(emu: Emulator, tls: ssl.SSLContext) -> None:
+    client = _openai(emu, tls, **TWO_TOOLS)
+    response = client.responses.create(model="m", input="Weather?")
+    calls = [o for o in response.output if o.type == "function_call"]
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", ARGS), ("get_time", ARGS)]
+    assert len({c.call_id for c in calls}) == 2 and len({c.id for c in calls}) == 2
+    with client.responses.stream(model="m", input="Weather?") as stream:
+        final = stream.get_final_response()
+    assert [o.arguments for o in final.output if o.type == "function_call"] == [ARGS, ARGS]
+
+
+THINK = "Let me think about 100% of it."
+
+
+def test_thinking_in_every_protocol(emu: Emulator, tls: ssl.SSLContext) -> None:
+    headers = {"x-emulator-thinking": quote(THINK)}
+    usage_words = output_tokens_for(f"{THINK} {DEFAULT_REPLY}")
+
+    chat = _openai(emu, tls, **headers)
+    message = chat.chat.completions.create(model="m", messages=MSGS).choices[0].message
+    assert message.content == DEFAULT_REPLY
+    assert message.model_extra and message.model_extra["reasoning_content"] == THINK
+    sent = body(CHAT, stream=True)
+    chunks = _sse_data(httpx2.post(emu.url + CHAT, json=sent, headers=headers, verify=tls).content)
+    deltas = [c["choices"][0]["delta"] for c in chunks[:-1] if c["choices"]]
+    reasoning = [d["reasoning_content"] for d in deltas if "reasoning_content" in d]
+    assert len(reasoning) == 3 and "".join(reasoning) == THINK
+    assert deltas.index(next(d for d in deltas if d.get("content"))) > deltas.index(
+        next(d for d in deltas if "reasoning_content" in d)
+    )
+
+    claude = _anthropic(emu, tls, **headers)
+    reply = claude.messages.create(model="m", max_tokens=64, messages=MSGS)
+    assert [b.type for b in reply.content] == ["thinking", "text"]
+    thinking = reply.content[0]
+    assert thinking.type == "thinking" and thinking.thinking == THINK
+    assert re.fullmatch(r"sig-\d+", thinking.signature)
+    assert reply.usage.output_tokens == usage_words
+    with claude.messages.stream(model="m", max_tokens=64, messages=MSGS) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == THINK  # type: ignore[union-attr]
+    assert final.content[0].signature.startswith("sig-")  # type: ignore[union-attr]
+    assert sum(e.type == "thinking" for e in events) == 3
+
+    gemini = _genai(emu, tls, **headers)
+    response = gemini.models.generate_content(model="gemini-test", contents="x")
+    assert response.candidates and response.candidates[0].content
+    parts = response.candidates[0].content.parts or []
+    assert parts[0].thought is True and parts[0].text == THINK and parts[0].thought_signature
+    assert response.text == DEFAULT_REPLY
+    assert response.usage_metadata is not None
+    assert response.usage_metadata.thoughts_token_count == len(THINK.split())
+    assert response.usage_metadata.candidates_token_count == usage_words - len(THINK.split())
+    streamed = list(gemini.models.generate_content_stream(model="gemini-test", contents="x"))
+    thought_text = "".join(
+        p.text or ""
+        for c in streamed
+        for p in (c.candidates[0].content.parts or [])  # type: ignore[index,union-attr]
+        if p.thought
+    )
+    assert thought_text == THINK
+
+    responses = _openai(emu, tls, **headers)
+    result = responses.responses.create(model="m", input="x")
+    reasoning_item = result.output[0]
+    assert reasoning_item.type == "reasoning"
+    assert reasoning_item.summary[0].text == THINK and reasoning_item.encrypted_content
+    assert result.output_text == DEFAULT_REPLY
+    assert result.usage is not None
+    assert result.usage.output_tokens_details.reasoning_tokens == len(THINK.split())
+    summary: list[str] = []
+    with responses.responses.stream(model="m", input="x") as rstream:
+        for event in rstream:
+            if event.type == "response.reasoning_summary_text.delta":
+                summary.append(event.delta)
+        rfinal = rstream.get_final_response()
+    assert "".join(summary) == THINK and rfinal.output_text == DEFAULT_REPLY
+
+
+def test_thinking_then_tool_call(emu: Emulator, tls: ssl.SSLContext) -> None:
+    headers = {**TOOL_HEADERS, "x-emulator-thinking": "hmm"}
+    claude = _anthropic(emu, tls, **headers)
+    with claude.messages.stream(model="m", max_tokens=64, messages=MSGS) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "tool_use"]
+    # The assistant turn replayed as is (thinking with its signature) is a valid history.
+    followup: Any = [
+        *MSGS,
+        {"role": "assistant", "content": [b.model_dump() for b in final.content]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": final.content[1].id, "content": "ok"}]},  # type: ignore[union-attr]
+    ]  # fmt: skip
+    assert claude.messages.create(model="m", max_tokens=64, messages=followup).stop_reason == (
+        "end_turn"
+    )
+    gemini = _genai(emu, tls, **headers)
+    chunks = list(gemini.models.generate_content_stream(model="gemini-test", contents="x"))
+    parts = [p for c in chunks for p in c.candidates[0].content.parts or []]  # type: ignore[index,union-attr]
+    assert [bool(p.thought) for p in parts] == [True] * 3 + [False]
+    assert parts[-1].function_call and parts[-1].function_call.name == "get_weather"
+    chat = _openai(emu, tls, **headers)
+    message = chat.chat.completions.create(model="m", messages=MSGS).choices[0].message
+    assert message.model_extra and message.model_extra["reasoning_content"] == "hmm"
+    assert message.tool_calls
+    assert all(hit.invalid is None for hit in emu.hits)

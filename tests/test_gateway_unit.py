@@ -79,7 +79,7 @@ def _ledger_row(db: Path, request_id: str) -> dict:
         conn.close()
 
 
-@pytest.mark.parametrize("stage", ["parse_call", "choose_route", "check_policy", "plan_rewrite"])
+@pytest.mark.parametrize("stage", ["parse_call", "choose_route", "check_policy", "plan_attempts"])
 def test_any_exception_while_deciding_is_a_500_in_the_callers_format_never_a_forward(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stage: str
 ) -> None:

@@ -17,12 +17,14 @@ from mitmproxy import ctx, http
 
 from addon.call import Call
 from addon.config import Route
+from addon.credentials import Fields
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import error_protocol
 from addon.upstream.dispatcher import (
     DISPATCH_HEADER,
     FILLED_IN_HEADER,
     Dispatcher,
+    Leg,
     Ticket,
     Timeouts,
     upstream_ssl_context,
@@ -48,6 +50,18 @@ _HOP_BY_HOP = frozenset(
         b"host",
     }
 )
+
+
+def _upstream_headers(fields: Fields) -> list[tuple[str, str]]:
+    return [
+        (name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
+        for name, value in fields
+        if name.lower() not in _HOP_BY_HOP
+    ]
+
+
+def _timeouts(route: Route) -> Timeouts:
+    return Timeouts(route.connect_timeout_s, route.first_byte_timeout_s, route.idle_timeout_s)
 
 
 class HandOff:
@@ -76,28 +90,50 @@ class HandOff:
     async def stop(self) -> None:
         await self.dispatcher.stop()
 
-    def take(self, flow: http.HTTPFlow, call: Call, route: Route | None) -> Ticket:
-        """The decided request, off the flow; the flow keeps a masked copy."""
+    def take(
+        self, flow: http.HTTPFlow, call: Call, route: Route | None, caller_fields: Fields = ()
+    ) -> Ticket:
+        """The decided request, off the flow; the flow keeps a masked copy.
+
+        The flow holds the first attempt's request; each fallback's is built from
+        the caller's headers (`caller_fields`) and that fallback's rewrite.
+        """
         req = flow.request
         if call.protocol is None:
             call.protocol = PROTOCOLS[error_protocol(call.protocol_name, call.host, call.path)]
         route = route or _DEFAULT_ROUTE
+        first = Leg(
+            url=req.url,
+            headers=_upstream_headers(req.headers.fields),
+            body=req.raw_content or b"",
+            route=route.id,
+            timeouts=_timeouts(route),
+            target=(req.scheme, req.host, req.port),
+            attempt=call.attempts[0] if call.attempts else None,
+        )
+        legs = [first]
+        for attempt in call.attempts[1:]:
+            upstream = attempt.rewrite.upstream
+            legs.append(
+                Leg(
+                    url=upstream.url,
+                    headers=_upstream_headers(attempt.rewrite.apply_to(caller_fields)),
+                    body=attempt.rewrite.body
+                    if attempt.rewrite.body is not None
+                    else call.caller_body or b"",
+                    route=attempt.route.id,
+                    timeouts=_timeouts(attempt.route),
+                    target=(upstream.scheme, upstream.host, upstream.port),
+                    attempt=attempt,
+                )
+            )
         ticket = Ticket(
             call=call,
             method=req.method,
-            url=req.url,
-            headers=[
-                (name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
-                for name, value in req.headers.fields
-                if name.lower() not in _HOP_BY_HOP
-            ],
-            body=req.raw_content or b"",
-            route=route.id,
-            timeouts=Timeouts(
-                route.connect_timeout_s, route.first_byte_timeout_s, route.idle_timeout_s
-            ),
+            legs=legs,
+            max_event_bytes=self.gateway.config.limits.max_event_bytes,
         )
-        call.upstream_target = (req.scheme, req.host, req.port)
+        call.upstream_target = first.target
         self.gateway.mask_sent(flow, call)
         return ticket
 

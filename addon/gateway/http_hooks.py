@@ -258,7 +258,7 @@ class Gateway:
             or pipeline.choose_route(call, self.config)
             or pipeline.check_policy(call, policy)
             or self._screen_request(call, self.masking.caller_fields(flow))
-            or pipeline.plan_rewrite(call, raw_path, raw, self.secrets)
+            or pipeline.plan_attempts(call, policy, self.config, raw_path, raw, self.secrets)
         )
         if isinstance(outcome, Rejection):
             self._reject(flow, call, outcome)
@@ -270,15 +270,19 @@ class Gateway:
                 self._reject(flow, call, denied)
                 return
         self.masking.release(flow)
+        caller_fields = flow.request.headers.fields
         self.apply_rewrite(flow, call, outcome)
-        await self._send(flow, call)
+        await self._send(flow, call, caller_fields)
 
-    async def _send(self, flow: http.HTTPFlow, call: Call) -> None:
+    async def _send(self, flow: http.HTTPFlow, call: Call, caller_fields: Fields = ()) -> None:
         """The decided call goes to the dispatcher. With audit.on_failure refuse its
         row's commit runs meanwhile, and the dispatcher waits for it before anything
-        leaves (refusing with 503 audit_unavailable if it failed)."""
+        leaves (refusing with 503 audit_unavailable if it failed).
+
+        `caller_fields` are the caller's headers before the rewrite: fallbacks
+        build their requests from them."""
         await self.handoff.ensure_started()
-        ticket = self.handoff.take(flow, call, call.route)  # the flow is masked from here
+        ticket = self.handoff.take(flow, call, call.route, caller_fields)  # masked from here
         req = flow.request
         ticket.recorded = self.recorder.open_row_before_sending(
             call, req.host, req.headers.fields, req.get_content(strict=False) or b""
@@ -386,17 +390,12 @@ class Gateway:
     def apply_rewrite(self, flow: http.HTTPFlow, call: Call, rewrite: Rewrite) -> None:
         call.credential_label = rewrite.credential_label
         req = flow.request
-        for name in rewrite.drop_headers:
-            req.headers.pop(name, None)
+        req.headers.fields = rewrite.apply_to(req.headers.fields)
+        # Assigning host/port keeps the Host header in step, port included.
         req.scheme = rewrite.upstream.scheme
         req.host = rewrite.upstream.host
         req.port = rewrite.upstream.port
         req.path = rewrite.upstream.path
-        # Assigning host/port keeps the Host header in step, port included.
-        for name, value in rewrite.set_headers.items():
-            req.headers[name] = value
-        # Streams must be readable as they arrive, so ask for them unencoded.
-        req.headers["accept-encoding"] = "identity"
         if rewrite.body is not None and rewrite.body is not req.raw_content:
             req.content = rewrite.body
 

@@ -88,18 +88,21 @@ class CallRecorder:
         self._write_request_half(call, headers, body)
 
     def _write_request_half(self, call: Call, headers: Fields, body: bytes) -> None:
+        """A translated call keeps the caller's body and, beside it, what left."""
         assert self.gateway.audit is not None
         screening = call.request_screening
+        translated = call.translation is not None and call.caller_body is not None
         write_half(
             self.gateway.audit,
             "request",
             call.id,
             headers,
-            body,
+            call.caller_body if translated and call.caller_body is not None else body,
             findings=screening.items if screening else [],
             hidden=screening.values() if screening else {},
             hmac_key=self.gateway.hmac_key,
             cap=self.gateway.config.audit.payload_max_bytes,
+            upstream_body=body if translated else None,
         )
 
     def close_row(self, call: Call, fields: dict, headers: Fields | None, body: bytes) -> None:
@@ -109,6 +112,8 @@ class CallRecorder:
             self.release_quota(call)  # nothing left llmgate: nothing to count
         self._quota_settle(call, budget.actual_demand(fields, 0 if call.warmup else 1))
         self.gateway.audit.update("requests", call.id, fields)
+        if call.attempted:
+            self.gateway.audit.insert_many("attempts", call.attempted)
         if log.isEnabledFor(logging.INFO):  # the line is not free to build
             log.info(pipeline.summary_line(call, fields))
         write_half(

@@ -26,6 +26,7 @@ def write_half(
     hidden: dict[str, str],
     hmac_key: bytes,
     cap: int,
+    upstream_body: bytes | None = None,
 ) -> None:
     """The request half opens the payload row; the response half completes it."""
     if findings:
@@ -42,6 +43,14 @@ def write_half(
         f"{side}_body": stored,
         f"{side}_truncated": int(truncated),
     }
+    if upstream_body is not None:
+        upstream, upstream_truncated = cap_body(
+            redact_json(upstream_body, hidden) if hidden else upstream_body, cap
+        )
+        fields |= {
+            "upstream_request_body": upstream,
+            "upstream_request_truncated": int(upstream_truncated),
+        }
     if side == "request":
         audit.insert("payloads", {"request_id": request_id, **fields})
     else:

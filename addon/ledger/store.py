@@ -49,6 +49,7 @@ REQUEST_COLUMNS: dict[str, type] = {
     "upstream_host": str,
     "transport": str,
     "instance_id": str,
+    "upstream_protocol": str,
 }
 
 PAYLOAD_COLUMNS: dict[str, type] = {
@@ -59,6 +60,24 @@ PAYLOAD_COLUMNS: dict[str, type] = {
     "response_headers": str,
     "response_body": str,
     "response_truncated": int,
+    # A translated call: the request as it left, in the provider's protocol.
+    "upstream_request_body": str,
+    "upstream_request_truncated": int,
+}
+
+# One row per upstream tried, for calls whose route has fallbacks.
+ATTEMPT_COLUMNS: dict[str, type] = {
+    "id": int,
+    "request_id": str,
+    "attempt": int,
+    "route": str,
+    "upstream_host": str,
+    "upstream_protocol": str,
+    "status": int,
+    "reason": str,
+    "error": str,
+    "started_at": float,
+    "latency_ms": float,
 }
 
 FINDING_COLUMNS: dict[str, type] = {
@@ -104,6 +123,8 @@ def _ensure_schema(db: sqlite_utils.Database) -> None:
     _ensure_table(db, "requests", REQUEST_COLUMNS, pk="id")
     _ensure_table(db, "payloads", PAYLOAD_COLUMNS, pk="request_id")
     _ensure_table(db, "findings", FINDING_COLUMNS, pk="id")
+    _ensure_table(db, "attempts", ATTEMPT_COLUMNS, pk="id")
+    db["attempts"].create_index(["request_id"], if_not_exists=True)
     db["requests"].create_index(["started_at"], if_not_exists=True)
     db["requests"].create_index(["user", "started_at"], if_not_exists=True)
     # Crash recovery and `llmgate doctor` look up the pending rows of each instance.
@@ -139,8 +160,9 @@ TABLES: dict[str, dict[str, type]] = {
     "requests": REQUEST_COLUMNS,
     "payloads": PAYLOAD_COLUMNS,
     "findings": FINDING_COLUMNS,
+    "attempts": ATTEMPT_COLUMNS,
 }
-PRIMARY_KEYS = {"requests": "id", "payloads": "request_id", "findings": "id"}
+PRIMARY_KEYS = {"requests": "id", "payloads": "request_id", "findings": "id", "attempts": "id"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # The reason of a row written in reduced form (`reduced_row`), for `llmgate doctor`.
 ENCODE_ERROR = "ledger_encode_error"

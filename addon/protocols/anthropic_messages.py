@@ -8,7 +8,7 @@ compaction pass, which is reported in `usage.iterations` and billed all the same
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from addon.protocols.base import (
     StreamEvent,
@@ -42,16 +42,23 @@ from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
     ContentPart,
+    Finish,
     ImagePart,
     Message,
     ProtocolError,
+    Reasoning,
+    ResponseFormat,
     TextPart,
     ThinkingPart,
     Tool,
+    ToolChoice,
     ToolResultPart,
     ToolUsePart,
     Usage,
 )
+from addon.protocols.signatures import unseal
+
+NAME = "anthropic_messages"
 
 # Client tools, server tools (web search, tool search, code execution) and MCP
 # tools are all calls the model made; only who runs them differs.
@@ -71,6 +78,37 @@ _ERROR_TYPES = {
     429: "rate_limit_error",
     529: "overloaded_error",
 }
+FINISH: dict[str, Finish] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+Mode = Literal["auto", "none", "required", "tool"]
+_CHOICE_MODES: dict[str, Mode] = {"auto": "auto", "any": "required", "tool": "tool", "none": "none"}
+Effort = Literal["minimal", "low", "medium", "high"]
+_EFFORTS: dict[str, Effort] = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
+
+
+def finish_of(stop_reason: str | None) -> Finish | None:
+    return FINISH.get(stop_reason, "stop") if isinstance(stop_reason, str) else None
+
+
+def effort_of(budget: int) -> Effort:
+    if budget <= 1024:
+        return "minimal"
+    if budget <= 4096:
+        return "low"
+    return "medium" if budget <= 16384 else "high"
 
 
 def anthropic_usage(raw: Any) -> Usage | None:
@@ -102,7 +140,11 @@ def anthropic_usage(raw: Any) -> Usage | None:
 def _image(block: dict[str, Any]) -> ImagePart:
     source = block.get("source") if isinstance(block.get("source"), dict) else {}
     if source.get("type") == "base64":
-        return ImagePart(media_type=as_str(source.get("media_type")), has_inline_data=True)
+        return ImagePart(
+            media_type=as_str(source.get("media_type")),
+            has_inline_data=True,
+            data=as_str(source.get("data")),
+        )
     return image_from_url(source.get("url"), as_str(source.get("media_type")))
 
 
@@ -142,9 +184,12 @@ def _block(block: dict[str, Any], where: str) -> list[ContentPart]:
     if kind == "tool_result":
         return [_tool_result(block, where)]
     if kind == "thinking":
-        return [ThinkingPart(text=as_str(block.get("thinking")) or "")]
+        issuer, signature = _signature(block.get("signature"))
+        text = as_str(block.get("thinking")) or ""
+        return [ThinkingPart(text=text, signature=signature, issuer=issuer)]
     if kind == "redacted_thinking":
-        return [ThinkingPart(redacted=True)]
+        issuer, signature = _signature(block.get("data"))
+        return [ThinkingPart(redacted=True, signature=signature, issuer=issuer)]
     if kind == "compaction" and isinstance(block.get("content"), str):
         # A summary standing in for earlier turns: prompt text like any other.
         return [TextPart(text=block["content"])]
@@ -168,8 +213,29 @@ def _blocks(content: Any, where: str) -> list[ContentPart]:
     for block in content:
         if not isinstance(block, dict):
             raise ProtocolError(f"'{where}' has a block that is not an object")
-        parts.extend(_block(block, where))
+        new = _block(block, where)
+        carrier = _call_signature(parts)
+        if new and isinstance(new[0], ToolUsePart) and carrier:
+            # A reply encoder put another provider's signature for this call (Gemini's
+            # thoughtSignature) in an empty thinking block just before it: back on the call.
+            parts.pop()
+            new[0].signature, new[0].issuer = carrier.signature, carrier.issuer
+        parts.extend(new)
     return parts
+
+
+def _signature(value: Any) -> tuple[str | None, str | None]:
+    if not isinstance(value, str) or not value:
+        return None, None
+    return unseal(value, NAME)
+
+
+def _call_signature(parts: list[ContentPart]) -> ThinkingPart | None:
+    """The last part, when it is an empty thinking block carrying a foreign signature."""
+    last = parts[-1] if parts else None
+    if not isinstance(last, ThinkingPart) or last.text or last.redacted or not last.signature:
+        return None
+    return last if last.issuer not in (None, NAME) else None
 
 
 def _system(value: Any) -> str | None:
@@ -188,11 +254,49 @@ def _tool(spec: Any) -> Tool | None:
     if not name:
         return None
     schema = spec.get("input_schema")
+    strict = spec.get("strict")
     return Tool(
         name=name,
         description=as_str(spec.get("description")),
         parameters=schema if isinstance(schema, dict) else None,
+        strict=strict if isinstance(strict, bool) else None,
     )
+
+
+def _tool_choice(value: Any) -> tuple[ToolChoice | None, bool | None]:
+    """Anthropic's tool_choice also carries the parallel-calls switch."""
+    if not isinstance(value, dict):
+        return None, None
+    mode = _CHOICE_MODES.get(as_str(value.get("type")) or "", "auto")
+    name = as_str(value.get("name")) if mode == "tool" else None
+    disable = value.get("disable_parallel_tool_use")
+    parallel = (not disable) if isinstance(disable, bool) else None
+    return ToolChoice(mode=mode, name=name), parallel
+
+
+def _response_format(body: dict[str, Any]) -> ResponseFormat | None:
+    # `output_config.format` is the GA field; `output_format` the earlier beta one.
+    fmt = dig(body, "output_config", "format") or body.get("output_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    schema = fmt.get("schema")
+    return ResponseFormat(type="json_schema", schema=schema if isinstance(schema, dict) else None)
+
+
+def _reasoning(body: dict[str, Any]) -> Reasoning | None:
+    thinking = body.get("thinking")
+    effort = _EFFORTS.get(as_str(dig(body, "output_config", "effort")) or "")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "disabled":
+        return Reasoning(enabled=False)
+    if kind == "enabled":
+        budget = as_int(dig(thinking, "budget_tokens"))
+        if budget is not None:
+            return Reasoning(budget_tokens=budget, effort=effort or effort_of(budget))
+    if kind is not None or effort is not None:
+        # Adaptive thinking, or an effort level alone: the model sizes its budget.
+        return Reasoning(effort=effort)
+    return None
 
 
 class AnthropicMessages(WireProtocol):
@@ -205,6 +309,7 @@ class AnthropicMessages(WireProtocol):
         body = require_object(body)
         model = require_model(body)
         messages: list[Message] = []
+        tool_choice, parallel = _tool_choice(body.get("tool_choice"))
         for i, message in enumerate(require_list(body, "messages")):
             where = f"messages[{i}].content"
             if not isinstance(message, dict):
@@ -217,7 +322,10 @@ class AnthropicMessages(WireProtocol):
             system=_system(body.get("system")),
             messages=messages,
             tools=[t for t in map(_tool, optional_list(body, "tools")) if t],
-            tool_choice=body.get("tool_choice"),
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel,
+            response_format=_response_format(body),
+            reasoning=_reasoning(body),
             max_tokens=optional_int(body, "max_tokens"),
             temperature=optional_number(body, "temperature"),
             top_p=optional_number(body, "top_p"),
@@ -239,10 +347,13 @@ class AnthropicMessages(WireProtocol):
             for block in (content if isinstance(content, list) else [])
             if isinstance(block, dict) and block.get("type") != "compaction"
         ]
+        stop_reason = as_str(body.get("stop_reason"))
         return CanonicalResponse(
+            id=as_str(body.get("id")),
             model=as_str(body.get("model")),
             content=lenient_parts(_blocks, blocks, "content"),
-            stop_reason=as_str(body.get("stop_reason")),
+            stop_reason=stop_reason,
+            finish=finish_of(stop_reason),
             usage=anthropic_usage(body.get("usage")),
         )
 

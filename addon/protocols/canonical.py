@@ -29,9 +29,11 @@ class ImagePart(_Part):
     type: Literal["image"] = "image"
     media_type: str | None = None
     url: str | None = None
-    # Inline image bytes are deliberately not kept: the canonical form is for
-    # deciding and auditing, and base64 images would only bloat it.
     has_inline_data: bool = False
+    # The base64 bytes of an inline image. Translation needs them; nothing else
+    # may see them, so they are left out of every dump and repr (the audit keeps
+    # the caller's own bytes, capped, as for any body).
+    data: str | None = Field(default=None, exclude=True, repr=False)
 
 
 class ToolUsePart(_Part):
@@ -39,6 +41,9 @@ class ToolUsePart(_Part):
     id: str | None = None
     name: str
     arguments: Any = None  # parsed JSON when the wire format gave JSON, else the raw string
+    # Gemini's thought signature rides on the call; only its issuer can read it.
+    signature: str | None = Field(default=None, repr=False)
+    issuer: str | None = None
 
 
 class ToolResultPart(_Part):
@@ -53,6 +58,13 @@ class ThinkingPart(_Part):
     type: Literal["thinking"] = "thinking"
     text: str = ""
     redacted: bool = False
+    # Opaque proof of the reasoning (Anthropic's signature or redacted data,
+    # Gemini's thought signature, Responses' encrypted_content). It is only
+    # meaningful to the provider that issued it: `issuer` is that wire protocol,
+    # and an encoder for another protocol drops it (and says so in the log).
+    signature: str | None = Field(default=None, repr=False)
+    issuer: str | None = None
+    item_id: str | None = None  # Responses' reasoning item id, needed to send it back
 
 
 ContentPart = Annotated[
@@ -70,6 +82,33 @@ class Tool(BaseModel):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolChoice(BaseModel):
+    """`auto`: the model decides; `none`: no tool; `required`: some tool; `tool`: `name`."""
+
+    mode: Literal["auto", "none", "required", "tool"] = "auto"
+    name: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    """JSON mode (`json_object`) or structured output (`json_schema` with `schema`)."""
+
+    type: Literal["json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class Reasoning(BaseModel):
+    """How hard the model should think: an effort level, a token budget, or off."""
+
+    enabled: bool = True
+    effort: Literal["minimal", "low", "medium", "high"] | None = None
+    budget_tokens: int | None = None
 
 
 class CanonicalRequest(BaseModel):
@@ -78,7 +117,10 @@ class CanonicalRequest(BaseModel):
     system: str | None = None
     messages: list[Message] = Field(default_factory=list)
     tools: list[Tool] = Field(default_factory=list)
-    tool_choice: Any = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning: Reasoning | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -110,10 +152,16 @@ class Usage(BaseModel):
     reasoning_tokens: int = 0
 
 
+# Why generation stopped, in words every protocol can map to and from.
+Finish = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+
+
 class CanonicalResponse(BaseModel):
+    id: str | None = None
     model: str | None = None
     content: list[ContentPart] = Field(default_factory=list)
-    stop_reason: str | None = None
+    stop_reason: str | None = None  # the provider's own word, for the audit
+    finish: Finish | None = None  # the same, mapped
     usage: Usage | None = None
 
     def text(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 from addon.protocols.base import (
@@ -38,17 +38,24 @@ from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
     ContentPart,
+    Finish,
     ImagePart,
     Message,
     ProtocolError,
+    Reasoning,
+    ResponseFormat,
     Role,
     TextPart,
     ThinkingPart,
     Tool,
+    ToolChoice,
     ToolResultPart,
     ToolUsePart,
     Usage,
 )
+
+# The module, not the name: addon.translate.codec imports this package in turn.
+from addon.translate import codec as _codec
 
 _MODEL_IN_PATH = re.compile(r"/models/(?P<model>[^/:?]+):(?P<method>[A-Za-z]+)")
 _ROLES: dict[str | None, Role] = {"model": "assistant", "function": "tool", "tool": "tool"}
@@ -100,13 +107,41 @@ def gemini_usage(raw: Any) -> Usage | None:
     )
 
 
+# Gemini's finishReason in canonical words; a candidate that called a function
+# stops with STOP, which `gemini_finish` turns into tool_calls.
+_FINISH: dict[str, Finish] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    **dict.fromkeys(
+        ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"),
+        "content_filter",
+    ),
+}
+
+
+def gemini_finish(reason: str | None, *, called: bool) -> Finish | None:
+    if reason is None:
+        return None
+    finish = _FINISH.get(reason, "error")
+    return "tool_calls" if finish == "stop" and called else finish
+
+
+def _signed(part: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(signature, issuer) of a part's thoughtSignature, unsealed when llmgate sealed it."""
+    raw = as_str(_get(part, "thoughtSignature"))
+    if not raw:
+        return None, None
+    issuer, signature = _codec.unseal(raw, "gemini")
+    return signature, issuer
+
+
 def _media(data: dict[str, Any], *, inline: bool) -> ImagePart | None:
     mime = as_str(_get(data, "mimeType"))
     if not (mime or "").startswith("image/"):
         # Audio, video and documents have no canonical part; skip them.
         return None
     if inline:
-        return ImagePart(media_type=mime, has_inline_data=True)
+        return ImagePart(media_type=mime, has_inline_data=True, data=as_str(_get(data, "data")))
     return ImagePart(media_type=mime, url=as_str(_get(data, "fileUri")))
 
 
@@ -119,7 +154,7 @@ def _function_response(data: dict[str, Any]) -> ToolResultPart:
         p for p in _parts(_get(data, "parts"), "functionResponse") if isinstance(p, ImagePart)
     ]
     # By convention a failed call answers {"error": ...} instead of {"output": ...}.
-    failed = isinstance(response, dict) and "error" in response and "output" not in response
+    failed = isinstance(response, dict) and "error" in response
     return ToolResultPart(
         tool_use_id=as_str(_get(data, "id")),
         name=as_str(_get(data, "name")),
@@ -145,17 +180,21 @@ def _text_slot(part: dict[str, Any]) -> TextSlot | None:
 def _part(part: dict[str, Any]) -> ContentPart | None:
     text = _get(part, "text")
     if isinstance(text, str) and _get(part, "thought") is True:
-        return ThinkingPart(text=text)
+        signature, issuer = _signed(part)
+        return ThinkingPart(text=text, signature=signature, issuer=issuer)
     slot = _text_slot(part)
     if slot is not None:
         holder, key = slot
         return TextPart(text=holder[key]) if holder[key] else None
     call = _get(part, "functionCall")
     if isinstance(call, dict):
+        signature, issuer = _signed(part)
         return ToolUsePart(
             id=as_str(_get(call, "id")),
             name=as_str(_get(call, "name")) or "",
             arguments=_get(call, "args"),
+            signature=signature,
+            issuer=issuer,
         )
     response = _get(part, "functionResponse")
     if isinstance(response, dict):
@@ -167,7 +206,9 @@ def _part(part: dict[str, Any]) -> ContentPart | None:
     return None
 
 
-def _parts(parts: Any, where: str) -> list[ContentPart]:
+def _parts(parts: Any, where: str, *, keep_signatures: bool = False) -> list[ContentPart]:
+    """`keep_signatures`: a signature on a part that has no slot for one (text) becomes an
+    empty signed thinking part in front of it, so it can travel back to Gemini."""
     if parts is None:
         return []
     if not isinstance(parts, list):
@@ -177,9 +218,58 @@ def _parts(parts: Any, where: str) -> list[ContentPart]:
         if not isinstance(part, dict):
             raise ProtocolError(f"'{where}.parts' has a part that is not an object")
         converted = _part(part)
+        if keep_signatures and isinstance(converted, ThinkingPart):
+            last = out[-1] if out else None
+            if isinstance(last, ThinkingPart) and not last.signature and last.text:
+                # One thought streamed as several parts is one thinking block: its
+                # signature (on a later part) covers all of it.
+                last.text += converted.text
+                if converted.signature:
+                    last.signature, last.issuer = converted.signature, converted.issuer
+                continue
+            if not converted.text:
+                if converted.signature:
+                    end_thinking(out, converted.signature, converted.issuer)
+                continue
+        if keep_signatures and not isinstance(converted, ThinkingPart | ToolUsePart):
+            signature, issuer = _signed(part)
+            if signature:
+                end_thinking(out, signature, issuer)
         if converted is not None:
             out.append(converted)
     return out
+
+
+def end_thinking(parts: list[ContentPart], signature: str, issuer: str | None) -> None:
+    """A signature that ends the thinking before it: onto that thinking when it has
+    none yet, else an empty thinking part of its own."""
+    last = parts[-1] if parts else None
+    if isinstance(last, ThinkingPart) and not last.signature:
+        last.signature, last.issuer = signature, issuer
+    else:
+        parts.append(ThinkingPart(signature=signature, issuer=issuer))
+
+
+def _pair_tool_ids(parts: list[ContentPart], position: int, previous: list[ContentPart]) -> None:
+    """Give id-less calls `call_<position>_<k>` and id-less responses the id of the earliest
+    unanswered call of the same name in the previous model turn (`previous`)."""
+    calls = [p for p in parts if isinstance(p, ToolUsePart)]
+    for k, call in enumerate(calls):
+        if call.id is None:
+            call.id = f"call_{position}_{k}"
+    answered = {p.tool_use_id for p in parts if isinstance(p, ToolResultPart) and p.tool_use_id}
+    pending = [p for p in previous if isinstance(p, ToolUsePart) and p.id not in answered]
+    for result in parts:
+        if not isinstance(result, ToolResultPart):
+            continue
+        if result.tool_use_id is None:
+            match = next((c for c in pending if c.name == result.name), None)
+            if match is not None:
+                result.tool_use_id = match.id
+                pending.remove(match)
+        elif result.name is None:
+            match = next((c for c in previous if c.id == result.tool_use_id), None)
+            result.name = match.name if match is not None else None
 
 
 def _system(value: Any) -> str | None:
@@ -205,7 +295,7 @@ def _tools(value: Any) -> list[Tool]:
         for decl in as_list(_get(spec, "functionDeclarations")):
             if not isinstance(decl, dict) or not as_str(_get(decl, "name")):
                 continue
-            params = _get(decl, "parameters") or _get(decl, "parametersJsonSchema")
+            params = _get(decl, "parametersJsonSchema") or _json_schema(_get(decl, "parameters"))
             tools.append(
                 Tool(
                     name=_get(decl, "name"),
@@ -220,6 +310,79 @@ def _tools(value: Any) -> list[Tool]:
             if key not in ("functionDeclarations", "function_declarations")
         ]
     return tools
+
+
+def _json_schema(schema: Any) -> Any:
+    """`parameters` is an OpenAPI subset whose types are upper case (OBJECT, STRING);
+    JSON Schema, which every other protocol takes, wants them lower case."""
+    if isinstance(schema, list):
+        return [_json_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "type" and isinstance(value, str):
+            out[key] = value.lower()
+        elif key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {name: _json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties", "not"):
+            out[key] = _json_schema(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _tool_choice(value: Any) -> ToolChoice | None:
+    config = _get_dict(value, "functionCallingConfig")
+    mode = as_str(_get(config, "mode"))
+    if mode is None:
+        return None
+    mode = mode.upper()
+    if mode == "NONE":
+        return ToolChoice(mode="none")
+    if mode == "ANY":
+        names = [n for n in as_list(_get(config, "allowedFunctionNames")) if isinstance(n, str)]
+        # Several allowed names have no canonical form: any tool may then be called.
+        if len(names) == 1:
+            return ToolChoice(mode="tool", name=names[0])
+        return ToolChoice(mode="required")
+    return ToolChoice(mode="auto")  # AUTO, VALIDATED and anything newer
+
+
+def _response_format(config: dict[str, Any]) -> ResponseFormat | None:
+    if as_str(_get(config, "responseMimeType")) != "application/json":
+        return None
+    schema = _get(config, "responseJsonSchema") or _json_schema(_get(config, "responseSchema"))
+    if isinstance(schema, dict):
+        return ResponseFormat(type="json_schema", schema=schema)
+    return ResponseFormat(type="json_object")
+
+
+Effort = Literal["minimal", "low", "medium", "high"]
+_LEVELS: dict[str, Effort] = {e: e for e in ("minimal", "low", "medium", "high")}
+
+
+def _reasoning(config: dict[str, Any]) -> Reasoning | None:
+    thinking = _get(config, "thinkingConfig")
+    if not isinstance(thinking, dict):
+        return None
+    budget = as_int(_get(thinking, "thinkingBudget"))
+    # Gemini 3 takes a level instead of a budget.
+    level = _LEVELS.get((as_str(_get(thinking, "thinkingLevel")) or "").lower())
+    if budget == 0:
+        return Reasoning(enabled=False)
+    if budget is not None and budget > 0:
+        return Reasoning(budget_tokens=budget, effort=level or budget_effort(budget))
+    # -1 is "dynamic": thinking on, the model picks the budget.
+    return Reasoning(effort=level)
+
+
+def budget_effort(budget: int) -> Effort:
+    if budget <= 1024:
+        return "minimal"
+    if budget <= 4096:
+        return "low"
+    return "medium" if budget <= 16384 else "high"
 
 
 def _number(config: dict[str, Any], camel: str, *, integer: bool = False) -> Any:
@@ -288,12 +451,17 @@ class Gemini(WireProtocol):
         if not isinstance(contents, list):
             raise ProtocolError("'contents' is required and must be a list")
         messages: list[Message] = []
+        previous: list[ContentPart] = []
         for i, content in enumerate(contents):
             where = f"contents[{i}]"
             if not isinstance(content, dict):
                 raise ProtocolError(f"'{where}' must be an object")
             role = _ROLES.get(as_str(content.get("role")), "user")
-            append_parts(messages, role, _parts(_get(content, "parts"), where))
+            parts = _parts(_get(content, "parts"), where, keep_signatures=True)
+            _pair_tool_ids(parts, i, previous)
+            if role == "assistant":
+                previous = parts
+            append_parts(messages, role, parts)
         config = _get(body, "generationConfig")
         if config is not None and not isinstance(config, dict):
             raise ProtocolError("'generationConfig' must be an object")
@@ -305,7 +473,9 @@ class Gemini(WireProtocol):
             system=_system(_get(body, "systemInstruction")),
             messages=messages,
             tools=_tools(_get(body, "tools")),
-            tool_choice=_get(body, "toolConfig"),
+            tool_choice=_tool_choice(_get(body, "toolConfig")),
+            response_format=_response_format(config),
+            reasoning=_reasoning(config),
             max_tokens=_number(config, "maxOutputTokens", integer=True),
             temperature=_number(config, "temperature"),
             top_p=_number(config, "topP"),
@@ -322,11 +492,16 @@ class Gemini(WireProtocol):
         body = require_object(body, "response body")
         candidate = _candidate(body)
         content = _get_dict(candidate, "content")
+        parts = lenient_parts(_parts, _get(content, "parts"), "content")
+        called = any(isinstance(p, ToolUsePart) for p in parts)
+        reason = as_str(_get(candidate, "finishReason"))
+        blocked = as_str(_get(_get_dict(body, "promptFeedback"), "blockReason"))
         return CanonicalResponse(
+            id=as_str(_get(body, "responseId")),
             model=as_str(_get(body, "modelVersion")),
-            content=lenient_parts(_parts, _get(content, "parts"), "content"),
-            stop_reason=as_str(_get(candidate, "finishReason"))
-            or as_str(_get(_get_dict(body, "promptFeedback"), "blockReason")),
+            content=parts,
+            stop_reason=reason or blocked,
+            finish=gemini_finish(reason, called=called) or ("content_filter" if blocked else None),
             usage=gemini_usage(_get(body, "usageMetadata")),
         )
 

@@ -7,8 +7,10 @@ and an `event: error` in the middle of a 200 stream.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from addon.protocols import jsonedit
 from addon.protocols.base import (
@@ -43,12 +45,16 @@ from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
     ContentPart,
+    Finish,
     ImagePart,
     Message,
     ProtocolError,
+    Reasoning,
+    ResponseFormat,
     TextPart,
     ThinkingPart,
     Tool,
+    ToolChoice,
     ToolResultPart,
     ToolUsePart,
     Usage,
@@ -58,6 +64,21 @@ _SYSTEM_ROLES = ("system", "developer")
 _TOOL_ROLES = ("tool", "function")
 # Vendors disagree on the name of the reasoning field; all of them are thinking.
 _REASONING_KEYS = ("reasoning_content", "reasoning")
+
+# Chat's finish_reason words; `function_call` is the legacy name for tool calls and
+# `error` an OpenRouter extension. Anything else a vendor invents ended normally.
+FINISH_FROM_CHAT: dict[str, Finish] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "error": "error",
+}
+
+_EFFORTS = ("minimal", "low", "medium", "high")
+# Efforts newer than the canonical scale are its top.
+_EFFORT_ALIASES = {"xhigh": "high", "max": "high"}
 
 _ERROR_TYPES = {
     401: "authentication_error",
@@ -124,7 +145,7 @@ def _content_parts(content: Any, where: str) -> list[ContentPart]:
         kind = item.get("type")
         if kind == "image_url":
             image = item.get("image_url")
-            parts.append(image_from_url(image.get("url") if isinstance(image, dict) else image))
+            parts.append(_image(image.get("url") if isinstance(image, dict) else image))
         elif kind == "refusal" and isinstance(item.get("refusal"), str):
             parts.append(TextPart(text=item["refusal"]))
         elif isinstance(item.get("text"), str):
@@ -132,6 +153,20 @@ def _content_parts(content: Any, where: str) -> list[ContentPart]:
             parts.append(TextPart(text=item["text"]))
         # Audio and file parts carry no text worth keeping and are skipped.
     return parts
+
+
+def _image(url: Any) -> ImagePart:
+    """An image part, keeping a data: URL's bytes (as base64) for translation."""
+    part = image_from_url(url)
+    if not (isinstance(url, str) and url.startswith("data:")):
+        return part
+    header, _, payload = url[5:].partition(",")
+    if header.endswith(";base64"):
+        part.data = payload.strip()
+    else:
+        # A plain data: URL is percent-encoded bytes; canonical data is base64.
+        part.data = base64.b64encode(unquote_to_bytes(payload)).decode()
+    return part
 
 
 def _text_only(content: Any, where: str) -> list[str]:
@@ -190,11 +225,58 @@ def _tool(spec: Any) -> Tool | None:
     if not name:
         return None
     params = decl.get("parameters")
+    strict = decl.get("strict")
     return Tool(
         name=name,
         description=as_str(decl.get("description")),
         parameters=params if isinstance(params, dict) else None,
+        strict=strict if isinstance(strict, bool) else None,
     )
+
+
+def _tool_choice(value: Any) -> ToolChoice | None:
+    """`tool_choice`, or the legacy `function_call`; a shape we do not know is left to
+    the provider to judge, not refused here."""
+    if isinstance(value, str):
+        return ToolChoice(mode=value) if value in ("auto", "none", "required") else None
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("type")
+    if kind == "allowed_tools":
+        # A subset of tools the model may pick from: the canonical form keeps the mode.
+        mode = dig(value, "allowed_tools", "mode")
+        return ToolChoice(mode=mode) if mode in ("auto", "required") else None
+    # {"type": "function", "function": {"name"}}, {"type": "custom", "custom": {...}},
+    # or the legacy function_call {"name"}.
+    inner = value.get(kind) if isinstance(kind, str) else None
+    name = as_str(dig(inner, "name")) or as_str(value.get("name"))
+    return ToolChoice(mode="tool", name=name) if name else None
+
+
+def _response_format(value: Any) -> ResponseFormat | None:
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("type")
+    if kind == "json_object":
+        return ResponseFormat(type="json_object")
+    if kind != "json_schema":
+        return None  # "text" is the default
+    spec = value.get("json_schema") if isinstance(value.get("json_schema"), dict) else {}
+    schema = spec.get("schema")
+    strict = spec.get("strict")
+    return ResponseFormat(
+        type="json_schema",
+        name=as_str(spec.get("name")),
+        schema=schema if isinstance(schema, dict) else None,
+        strict=strict if isinstance(strict, bool) else None,
+    )
+
+
+def _reasoning_effort(value: Any) -> Reasoning | None:
+    if value == "none":
+        return Reasoning(enabled=False)
+    effort = _EFFORT_ALIASES.get(value, value) if isinstance(value, str) else None
+    return Reasoning(effort=effort) if effort in _EFFORTS else None
 
 
 class OpenAIChat(WireProtocol):
@@ -237,13 +319,17 @@ class OpenAIChat(WireProtocol):
         tools = [t for t in map(_tool, optional_list(body, "tools")) if t]
         tools += [t for t in map(_tool, optional_list(body, "functions")) if t]
         max_tokens = optional_int(body, "max_completion_tokens")
+        parallel = body.get("parallel_tool_calls")
         return build_request(
             protocol=self.name,
             model=model,
             system="\n\n".join(system) if system else None,
             messages=messages,
             tools=tools,
-            tool_choice=body.get("tool_choice", body.get("function_call")),
+            tool_choice=_tool_choice(body.get("tool_choice", body.get("function_call"))),
+            parallel_tool_calls=parallel if isinstance(parallel, bool) else None,
+            response_format=_response_format(body.get("response_format")),
+            reasoning=_reasoning_effort(body.get("reasoning_effort")),
             max_tokens=max_tokens if max_tokens is not None else optional_int(body, "max_tokens"),
             temperature=optional_number(body, "temperature"),
             top_p=optional_number(body, "top_p"),
@@ -279,12 +365,15 @@ class OpenAIChat(WireProtocol):
 
     def parse_response(self, body: Any) -> CanonicalResponse:
         body = require_object(body, "response body")
-        choice = _first_choice(body.get("choices"))
+        choice = first_choice(body.get("choices"))
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        stop_reason = as_str(choice.get("finish_reason"))
         return CanonicalResponse(
+            id=as_str(body.get("id")),
             model=as_str(body.get("model")),
             content=lenient_parts(_assistant_parts, message),
-            stop_reason=as_str(choice.get("finish_reason")),
+            stop_reason=stop_reason,
+            finish=chat_finish(stop_reason),
             usage=chat_usage(body.get("usage")),
         )
 
@@ -301,7 +390,7 @@ class OpenAIChat(WireProtocol):
         usage = chat_usage(chunk.get("usage")) or chat_usage(dig(chunk, "x_groq", "usage"))
         if usage is not None:
             state.usage = usage
-        choice = _first_choice(chunk.get("choices"))
+        choice = first_choice(chunk.get("choices"))
         if isinstance(choice.get("finish_reason"), str):
             state.stop_reason = choice["finish_reason"]
         delta = choice.get("delta")
@@ -357,6 +446,10 @@ class OpenAIChat(WireProtocol):
         return StreamEvent(data=json.dumps(self.error_body(status, kind, message)))
 
 
+def chat_finish(reason: str | None) -> Finish | None:
+    return FINISH_FROM_CHAT.get(reason, "stop") if reason else None
+
+
 def _text_slots(delta: Any) -> list[TextSlot]:
     """The reply text of a choice's delta: its content, and a refusal, which the
     caller is shown just the same."""
@@ -369,10 +462,10 @@ def _event_slots(chunk: Any) -> list[TextSlot]:
     """The text slots of a stream chunk, from the choice `feed_event` reads."""
     if not isinstance(chunk, dict):
         return []
-    return _text_slots(_first_choice(chunk.get("choices")).get("delta"))
+    return _text_slots(first_choice(chunk.get("choices")).get("delta"))
 
 
-def _first_choice(choices: Any) -> dict[str, Any]:
+def first_choice(choices: Any) -> dict[str, Any]:
     """Choice 0: with `n` > 1 the other choices are alternatives, not more of the reply."""
     if not isinstance(choices, list):
         return {}

@@ -7,8 +7,10 @@ sequence of named events that ends with `response.completed` (or `.incomplete`
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from addon.protocols.base import (
     StreamEvent,
@@ -23,7 +25,6 @@ from addon.protocols.base import (
     dig,
     error_summary,
     fill_slots,
-    image_from_url,
     json_arguments,
     lenient_parts,
     load_event,
@@ -40,17 +41,27 @@ from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
     ContentPart,
+    Finish,
     ImagePart,
     Message,
     ProtocolError,
+    Reasoning,
+    ResponseFormat,
     TextPart,
     ThinkingPart,
     Tool,
+    ToolChoice,
     ToolResultPart,
     ToolUsePart,
     Usage,
 )
 from addon.protocols.openai_chat import openai_error_body, openai_usage
+
+# A module, not the name: addon.translate.codec imports addon.protocols, so the
+# name does not exist yet when the import starts from that side.
+from addon.translate import codec as seals
+
+NAME = "openai_responses"
 
 _TOOL_CALLS = ("function_call", "custom_tool_call")
 _TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
@@ -82,13 +93,32 @@ def _content_parts(content: Any, where: str) -> list[ContentPart]:
             raise ProtocolError(f"'{where}.content' has a part that is not an object")
         kind = item.get("type")
         if kind == "input_image":
-            parts.append(image_from_url(item.get("image_url")))
+            parts.append(_image(item))
         elif kind == "refusal" and isinstance(item.get("refusal"), str):
             parts.append(TextPart(text=item["refusal"]))
         elif isinstance(item.get("text"), str):
             # input_text, output_text, and any newer text-bearing part.
             parts.append(TextPart(text=item["text"]))
     return parts
+
+
+def _image(item: dict[str, Any]) -> ImagePart:
+    """An input_image: a URL, inline bytes in a data: URL, or an uploaded file's id.
+
+    A file id names bytes only OpenAI holds, so it becomes an image with nothing
+    another provider could fetch.
+    """
+    url = item.get("image_url")
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return ImagePart(url=url if isinstance(url, str) else None)
+    header, _, payload = url[5:].partition(",")
+    media_type, _, params = header.partition(";")
+    if "base64" in params.split(";"):
+        data = payload
+    else:
+        # A percent-encoded data: URL; providers all want base64.
+        data = base64.b64encode(unquote_to_bytes(payload)).decode()
+    return ImagePart(media_type=media_type or None, has_inline_data=True, data=data)
 
 
 def _reasoning_text(item: dict[str, Any]) -> str:
@@ -103,8 +133,26 @@ def _reasoning_text(item: dict[str, Any]) -> str:
 
 def _reasoning_part(item: dict[str, Any]) -> ThinkingPart:
     text = _reasoning_text(item)
-    # Reasoning that only came back encrypted is there but unreadable.
-    return ThinkingPart(text=text, redacted=not text and bool(item.get("encrypted_content")))
+    sealed = as_str(item.get("encrypted_content"))
+    issuer, signature = seals.unseal(sealed, NAME) if sealed else (None, None)
+    return ThinkingPart(
+        text=text,
+        # Reasoning that only came back encrypted is there but unreadable.
+        redacted=not text and bool(sealed),
+        signature=signature,
+        issuer=issuer,
+        item_id=as_str(item.get("id")),
+    )
+
+
+def _call_signature(part: ThinkingPart) -> bool:
+    """A Gemini thought signature that rode on a function call.
+
+    Responses has no slot for it on a function_call item, so the reply encoder
+    sends it as a textless reasoning item right before the call; it goes back
+    onto that call here.
+    """
+    return part.issuer == "gemini" and not part.text and bool(part.signature)
 
 
 def _tool_use(item: dict[str, Any]) -> ToolUsePart:
@@ -117,18 +165,67 @@ def _tool_use(item: dict[str, Any]) -> ToolUsePart:
 
 
 def _tool(spec: Any) -> Tool | None:
-    if not isinstance(spec, dict):
+    """A function tool; built-in tools (web_search, file_search, mcp, custom, ...) run on
+    OpenAI's side or take free text, so no other provider can be given them: they are
+    listed by `untranslatable` instead."""
+    if not isinstance(spec, dict) or spec.get("type", "function") != "function":
         return None
-    # Built-in tools (web_search, file_search, mcp, ...) are named by their type.
-    name = as_str(spec.get("name")) or as_str(spec.get("server_label")) or as_str(spec.get("type"))
+    name = as_str(spec.get("name"))
     if not name:
         return None
     params = spec.get("parameters")
+    strict = spec.get("strict")
     return Tool(
         name=name,
         description=as_str(spec.get("description")),
         parameters=params if isinstance(params, dict) else None,
+        strict=strict if isinstance(strict, bool) else None,
     )
+
+
+def _tool_choice(raw: Any) -> ToolChoice | None:
+    if raw in ("auto", "none", "required"):
+        return ToolChoice(mode=raw)
+    if not isinstance(raw, dict):
+        return None
+    kind = raw.get("type")
+    if kind == "function" and as_str(raw.get("name")):
+        return ToolChoice(mode="tool", name=raw["name"])
+    if kind == "allowed_tools" and raw.get("mode") in ("auto", "required"):
+        # The allowed subset narrows the tools; the mode is all that carries.
+        return ToolChoice(mode=raw["mode"])
+    return None  # a built-in tool's choice: see `untranslatable`
+
+
+def _response_format(text: Any) -> ResponseFormat | None:
+    fmt = dig(text, "format")
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_object":
+        return ResponseFormat(type="json_object")
+    if fmt.get("type") != "json_schema":
+        return None
+    schema, strict = fmt.get("schema"), fmt.get("strict")
+    return ResponseFormat(
+        type="json_schema",
+        name=as_str(fmt.get("name")),
+        schema=schema if isinstance(schema, dict) else None,
+        strict=strict if isinstance(strict, bool) else None,
+    )
+
+
+def _reasoning(raw: Any) -> Reasoning | None:
+    if not isinstance(raw, dict):
+        return None
+    effort = raw.get("effort")
+    if effort == "none":
+        return Reasoning(enabled=False)
+    if effort in ("minimal", "low", "medium", "high"):
+        return Reasoning(effort=effort)
+    if effort == "xhigh":
+        return Reasoning(effort="high")
+    # Asking for a summary asks for reasoning, at the model's own effort.
+    return Reasoning() if raw.get("summary") else None
 
 
 def _input_messages(items: list[Any], system: list[str]) -> list[Message]:
@@ -150,7 +247,12 @@ def _input_messages(items: list[Any], system: list[str]) -> list[Message]:
             role = "assistant" if role == "assistant" else "user"
             append_parts(messages, role, _content_parts(item.get("content"), where))
         elif kind in _TOOL_CALLS:
-            append_parts(messages, "assistant", [_tool_use(item)])
+            call = _tool_use(item)
+            held = _last_part(messages)
+            if kind == "function_call" and isinstance(held, ThinkingPart) and _call_signature(held):
+                messages[-1].content.pop()
+                call.signature, call.issuer = held.signature, held.issuer
+            append_parts(messages, "assistant", [call])
         elif kind in _TOOL_OUTPUTS:
             output = item.get("output")
             content = [
@@ -162,6 +264,12 @@ def _input_messages(items: list[Any], system: list[str]) -> list[Message]:
             append_parts(messages, "assistant", [_reasoning_part(item)])
         # item_reference, built-in tool calls and newer item types carry no prompt text.
     return messages
+
+
+def _last_part(messages: list[Message]) -> ContentPart | None:
+    if messages and messages[-1].role == "assistant" and messages[-1].content:
+        return messages[-1].content[-1]
+    return None
 
 
 def _output_parts(output: Any) -> list[ContentPart]:
@@ -184,8 +292,22 @@ def _stop_reason(response: dict[str, Any]) -> str | None:
     return reason or as_str(response.get("status"))
 
 
+def _finish(response: dict[str, Any], content: list[ContentPart]) -> Finish | None:
+    status = response.get("status")
+    if status == "completed":
+        return "tool_calls" if any(isinstance(p, ToolUsePart) for p in content) else "stop"
+    if status == "incomplete":
+        reason = dig(response, "incomplete_details", "reason")
+        return "content_filter" if reason == "content_filter" else "length"
+    return "error" if status == "failed" else None
+
+
+def as_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
 class OpenAIResponses(WireProtocol):
-    name = "openai_responses"
+    name = NAME
     provider = "openai"
     credential_header = "authorization"
 
@@ -216,7 +338,10 @@ class OpenAIResponses(WireProtocol):
             system="\n\n".join(system) if system else None,
             messages=messages,
             tools=[t for t in map(_tool, optional_list(body, "tools")) if t],
-            tool_choice=body.get("tool_choice"),
+            tool_choice=_tool_choice(body.get("tool_choice")),
+            parallel_tool_calls=as_bool(body.get("parallel_tool_calls")),
+            response_format=_response_format(body.get("text")),
+            reasoning=_reasoning(body.get("reasoning")),
             max_tokens=optional_int(body, "max_output_tokens"),
             temperature=optional_number(body, "temperature"),
             top_p=optional_number(body, "top_p"),
@@ -230,10 +355,13 @@ class OpenAIResponses(WireProtocol):
 
     def parse_response(self, body: Any) -> CanonicalResponse:
         body = require_object(body, "response body")
+        content = lenient_parts(_output_parts, body.get("output"))
         return CanonicalResponse(
+            id=as_str(body.get("id")),
             model=as_str(body.get("model")),
-            content=lenient_parts(_output_parts, body.get("output")),
+            content=content,
             stop_reason=_stop_reason(body),
+            finish=_finish(body, content),
             usage=responses_usage(body.get("usage")),
         )
 

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import ssl
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,8 +37,11 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from addon.call import Call, describe_exception
+from addon.call import Attempt, Call, describe_exception
+from addon.streaming import MAX_EVENT_BYTES
+from addon.upstream.attempts import RETRY_STATUSES, attempt_row
 from addon.upstream.failures import AUDIT_UNAVAILABLE, UpstreamFailure, classify
+from addon.upstream.translated import translated_buffered, translated_stream
 
 if TYPE_CHECKING:
     from addon.protocols import WireProtocol
@@ -78,16 +82,26 @@ class Timeouts:
 
 
 @dataclass
-class Ticket:
-    """A decided request, waiting for mitmproxy to hand its flow over."""
+class Leg:
+    """One upstream a decided call may be sent to: its route's, or a fallback's."""
 
-    call: Call
-    method: str
     url: str
     headers: list[tuple[str, str]]
     body: bytes
     route: str
     timeouts: Timeouts
+    target: tuple[str, str, int]  # scheme, host, port: what the flow shows
+    attempt: Attempt | None = None  # None for calls llmgate does not parse
+
+
+@dataclass
+class Ticket:
+    """A decided request, waiting for mitmproxy to hand its flow over."""
+
+    call: Call
+    method: str
+    legs: list[Leg]
+    max_event_bytes: int = MAX_EVENT_BYTES
     # With audit.on_failure refuse: the commit of the call's row, awaited before
     # anything leaves (it runs while mitmproxy brings the flow over).
     recorded: Awaitable[bool] | None = field(default=None)
@@ -220,18 +234,46 @@ class Dispatcher:
             self.in_flight -= 1
 
     async def _exchange(self, request: web.BaseRequest, ticket: Ticket) -> web.StreamResponse:
-        assert self._session is not None
-        call, limits = ticket.call, ticket.timeouts
+        call = ticket.call
         if ticket.recorded is not None and not await ticket.recorded:
-            return self._failed(call, AUDIT_UNAVAILABLE)
-        body = ticket.body if ticket.body or ticket.method not in ("GET", "HEAD") else None
+            return self.failed(call, AUDIT_UNAVAILABLE)
+        for number, leg in enumerate(ticket.legs):
+            last = number == len(ticket.legs) - 1
+            if leg.attempt is not None and leg.attempt is not call.serving:
+                call.serve_with(leg.attempt)
+                call.upstream_target = leg.target
+            started = time.time()
+            opened = await self._open(ticket, leg)
+            if isinstance(opened, UpstreamFailure):
+                self._note(ticket, leg, started, None, opened.reason, opened.message)
+                if last:
+                    return self.failed(call, opened)
+                continue
+            upstream = opened
+            if not last and upstream.status in RETRY_STATUSES:
+                # Nothing has reached the caller yet: the next route may serve it.
+                self._note(ticket, leg, started, upstream.status, "upstream_error", None)
+                upstream.release()
+                continue
+            self._note(ticket, leg, started, upstream.status, None, None)
+            try:
+                return await self._reply(request, upstream, ticket, leg)
+            finally:
+                upstream.close()
+        raise AssertionError("a ticket has at least one leg")
+
+    async def _open(self, ticket: Ticket, leg: Leg) -> aiohttp.ClientResponse | UpstreamFailure:
+        """Send the request and wait for the reply's headers, under the leg's timeouts."""
+        assert self._session is not None
+        limits = leg.timeouts
+        body = leg.body if leg.body or ticket.method not in ("GET", "HEAD") else None
         deadline = asyncio.timeout(limits.connect + limits.first_byte)
         try:
             async with deadline:
-                upstream = await self._session.request(
+                return await self._session.request(
                     ticket.method,
-                    URL(ticket.url, encoded=True),
-                    headers=ticket.headers,
+                    URL(leg.url, encoded=True),
+                    headers=leg.headers,
                     data=body,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(
@@ -243,31 +285,48 @@ class Dispatcher:
             fault = TimeoutError() if deadline.expired() else exc
             connecting = isinstance(fault, aiohttp.ConnectionTimeoutError)
             seconds = limits.connect if connecting else limits.first_byte
-            return self._failed(call, classify(fault, ticket.route, "first_byte", seconds))
-        try:
-            framing = stream_framing(
-                call, upstream.status, upstream.headers.get("content-type", "")
-            )
-            if framing is None:
-                return await self._buffered(upstream, ticket)
-            return await self._streamed(request, upstream, ticket, framing)
-        finally:
-            upstream.close()
+            return classify(fault, leg.route, "first_byte", seconds)
 
-    def _failed(self, call: Call, failure: UpstreamFailure) -> web.Response:
+    def _note(
+        self,
+        ticket: Ticket,
+        leg: Leg,
+        started: float,
+        status: int | None,
+        reason: str | None,
+        error: str | None,
+    ) -> None:
+        """Remember one attempt; only calls that had somewhere else to go record them."""
+        if len(ticket.legs) > 1:
+            row = attempt_row(ticket.call, leg, started, status, reason, error)
+            ticket.call.attempted.append(row)
+
+    async def _reply(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, ticket: Ticket, leg: Leg
+    ) -> web.StreamResponse:
+        call = ticket.call
+        translation = leg.attempt.translation if leg.attempt is not None else None
+        if translation is not None:
+            if call.stream and upstream.status < 400:
+                return await translated_stream(self, request, upstream, ticket, leg, translation)
+            return await translated_buffered(self, upstream, ticket, leg, translation)
+        framing = stream_framing(call, upstream.status, upstream.headers.get("content-type", ""))
+        if framing is None:
+            return await self._buffered(upstream, ticket, leg)
+        return await self._streamed(request, upstream, ticket, leg, framing)
+
+    def failed(self, call: Call, failure: UpstreamFailure) -> web.Response:
         call.upstream_failure = failure
         return error_reply(call, failure)
 
     async def _buffered(
-        self, upstream: aiohttp.ClientResponse, ticket: Ticket
+        self, upstream: aiohttp.ClientResponse, ticket: Ticket, leg: Leg
     ) -> web.StreamResponse:
         """Read the whole reply first: a fault midway is then still a clean answer."""
         try:
-            body = await _read_all(upstream, ticket.timeouts.idle)
+            body = await read_all(upstream, leg.timeouts.idle)
         except Exception as exc:  # noqa: BLE001
-            return self._failed(
-                ticket.call, classify(exc, ticket.route, "body", ticket.timeouts.idle)
-            )
+            return self.failed(ticket.call, classify(exc, leg.route, "body", leg.timeouts.idle))
         reply = web.Response(status=upstream.status, reason=upstream.reason, body=body)
         _copy_headers(upstream, reply)
         return reply
@@ -277,6 +336,7 @@ class Dispatcher:
         request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         ticket: Ticket,
+        leg: Leg,
         framing: str,
     ) -> web.StreamResponse:
         call = ticket.call
@@ -286,7 +346,7 @@ class Dispatcher:
         sent_any = False
         failure: UpstreamFailure | None = None
         loop = asyncio.get_running_loop()
-        idle = ticket.timeouts.idle
+        idle = leg.timeouts.idle
         try:
             async with asyncio.timeout(idle) as quiet:
                 async for chunk in upstream.content.iter_any():
@@ -299,7 +359,7 @@ class Dispatcher:
             # The caller (mitmproxy's side of the hop) is gone; the row says so.
             return reply
         except Exception as exc:  # noqa: BLE001
-            failure = classify(exc, ticket.route, "body", idle)
+            failure = classify(exc, leg.route, "body", idle)
         if failure is not None:
             call.upstream_failure = failure
             try:
@@ -310,7 +370,7 @@ class Dispatcher:
         return reply
 
 
-async def _read_all(upstream: aiohttp.ClientResponse, idle: float) -> bytes:
+async def read_all(upstream: aiohttp.ClientResponse, idle: float) -> bytes:
     loop = asyncio.get_running_loop()
     parts: list[bytes] = []
     async with asyncio.timeout(idle) as quiet:
