@@ -219,36 +219,44 @@ class CodexRunner:
             command += ["-c", f"{key}={toml_value(value)}"]
         command += [*args, prompt]
 
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=run_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        timed_out = False
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc.pid)
-            stdout, stderr = proc.communicate()
-        finally:
-            _kill_group(proc.pid)  # whatever the agent left running in its group
-        return AgentResult(
-            returncode=proc.returncode,
-            stdout=stdout,
-            stderr=stderr,
-            seconds=time.monotonic() - started,
-            timed_out=timed_out,
-            home=home,
-            workdir=workdir,
-        )
+        ran = run_in_group(command, workdir, run_env, timeout)
+        return AgentResult(**ran.__dict__, home=home, workdir=workdir)
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool
+
+
+def run_in_group(command: list[str], workdir: Path, env: dict[str, str], timeout: float) -> Ran:
+    """Run an agent in its own process group, and kill the whole group when it ends or
+    times out (an agent's launcher spawns the real binary, which spawns tools)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    timed_out = False
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc.pid)
+        stdout, stderr = proc.communicate()
+    finally:
+        _kill_group(proc.pid)  # whatever the agent left running in its group
+    return Ran(proc.returncode, stdout, stderr, time.monotonic() - started, timed_out)
 
 
 def _kill_group(pgid: int) -> None:

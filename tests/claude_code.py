@@ -49,15 +49,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.agents import AGENTS_DIR, _kill_group
+from tests.agents import AGENTS_DIR, run_in_group
 
 PACKAGE = "@anthropic-ai/claude-code"
 PACKAGE_DIR = AGENTS_DIR / "node_modules" / "@anthropic-ai" / "claude-code"
@@ -244,33 +242,5 @@ class ClaudeCodeRunner:
             command += ["--allowedTools", ",".join(allowed_tools)]
         command += ["--debug", *args, "-p", prompt]
 
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=run_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        timed_out = False
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc.pid)
-            stdout, stderr = proc.communicate()
-        finally:
-            _kill_group(proc.pid)  # whatever the agent left running in its group
-        return ClaudeResult(
-            returncode=proc.returncode,
-            stdout=stdout,
-            stderr=stderr,
-            seconds=time.monotonic() - started,
-            timed_out=timed_out,
-            home=home,
-            workdir=workdir,
-        )
+        ran = run_in_group(command, workdir, run_env, timeout)
+        return ClaudeResult(**ran.__dict__, home=home, workdir=workdir)

@@ -84,14 +84,14 @@ def test_any_exception_while_deciding_is_a_500_in_the_callers_format_never_a_for
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stage: str
 ) -> None:
     """The guard is the unit under test, so a fault is injected where no input reaches."""
-    from addon import pipeline
+    from addon import pipeline, planning
 
     secret_in_message = "sk-leaked-in-an-exception-message-0000"
 
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError(secret_in_message)
 
-    monkeypatch.setattr(pipeline, stage, broken)
+    monkeypatch.setattr(planning if stage == "plan_attempts" else pipeline, stage, broken)
     with configured_gateway(tmp_path) as (gateway, _):
         flow = llm_flow("gpt-4o")
         asyncio.run(gateway.request(flow))

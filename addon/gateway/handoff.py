@@ -20,15 +20,8 @@ from addon.config import Route
 from addon.credentials import Fields
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import error_protocol
-from addon.upstream.dispatcher import (
-    DISPATCH_HEADER,
-    FILLED_IN_HEADER,
-    Dispatcher,
-    Leg,
-    Ticket,
-    Timeouts,
-    upstream_ssl_context,
-)
+from addon.upstream.dispatcher import Dispatcher, upstream_ssl_context
+from addon.upstream.tickets import DISPATCH_HEADER, FILLED_IN_HEADER, Leg, Ticket, Timeouts
 
 if TYPE_CHECKING:
     from addon.gateway.http_hooks import Gateway

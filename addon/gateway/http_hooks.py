@@ -16,7 +16,7 @@ from pathlib import Path
 import mitmproxy.flow
 from mitmproxy import ctx, exceptions, http
 
-from addon import pipeline
+from addon import pipeline, planning
 from addon.call import Call, Rejection, Rewrite, describe_exception, new_request_id
 from addon.checks import config_warnings
 from addon.config import ConfigError, GatewayConfig, load_config
@@ -243,7 +243,7 @@ class Gateway:
                 self.calls.pop(flow.id, None)  # the calls are the messages, not the upgrade
             return
         if call.protocol_name == "other":
-            outcome = pipeline.admit_other(call, policy, self.config, raw_path, self.secrets)
+            outcome = planning.admit_other(call, policy, self.config, raw_path, self.secrets)
             if isinstance(outcome, Rejection):
                 self._reject(flow, call, outcome)
                 return
@@ -258,7 +258,7 @@ class Gateway:
             or pipeline.choose_route(call, self.config)
             or pipeline.check_policy(call, policy)
             or self._screen_request(call, self.masking.caller_fields(flow))
-            or pipeline.plan_attempts(call, policy, self.config, raw_path, raw, self.secrets)
+            or planning.plan_attempts(call, policy, self.config, raw_path, raw, self.secrets)
         )
         if isinstance(outcome, Rejection):
             self._reject(flow, call, outcome)

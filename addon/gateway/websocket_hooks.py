@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 
-from addon import pipeline
+from addon import pipeline, planning
 from addon.call import Call, Rejection, describe_exception, new_request_id
 from addon.config import GatewayConfig, Route
 from addon.credentials import Fields, is_masked_header
@@ -105,7 +105,7 @@ class WebSocketCalls:
                 ),
             )
         call.route = route
-        rewrite = pipeline.plan_rewrite(call, raw_path, None, self.gateway.secrets)
+        rewrite = planning.plan_rewrite(call, raw_path, None, self.gateway.secrets)
         if isinstance(rewrite, Rejection):
             return rewrite
         headers = self.gateway.masking.caller_fields(flow)
@@ -280,7 +280,7 @@ class WebSocketCalls:
             )
         if refused is not None:
             return refused
-        rewrite = pipeline.plan_rewrite(call, call.path, raw, self.gateway.secrets)
+        rewrite = planning.plan_rewrite(call, call.path, raw, self.gateway.secrets)
         if isinstance(rewrite, Rejection):
             return rewrite
         # A warm-up (`"generate": false`, Codex sends one per socket) is policed,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from addon.call import Call
 
 if TYPE_CHECKING:
-    from addon.upstream.dispatcher import Leg
+    from addon.upstream.tickets import Leg
 
 # Answers that say "not now, not here" rather than "not this request": rate
 # limits and the upstream's own failures. A 400 would fail on any route.

@@ -29,31 +29,33 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from addon.call import Attempt, Call, describe_exception
-from addon.streaming import MAX_EVENT_BYTES
+from addon.call import Call, describe_exception
 from addon.upstream.attempts import RETRY_STATUSES, attempt_row
 from addon.upstream.failures import AUDIT_UNAVAILABLE, UpstreamFailure, classify
+from addon.upstream.tickets import (
+    DISPATCH_HEADER,
+    FILLED_IN,
+    FILLED_IN_HEADER,
+    Leg,
+    Ticket,
+    answer_failure,
+    error_body,
+    error_reply,
+    read_all,
+)
 from addon.upstream.translated import translated_buffered, translated_stream
 
 if TYPE_CHECKING:
-    from addon.protocols import WireProtocol
+    pass
 
 log = logging.getLogger("llmgate")
 
-DISPATCH_HEADER = "x-llmgate-dispatch"
-# aiohttp's server fills in Date, Server and Content-Type when the reply has none;
-# this header names the ones it filled in, so that the gateway can take them off.
-FILLED_IN_HEADER = "x-llmgate-filled-in"
-_FILLED_IN = ("Date", "Server", "Content-Type")
-REQUEST_ID_HEADER = "x-llmgate-request-id"
 # Never forwarded by a proxy (RFC 9110 7.6.1), or set by the client library itself.
 _HOP_BY_HOP = frozenset(
     {
@@ -74,39 +76,6 @@ _HOP_BY_HOP = frozenset(
 _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float
-    first_byte: float
-    idle: float
-
-
-@dataclass
-class Leg:
-    """One upstream a decided call may be sent to: its route's, or a fallback's."""
-
-    url: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    route: str
-    timeouts: Timeouts
-    target: tuple[str, str, int]  # scheme, host, port: what the flow shows
-    attempt: Attempt | None = None  # None for calls llmgate does not parse
-
-
-@dataclass
-class Ticket:
-    """A decided request, waiting for mitmproxy to hand its flow over."""
-
-    call: Call
-    method: str
-    legs: list[Leg]
-    max_event_bytes: int = MAX_EVENT_BYTES
-    # With audit.on_failure refuse: the commit of the call's row, awaited before
-    # anything leaves (it runs while mitmproxy brings the flow over).
-    recorded: Awaitable[bool] | None = field(default=None)
-
-
 def stream_framing(call: Call, status: int, content_type: str) -> str | None:
     """How a reply is streamed: "sse", "json_array" (Gemini's streamed array) or None."""
     if content_type.lower().startswith("text/event-stream"):
@@ -116,25 +85,6 @@ def stream_framing(call: Call, status: int, content_type: str) -> str | None:
     return None
 
 
-def error_reply(call: Call, failure: UpstreamFailure) -> web.Response:
-    """llmgate's answer in the caller's format, as the listener sends it to mitmproxy."""
-    body = json.dumps(_error_body(call.protocol, failure)).encode()
-    headers = {
-        "content-type": "application/json",
-        REQUEST_ID_HEADER: call.id,
-        FILLED_IN_HEADER: "Date,Server",
-    }
-    if failure.status == 503:
-        headers["retry-after"] = "1"
-    return web.Response(status=failure.status, body=body, headers=headers)
-
-
-def _error_body(protocol: WireProtocol | None, failure: UpstreamFailure) -> dict:
-    if protocol is None:
-        return {"error": {"message": failure.message, "code": failure.reason}}
-    return protocol.error_body(failure.status, failure.reason, failure.message)
-
-
 def stream_error(call: Call, failure: UpstreamFailure, framing: str, sent_any: bool) -> bytes:
     """The bytes that end a broken stream with the protocol's own error."""
     if framing == "sse":
@@ -142,7 +92,7 @@ def stream_error(call: Call, failure: UpstreamFailure, framing: str, sent_any: b
         event = call.protocol.error_event(failure.status, failure.reason, failure.message)
         head = f"event: {event.event}\n" if event.event else ""
         return f"\n\n{head}data: {event.data}\n\n".encode()
-    element = json.dumps(_error_body(call.protocol, failure))
+    element = json.dumps(error_body(call.protocol, failure))
     return f",{element}]".encode() if sent_any else f"[{element}]".encode()
 
 
@@ -308,16 +258,15 @@ class Dispatcher:
         translation = leg.attempt.translation if leg.attempt is not None else None
         if translation is not None:
             if call.stream and upstream.status < 400:
-                return await translated_stream(self, request, upstream, ticket, leg, translation)
-            return await translated_buffered(self, upstream, ticket, leg, translation)
+                return await translated_stream(request, upstream, ticket, leg, translation)
+            return await translated_buffered(upstream, ticket, leg, translation)
         framing = stream_framing(call, upstream.status, upstream.headers.get("content-type", ""))
         if framing is None:
             return await self._buffered(upstream, ticket, leg)
         return await self._streamed(request, upstream, ticket, leg, framing)
 
     def failed(self, call: Call, failure: UpstreamFailure) -> web.Response:
-        call.upstream_failure = failure
-        return error_reply(call, failure)
+        return answer_failure(call, failure)
 
     async def _buffered(
         self, upstream: aiohttp.ClientResponse, ticket: Ticket, leg: Leg
@@ -370,21 +319,11 @@ class Dispatcher:
         return reply
 
 
-async def read_all(upstream: aiohttp.ClientResponse, idle: float) -> bytes:
-    loop = asyncio.get_running_loop()
-    parts: list[bytes] = []
-    async with asyncio.timeout(idle) as quiet:
-        async for chunk in upstream.content.iter_any():
-            parts.append(chunk)
-            quiet.reschedule(loop.time() + idle)
-    return b"".join(parts)
-
-
 def _copy_headers(upstream: aiohttp.ClientResponse, reply: web.StreamResponse) -> None:
     for name, value in upstream.raw_headers:
         text = name.decode("latin-1")
         if text.lower() not in _HOP_BY_HOP:
             reply.headers.add(text, value.decode("latin-1"))
-    filled_in = [name for name in _FILLED_IN if name not in upstream.headers]
+    filled_in = [name for name in FILLED_IN if name not in upstream.headers]
     if filled_in:
         reply.headers[FILLED_IN_HEADER] = ",".join(filled_in)

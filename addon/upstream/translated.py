@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -14,9 +13,7 @@ from addon.call import describe_exception
 from addon.streaming import EventTooLarge
 from addon.translate.reply import Translation
 from addon.upstream.failures import UpstreamFailure, classify
-
-if TYPE_CHECKING:
-    from addon.upstream.dispatcher import Dispatcher, Leg, Ticket
+from addon.upstream.tickets import FILLED_IN_HEADER, Leg, Ticket, answer_failure, read_all
 
 log = logging.getLogger("llmgate")
 
@@ -26,8 +23,6 @@ _NETWORK_FAULTS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 def _headers(upstream: aiohttp.ClientResponse, content_type: str) -> dict[str, str]:
-    from addon.upstream.dispatcher import FILLED_IN_HEADER
-
     headers = {"content-type": content_type, FILLED_IN_HEADER: "Date,Server"}
     for name in _KEPT_HEADERS:
         if name in upstream.headers:
@@ -51,25 +46,22 @@ def _untranslatable(leg: Leg, translation: Translation, exc: BaseException) -> U
 
 
 async def translated_buffered(
-    dispatcher: Dispatcher,
     upstream: aiohttp.ClientResponse,
     ticket: Ticket,
     leg: Leg,
     translation: Translation,
 ) -> web.StreamResponse:
-    from addon.upstream.dispatcher import read_all
-
     call = ticket.call
     try:
         body = await read_all(upstream, leg.timeouts.idle)
     except Exception as exc:  # noqa: BLE001
-        return dispatcher.failed(call, classify(exc, leg.route, "body", leg.timeouts.idle))
+        return answer_failure(call, classify(exc, leg.route, "body", leg.timeouts.idle))
     headers = _headers(upstream, "application/json")
     if upstream.status >= 400:
         status, out = translation.error_reply(upstream.status, body)
         return web.Response(status=status, body=out, headers=headers)
     if call.stream:
-        return dispatcher.failed(
+        return answer_failure(
             call,
             UpstreamFailure(
                 502,
@@ -80,12 +72,11 @@ async def translated_buffered(
     try:
         out = translation.reply_body(body)
     except Exception as exc:  # noqa: BLE001 - an unreadable reply is an error, never passed on
-        return dispatcher.failed(call, _untranslatable(leg, translation, exc))
+        return answer_failure(call, _untranslatable(leg, translation, exc))
     return web.Response(status=upstream.status, body=out, headers=headers)
 
 
 async def translated_stream(
-    dispatcher: Dispatcher,
     request: web.BaseRequest,
     upstream: aiohttp.ClientResponse,
     ticket: Ticket,
@@ -94,7 +85,7 @@ async def translated_stream(
 ) -> web.StreamResponse:
     call = ticket.call
     if not upstream.headers.get("content-type", "").lower().startswith("text/event-stream"):
-        return await translated_buffered(dispatcher, upstream, ticket, leg, translation)
+        return await translated_buffered(upstream, ticket, leg, translation)
     reply = web.StreamResponse(status=upstream.status)
     for name, value in _headers(upstream, translation.content_type).items():
         reply.headers[name] = value
