@@ -22,6 +22,16 @@ with a 256 MiB event cap (`llmgate-bigevents`), idle and while the upstream pour
 never-ending SSE event through it (`x-bench-runaway-chunks`, see bench/upstream.py).
 Its `CaseResult.variants` are phases, whose column headings are in `harness.PHASES`.
 
+The translation cases (`case_translation`, `case_translation_stream`) compare one
+proxy on two routes: `llmgate-translate` (`harness.TRANSLATE_ROUTES_YAML`) sends
+`claude-*` models to an `anthropic` route and the rest to the usual `openai` one,
+both to the same upstream, which answers `/v1/messages` in Anthropic's format. The
+caller is the same Chat request on both; bare mitmdump is the third column, in the
+metric names. Their phases (`TRANSLATE_PHASES`) are in `harness.PHASES`, and the
+streams carry their send time in the text (`x-bench-stamp: text`, read by
+`load.text_stamp`), since `x_sent` does not survive translation. `TranslationTimer`
+times llmgate's translation code alone in this process, for scale.
+
 `bench.load(..., body=...)` sends any body (wrk embeds it in its Lua script, the
 asyncio client sends it as is), and bench/upstream.py reads large bodies without
 re-scanning them. With 1 MB bodies the proxies' warm-up and check still use the small
@@ -42,6 +52,7 @@ import yaml
 from bench.common import (
     CALL_TIMEOUT,
     CHAT_BODY,
+    MODEL,
     REQUEST_ID_HEADER,
     STREAM_BODY,
     BenchError,
@@ -49,11 +60,12 @@ from bench.common import (
     code_prompt,
     median,
     percentile,
+    stream_body,
 )
 from bench.harness import QUOTA_YAML, Proxy
-from bench.load import parse_head, proxy_request, read_body_chunks
+from bench.load import parse_head, proxy_request, read_body_chunks, text_stamp
 from bench.measure import Bench, CaseResult, Row
-from bench.upstream import RUNAWAY_CHUNK
+from bench.upstream import ANTHROPIC_MODEL, RUNAWAY_CHUNK
 
 Reps = dict[str, list[dict[str, Any]]]
 
@@ -674,4 +686,336 @@ def case_hostile(bench: Bench) -> CaseResult:
             "are the same llmgate proxy, idle and during the stream",
         ],
         HOSTILE_PHASES,
+    )
+
+
+# --- translation: a Chat caller on an anthropic route against the same on an openai one ---
+
+TRANSLATE_VARIANT = "llmgate-translate"
+# bare mitmdump first, then the same llmgate proxy on each of its two routes.
+TRANSLATE_PHASES = ("bare", "same-protocol", "translated")
+TRANSLATE_BODY = chat_body(model=ANTHROPIC_MODEL)
+TRANSLATE_STREAM_BODY = stream_body(ANTHROPIC_MODEL)
+TRANSLATE_TARGET_MS = 1.0
+TRANSLATE_STREAM_TARGET_MS = 0.3
+STAMP_HEADER = "x-bench-stamp: text\r\n"
+TRANSLATIONS_PER_MEASURE = 20
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The body bytes of HTTP/1.1 chunks (what the dispatcher's reader hands on)."""
+    out = b""
+    while data:
+        size, _, rest = data.partition(b"\r\n")
+        n = int(size, 16)
+        out, data = out + rest[:n], rest[n + 2 :]
+    return out
+
+
+class TranslationTimer:
+    """llmgate's translation code alone, timed in this process (no proxy, no sockets):
+    the Chat request parsed and encoded as Anthropic Messages, the upstream's Anthropic
+    reply turned into a Chat completion, and the upstream's Anthropic stream turned
+    into Chat chunks, fed the upstream's own bytes one event at a time."""
+
+    def __init__(self, events: int) -> None:
+        import json  # noqa: PLC0415 - only this timer needs them in the bench process
+
+        from addon.protocols import PROTOCOLS  # noqa: PLC0415
+        from addon.translate.codec import CallerView  # noqa: PLC0415
+        from addon.translate.registry import codec  # noqa: PLC0415
+        from addon.translate.reply import Translation  # noqa: PLC0415
+        from bench import upstream  # noqa: PLC0415
+
+        self.json, self.protocols, self.codec = json, PROTOCOLS, codec
+        self.view, self.translation = CallerView, Translation
+        self.events = events
+        self.reply = upstream._ANTHROPIC_REPLY
+        deltas = [
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}
+            for t in (upstream._token(i, True) for i in range(events))
+        ]
+        self.stream_pieces = [
+            _dechunk(upstream._ANTHROPIC_OPENING + upstream._anthropic_event(deltas[0])),
+            *(_dechunk(upstream._anthropic_event(d)) for d in deltas[1:]),
+            _dechunk(upstream._anthropic_closing(events)),
+        ]
+        self.us: dict[str, list[float]] = {"request": [], "reply": [], "stream": []}
+        self.run(1)  # a warm-up, not kept
+        self.us = {k: [] for k in self.us}
+
+    def _translation(self, body: str, stream: bool) -> Any:
+        data = self.json.loads(body)
+        request = self.protocols["openai_chat"].parse_request(data, "/v1/chat/completions")
+        view = self.view(request, data, "/v1/chat/completions", stream, "anthropic_messages")
+        return request, self.translation("openai_chat", "anthropic_messages", view)
+
+    def run(self, times: int) -> None:
+        for _ in range(times):
+            request, _ = self._translation(TRANSLATE_BODY, False)
+            t0 = time.perf_counter()
+            encoded = self.codec("anthropic_messages").encode_request(
+                request, ANTHROPIC_MODEL, False, "anthropic"
+            )
+            self.json.dumps(encoded.body, ensure_ascii=False, separators=(",", ":")).encode()
+            t1 = time.perf_counter()
+            _, translation = self._translation(TRANSLATE_BODY, False)
+            t2 = time.perf_counter()
+            translation.reply_body(self.reply)
+            t3 = time.perf_counter()
+            _, translation = self._translation(TRANSLATE_STREAM_BODY, True)
+            stream = translation.stream(8 << 20)
+            t4 = time.perf_counter()
+            out = [stream.feed(piece) for piece in self.stream_pieces]
+            out.append(stream.finish())
+            t5 = time.perf_counter()
+            if b"[DONE]" not in out[-1]:
+                raise BenchError("the in-process stream translation did not end with [DONE]")
+            self.us["request"].append((t1 - t0) * 1e6)
+            self.us["reply"].append((t3 - t2) * 1e6)
+            self.us["stream"].append((t5 - t4) * 1e6)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "runs": len(self.us["request"]),
+            **{f"{k}_median_us": median(v) for k, v in self.us.items()},
+        }
+
+
+def check_translation(bench: Bench, proxy: Proxy) -> None:
+    """The claude-* call comes back as a Chat completion made from the Anthropic reply
+    (its model is the one only bench/upstream.py's `/v1/messages` answers with), the
+    gpt-* call as the upstream's own Chat reply."""
+    expect = (
+        (TRANSLATE_BODY, f'"model":"{ANTHROPIC_MODEL}"'.encode()),
+        (CHAT_BODY, f'"model":"{MODEL}"'.encode()),
+    )
+    for body, model in expect:
+        status, headers, reply = bench.call(proxy, body)
+        if (
+            status != 200
+            or REQUEST_ID_HEADER not in headers
+            or b'"object":"chat.completion"' not in reply.replace(b" ", b"")
+            or model not in reply.replace(b" ", b"")
+            or b'"usage"' not in reply
+        ):
+            raise BenchError(
+                f"a Chat call through {proxy.label} expected to carry {model.decode()} got "
+                f"HTTP {status}: {reply[:400]!r}\n--- its log ---\n{proxy.log_tail()}"
+            )
+
+
+def translate_proxy(bench: Bench) -> Proxy:
+    """The llmgate-translate proxy, its translated call checked and warmed up too."""
+    fresh = (TRANSLATE_VARIANT, ()) not in bench.proxies
+    proxy = bench.proxy(TRANSLATE_VARIANT)
+    if fresh:
+        check_translation(bench, proxy)
+        bench.load(proxy, 1, bench.s.warmup_s, body=TRANSLATE_BODY)  # discarded
+    return proxy
+
+
+def case_translation(bench: Bench) -> CaseResult:
+    proxy = translate_proxy(bench)
+    bare = bench.proxy("bare")
+    bodies = {"bare": CHAT_BODY, "same-protocol": CHAT_BODY, "translated": TRANSLATE_BODY}
+
+    timer = TranslationTimer(bench.s.events)
+
+    def measure(phase: str) -> dict[str, Any]:
+        time.sleep(SCAN_SETTLE_S)
+        timer.run(TRANSLATIONS_PER_MEASURE)  # while every proxy is idle
+        target = bare if phase == "bare" else proxy
+        return bench.load(target, 1, bench.s.latency_s, body=bodies[phase])
+
+    lat = bench.interleaved(measure, TRANSLATE_PHASES)
+    work = timer.summary()
+    p50, p99 = per_rep(lat, "p50_us"), per_rep(lat, "p99_us")
+    cpu = per_rep(lat, "cpu_us_per_request")
+    b, same, tr = TRANSLATE_PHASES
+    added = (p50[tr] - p50[same]) / 1000
+
+    def ms(us: float) -> str:
+        return f"{us / 1000:.3f} ms"
+
+    def share(fig: dict[str, float]) -> str:
+        whole = fig[tr] - fig[b]
+        return f"{(fig[tr] - fig[same]) / whole:.0%}" if whole > 0 else "n/a (no overhead)"
+
+    return CaseResult(
+        "translation",
+        "Translation, buffered: OpenAI Chat caller, anthropic route (Anthropic Messages "
+        "upstream) against the openai route, 1 connection",
+        [
+            Row(
+                "median latency, 1 connection",
+                ms(p50[same]),
+                ms(p50[tr]),
+                f"added {added:+.3f} ms (ratio {p50[tr] / p50[same]:.3f})",
+                f"<= {TRANSLATE_TARGET_MS:g} ms added",
+                added <= TRANSLATE_TARGET_MS,
+            ),
+            Row(
+                "p99 latency, 1 connection",
+                ms(p99[same]),
+                ms(p99[tr]),
+                f"added {(p99[tr] - p99[same]) / 1000:+.3f} ms",
+            ),
+            Row(
+                "proxy CPU per call, 1 connection",
+                f"{cpu[same]:.0f} µs",
+                f"{cpu[tr]:.0f} µs",
+                f"{cpu[tr] - cpu[same]:+.0f} µs (ratio {cpu[tr] / cpu[same]:.3f})",
+            ),
+            Row(
+                f"median latency over bare mitmdump (bare: {ms(p50[b])})",
+                f"{(p50[same] - p50[b]) / 1000:+.3f} ms (x{p50[same] / p50[b]:.2f})",
+                f"{(p50[tr] - p50[b]) / 1000:+.3f} ms (x{p50[tr] / p50[b]:.2f})",
+                f"translation's share of the overhead: {share(p50)}",
+            ),
+            Row(
+                f"proxy CPU per call over bare mitmdump (bare: {cpu[b]:.0f} µs)",
+                f"{cpu[same] - cpu[b]:+.0f} µs (x{cpu[same] / cpu[b]:.2f})",
+                f"{cpu[tr] - cpu[b]:+.0f} µs (x{cpu[tr] / cpu[b]:.2f})",
+                f"translation's share: {share(cpu)}",
+            ),
+            Row(
+                f"in-process translation, median of {work['runs']} runs: request encode + reply",
+                "—",
+                f"{work['request_median_us'] + work['reply_median_us']:.0f} µs",
+                f"{work['request_median_us']:.0f} µs + {work['reply_median_us']:.0f} µs",
+            ),
+        ],
+        {**lat, "translation_in_process": [work]},
+        [
+            f"median µs at 1 connection per repetition: {spread(lat, 'p50_us', '{:.0f}')}",
+            f"p99 µs at 1 connection per repetition: {spread(lat, 'p99_us', '{:.0f}')}",
+            f"proxy CPU µs per call at 1 connection per repetition: "
+            f"{spread(lat, 'cpu_us_per_request', '{:.0f}')}",
+            f"calls per repetition: {spread(lat, 'requests', '{}')}",
+            "in-process translation: llmgate's own code in the bench process (no proxy, no "
+            "sockets): the parsed Chat request (`parse_request`, untimed: every call pays it) "
+            "encoded as Anthropic Messages to JSON bytes, then `Translation.reply_body` of "
+            f"the upstream's Anthropic reply. {TRANSLATIONS_PER_MEASURE} runs before each "
+            f"latency measurement, {SCAN_SETTLE_S:g} s after the one before",
+            "one llmgate proxy (`llmgate-translate`) with two routes to the same upstream "
+            f"process: `claude-*` with `provider: anthropic`, then `*` with `provider: "
+            f"openai`. Both columns are the same caller (an OpenAI Chat Completions request "
+            f"to /v1/chat/completions, max_tokens 16) differing only in the model: "
+            f"`{MODEL}` passes through to the upstream's /v1/chat/completions, "
+            f"`{ANTHROPIC_MODEL}` is encoded as Anthropic Messages, sent to /v1/messages, "
+            "and the upstream's Anthropic `message` (usage included) is translated back "
+            "into a `chat.completion`. Bare mitmdump gets the gpt request. Before "
+            "measuring, each model's reply was checked to come from the upstream's "
+            "endpoint for its protocol",
+        ],
+        (same, tr),
+    )
+
+
+def case_translation_stream(bench: Bench) -> CaseResult:
+    count = bench.s.streams
+    proxy = translate_proxy(bench)
+    bare = bench.proxy("bare", BARE_STREAM_OPTIONS)
+    bodies = {
+        "bare": STREAM_BODY,
+        "same-protocol": STREAM_BODY,
+        "translated": TRANSLATE_STREAM_BODY,
+    }
+
+    def measure(phase: str) -> dict[str, Any]:
+        target = bare if phase == "bare" else proxy
+        result = bench.streams(target, count, bodies[phase], STAMP_HEADER, text_stamp)
+        if result["events"] != count * bench.s.events:
+            raise BenchError(
+                f"{phase} streams through {target.label}: {result['events']} timed events, "
+                f"expected {count} x {bench.s.events}"
+            )
+        return result
+
+    timer = TranslationTimer(bench.s.events)
+    timer.run(TRANSLATIONS_PER_MEASURE * 9)  # every proxy idle
+    work = timer.summary()
+    reps = bench.interleaved(measure, TRANSLATE_PHASES)
+    delay, delay99 = per_rep(reps, "delay_p50_ms"), per_rep(reps, "delay_p99_ms")
+    ttfe, cpu = per_rep(reps, "ttfe_p50_ms"), per_rep(reps, "cpu_us_per_stream")
+    b, same, tr = TRANSLATE_PHASES
+    added = delay[tr] - delay[same]
+    events = bench.s.events
+    return CaseResult(
+        "translation-stream",
+        f"Translation, streamed: OpenAI Chat caller, anthropic route (Anthropic SSE: "
+        f"{events} text deltas {bench.s.interval_ms:g} ms apart) against the openai route, "
+        f"{count} streams",
+        [
+            Row(
+                "median delay per event (receive - send)",
+                f"{delay[same]:.3f} ms",
+                f"{delay[tr]:.3f} ms",
+                f"added {added:+.3f} ms",
+                f"<= {TRANSLATE_STREAM_TARGET_MS:g} ms added",
+                added <= TRANSLATE_STREAM_TARGET_MS,
+            ),
+            Row(
+                "p99 delay per event",
+                f"{delay99[same]:.3f} ms",
+                f"{delay99[tr]:.3f} ms",
+                f"added {delay99[tr] - delay99[same]:+.3f} ms",
+            ),
+            Row(
+                "median time to first event",
+                f"{ttfe[same]:.3f} ms",
+                f"{ttfe[tr]:.3f} ms",
+                f"added {ttfe[tr] - ttfe[same]:+.3f} ms",
+            ),
+            Row(
+                "proxy CPU per stream",
+                f"{cpu[same]:.0f} µs",
+                f"{cpu[tr]:.0f} µs",
+                f"{cpu[tr] - cpu[same]:+.0f} µs, {(cpu[tr] - cpu[same]) / events:+.1f} µs "
+                f"per content event",
+            ),
+            Row(
+                f"median delay per event over bare mitmdump (bare: {delay[b]:.3f} ms)",
+                f"{delay[same] - delay[b]:+.3f} ms",
+                f"{delay[tr] - delay[b]:+.3f} ms",
+                f"ratio to bare: {delay[same] / delay[b]:.2f} / {delay[tr] / delay[b]:.2f}",
+            ),
+            Row(
+                f"proxy CPU per stream over bare mitmdump (bare: {cpu[b]:.0f} µs)",
+                f"{cpu[same] - cpu[b]:+.0f} µs",
+                f"{cpu[tr] - cpu[b]:+.0f} µs",
+                f"ratio to bare: {cpu[same] / cpu[b]:.2f} / {cpu[tr] / cpu[b]:.2f}",
+            ),
+            Row(
+                f"in-process stream translation, median of {work['runs']} streams",
+                "—",
+                f"{work['stream_median_us']:.0f} µs",
+                f"{work['stream_median_us'] / events:.1f} µs per content event",
+            ),
+        ],
+        {**reps, "translation_in_process": [work]},
+        [
+            "median delay per event per repetition (ms): " + spread(reps, "delay_p50_ms", "{:.3f}"),
+            "proxy CPU µs per stream per repetition: "
+            + spread(reps, "cpu_us_per_stream", "{:.0f}"),
+            f"the same proxy and routes as the buffered translation case; the request is the "
+            f"streaming case's (`stream: true`, `stream_options.include_usage`) with the "
+            f"header `{STAMP_HEADER.strip()}`: the upstream writes each content delta's send "
+            "time into its text (`tok3@<time.time()> `), because a field beside the text "
+            "does not survive translation. The openai route gets Chat chunks, the anthropic "
+            "route Anthropic's events (message_start and content_block_start with the first "
+            "delta, content_block_stop, message_delta with usage and message_stop together "
+            "after the last); the caller receives Chat chunks either way, and only the "
+            f"{events} stamped content chunks per stream are timed (each stream was checked "
+            "to deliver all of them, with its usage chunk and [DONE]). Bare mitmdump (with "
+            f"`--set {BARE_STREAM_OPTIONS[0]}`) gets the openai-format stream. CPU per stream "
+            "is over the measured streams and the one warm-up stream before them, from "
+            "/proc's clock ticks (10 ms): a rough figure",
+            "in-process stream translation: `Translation.stream` fed the upstream's own "
+            f"event bytes of one stream ({events} deltas plus the opening and closing events), "
+            "one `feed` per event as the dispatcher's reader gets them, then `finish`; "
+            "timed in the bench process before the streams, every proxy idle",
+        ],
+        (same, tr),
     )

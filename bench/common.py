@@ -42,15 +42,21 @@ def chat_body(prompt: str = "ping", **extra: object) -> str:
 
 CHAT_BODY = chat_body()
 
-STREAM_BODY = json.dumps(
-    {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "count to thirty"}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    },
-    separators=(",", ":"),
-)
+
+def stream_body(model: str = MODEL) -> str:
+    """The streamed chat-completion request (usage chunk asked for)."""
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "count to thirty"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        separators=(",", ":"),
+    )
+
+
+STREAM_BODY = stream_body()
 
 
 # The safety case's prompt: this many bytes of real source code.

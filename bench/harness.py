@@ -36,6 +36,24 @@ routes:
     pricing: {{input: 1, output: 2}}
 """
 
+# The translation cases' route table: Chat callers asking for a `claude-*` model go to
+# the same upstream as Anthropic Messages (bench/upstream.py answers `/v1/messages` in
+# that format); every other model goes to the usual OpenAI route. One proxy thus serves
+# the same-protocol call and the translated one, and the two differ only in the route.
+TRANSLATE_ROUTES_YAML = """\
+routes:
+  - id: bench-anthropic
+    model_pattern: "claude-*"
+    provider: anthropic
+    endpoint: http://127.0.0.1:{upstream_port}
+    pricing: {{input: 1, output: 2}}
+  - id: bench
+    model_pattern: "*"
+    provider: openai
+    endpoint: http://127.0.0.1:{upstream_port}
+    pricing: {{input: 1, output: 2}}
+"""
+
 # Two windows for every caller (a request-count minute and a token/cost day), with
 # limits no bench run can reach, so every call pays the full reserve + settle path
 # and none is ever denied.
@@ -74,6 +92,7 @@ class Variant:
     addon: bool = False  # load scripts/llmgate_addon.py with ROUTE_YAML
     policy_files: tuple[tuple[str, str], ...] = ()  # extra policy files: (file name, YAML)
     expect_headers: tuple[bytes, ...] = ()  # the check call's reply must carry these
+    routes: str = ROUTE_YAML  # the route table (bench.yaml), formatted with upstream_port
 
 
 VARIANTS: dict[str, Variant] = {
@@ -92,6 +111,12 @@ VARIANTS: dict[str, Variant] = {
             "llmgate, max_event_bytes 256 MiB",
             addon=True,
             policy_files=(("limits.yaml", BIG_EVENTS_YAML),),
+        ),
+        Variant(
+            "llmgate-translate",
+            "llmgate, an anthropic and an openai route",
+            addon=True,
+            routes=TRANSLATE_ROUTES_YAML,
         ),
         Variant(
             "llmgate+quota",
@@ -113,6 +138,8 @@ VARIANTS: dict[str, Variant] = {
 PHASES: dict[str, str] = {
     "idle": "llmgate, idle",
     "runaway": "llmgate, during a runaway stream",
+    "same-protocol": "llmgate, Chat caller, openai route (same protocol)",
+    "translated": "llmgate, Chat caller, anthropic route (translated)",
 }
 
 
@@ -239,7 +266,7 @@ class Proxy:
             policies = self.workdir / f"{slug}-policies"
             policies.mkdir(exist_ok=True)
             (policies / "bench.yaml").write_text(
-                ROUTE_YAML.format(upstream_port=self.upstream_port)
+                self.variant.routes.format(upstream_port=self.upstream_port)
             )
             for name, text in self.variant.policy_files:
                 (policies / name).write_text(text)

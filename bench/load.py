@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +205,21 @@ async def python_load(
 # --- SSE streaming client -----------------------------------------------------------
 
 
+def text_stamp(chunk: dict[str, Any]) -> float | None:
+    """The send time the upstream wrote into a Chat chunk's text (`x-bench-stamp: text`);
+    None for a chunk without one (the role chunk, the finish and usage chunks)."""
+    for choice in chunk.get("choices") or ():
+        content = (choice.get("delta") or {}).get("content") or ""
+        if "@" in content:
+            return float(content.partition("@")[2].split()[0])
+    return None
+
+
 async def _stream_once(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request: bytes,
+    stamp: Callable[[dict[str, Any]], float | None] | None = None,
 ) -> dict[str, Any]:
     sent = time.time()
     writer.write(request)
@@ -232,19 +245,29 @@ async def _stream_once(
                 continue
             chunk = json.loads(data)
             # The upstream stamped x_sent just before writing: receive - send is the
-            # delay the whole path (mostly the proxy) added to this event.
-            delays.append(received - chunk["x_sent"])
+            # delay the whole path (mostly the proxy) added to this event. With `stamp`,
+            # the stamp is read from where it says, and events without one are not timed.
+            if stamp is None:
+                delays.append(received - chunk["x_sent"])
+            elif (sent_at := stamp(chunk)) is not None:
+                delays.append(received - sent_at)
             usage_seen = usage_seen or bool(chunk.get("usage"))
     if first is None or not usage_seen or not done_seen:
         raise BenchError("stream ended without events, the usage chunk or [DONE]")
     return {"ttfe": first - sent, "delays": delays, "tagged": REQUEST_ID_HEADER in headers}
 
 
-async def streams(port: int, request: bytes, count: int) -> dict[str, Any]:
+async def streams(
+    port: int,
+    request: bytes,
+    count: int,
+    stamp: Callable[[dict[str, Any]], float | None] | None = None,
+) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        await _stream_once(reader, writer, request)  # warm-up: opens the upstream connection
-        results = [await _stream_once(reader, writer, request) for _ in range(count)]
+        # warm-up: opens the upstream connection
+        await _stream_once(reader, writer, request, stamp)
+        results = [await _stream_once(reader, writer, request, stamp) for _ in range(count)]
     finally:
         writer.close()
     delays = [d for r in results for d in r["delays"]]

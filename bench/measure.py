@@ -194,12 +194,22 @@ class Bench:
         result["cpu_us_per_request"] = cpu / result["requests"] * 1e6 if result["requests"] else 0
         return result
 
-    def streams(self, proxy: Proxy, count: int) -> dict[str, Any]:
-        request = clients.proxy_request(self.upstream.port, STREAM_BODY)
+    def streams(
+        self,
+        proxy: Proxy,
+        count: int,
+        body: str = STREAM_BODY,
+        headers: str = "",
+        stamp: Callable[[dict[str, Any]], float | None] | None = None,
+    ) -> dict[str, Any]:
+        """`count` streamed calls one after another (after one warm-up stream); with
+        `stamp`, each event's send time is read with it (see `load.text_stamp`)."""
+        request = clients.proxy_request(self.upstream.port, body, headers)
         timeout = CALL_TIMEOUT + count * 2
+        cpu0 = proxy.cpu()
         try:
             result = asyncio.run(
-                asyncio.wait_for(clients.streams(proxy.port, request, count), timeout)
+                asyncio.wait_for(clients.streams(proxy.port, request, count, stamp), timeout)
             )
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             raise BenchError(
@@ -211,6 +221,9 @@ class Bench:
                 f"only {result['tagged']} of {count} streams through mitmdump ({proxy.label}) "
                 "carried x-llmgate-request-id: llmgate did not handle them"
             )
+        # Over count + 1 streams: the warm-up one is in the proxy's CPU time too.
+        result["proxy_cpu_s"] = cpu = proxy.cpu() - cpu0
+        result["cpu_us_per_stream"] = cpu / (count + 1) * 1e6
         return result
 
     def assert_clean(self) -> None:

@@ -203,7 +203,12 @@ from the time the event arrived. The hostile case runs llmgate with
 of 125 MiB that never ends (2,000 chunks of 64 KB, as fast as the proxy reads them);
 buffered calls one after another on another connection (an asyncio client) are timed
 while the stream runs, from its first byte to its last, and for as long on the idle
-proxy. Each proxy is checked with one real call before it is
+proxy. The translation cases use one llmgate proxy with two routes to the same upstream
+(`claude-*` with `provider: anthropic`, then `*` with `provider: openai`) and the same
+Chat caller on each (a `claude-*` model: translated to Anthropic Messages, the upstream
+answering on `/v1/messages` in that format; `gpt-4o-mini`: passed through), plus bare
+mitmdump; their streams carry each event's send time in its text, since `x_sent` does
+not survive translation. Each proxy is checked with one real call before it is
 measured (llmgate's reply must carry `x-llmgate-request-id`, the quota variant's also
 `x-llmgate-ratelimit-*` from both windows) and warmed up for a moment. Proxy CPU per
 request is the mitmdump process's user+system time (all threads, from /proc) over the
@@ -228,7 +233,10 @@ minus llmgate with `safety: {enabled: false}`, one connection; the in-process
 `Scanner().scan` median is held to the same 20 ms), and BENCH.md reports the scan's
 share of llmgate's request overhead over bare mitmdump. The hostile case (a runaway
 upstream stream) has no target: it reports other callers' latency during the stream
-against the idle proxy, and the proxy's CPU for the stream.
+against the idle proxy, and the proxy's CPU for the stream. Translation (an OpenAI Chat
+caller on an Anthropic route against the same caller on an openai route, same proxy and
+upstream): <= 1 ms added median latency buffered at one connection, <= 0.3 ms added
+median delay per streamed event.
 
 """
 

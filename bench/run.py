@@ -2,22 +2,31 @@
 llmgate without quotas against llmgate with two quota windows, and llmgate with its
 safety scan off against llmgate as it ships (scan on) on a 1 MB prompt of code, and
 llmgate's calls while a hostile upstream pours one never-ending 125 MiB SSE event
-through it against the same calls on the idle proxy (case `hostile`), in one run.
+through it against the same calls on the idle proxy (case `hostile`), and an OpenAI
+Chat caller whose route goes to an Anthropic-speaking upstream (translated) against the
+same caller on an openai route, buffered (`translation`) and streamed
+(`translation-stream`), in one run.
 
-    ./run.sh bench                 full run (about 4 minutes), rewrites the results in BENCH.md
+    ./run.sh bench                 full run (about 6 minutes), rewrites the results in BENCH.md
     ./run.sh bench --quick         short run; prints and saves raw JSON, BENCH.md untouched
     ./run.sh bench --quick --write short run that still rewrites BENCH.md
     ./run.sh bench --cases throughput,latency --reps 5
     ./run.sh bench --quick --cases hostile
+    ./run.sh bench --no-write --cases translation,translation-stream
 
 Set-up. `bench/upstream.py` is a fake OpenAI upstream (plain HTTP/1.1 on 127.0.0.1,
-keep-alive, answers at once) run as a subprocess. Each variant is a real mitmdump
-subprocess started with the same arguments (`-q`, `connection_strategy=lazy`,
-a temporary confdir); llmgate's also get `-s scripts/llmgate_addon.py`, a temporary
-policies directory with one route `{id: bench, model_pattern: "*", provider: openai,
-endpoint: http://127.0.0.1:UPSTREAM, pricing: {input: 1, output: 2}}` plus the
-variant's own policy files, and a temporary audit database. Clients speak to the proxy
-as an HTTP proxy: absolute-form requests to `http://127.0.0.1:UPSTREAM/v1/chat/completions`.
+keep-alive, answers at once) run as a subprocess; on `/v1/messages` it answers in
+Anthropic's Messages format instead (buffered and SSE), for the translation cases. Each
+variant is a real mitmdump subprocess started with the same arguments (`-q`,
+`connection_strategy=lazy`, a temporary confdir); llmgate's also get `-s
+scripts/llmgate_addon.py`, a temporary policies directory with one route `{id: bench,
+model_pattern: "*", provider: openai, endpoint: http://127.0.0.1:UPSTREAM, pricing:
+{input: 1, output: 2}}` plus the variant's own policy files, and a temporary audit
+database. Clients speak to the proxy as an HTTP proxy: absolute-form requests to
+`http://127.0.0.1:UPSTREAM/v1/chat/completions`. The translation cases' variant
+(`llmgate-translate`) has a route table of two routes to the same upstream: `claude-*`
+with `provider: anthropic` first, then the usual `*` one; the caller is the same Chat
+request with a `claude-*` or a `gpt-*` model.
 
 Load comes from `wrk` (installed with apt-get when missing and running as root), with a
 Lua script that sets the method, body, headers and the absolute URL as `wrk.path`; its
@@ -75,6 +84,8 @@ CASES: list[Case] = [
     Case("quota", cases.case_quota),
     Case("safety", cases.case_safety),
     Case("hostile", cases.case_hostile),
+    Case("translation", cases.case_translation),
+    Case("translation-stream", cases.case_translation_stream),
 ]
 
 

@@ -13,6 +13,17 @@ killed. Every POST is answered at once:
   delay the path added to every event. The headers `x-bench-events` and
   `x-bench-interval-ms` override the two settings for one request.
 
+A POST to a path ending in `/v1/messages` is answered in Anthropic's Messages format
+instead (the translation cases route Chat callers to it): a buffered `message` with
+usage, or an SSE stream of `message_start`, `content_block_start`, `--events`
+`content_block_delta` events `--interval-ms` apart, `content_block_stop`,
+`message_delta` (stop reason and usage) and `message_stop`, each as `event:` and
+`data:` lines as Anthropic writes them.
+
+With the header `x-bench-stamp: text`, either kind of stream puts the send time into
+each content delta's text as well (`tok3@1764470000.123456 `): a field such as
+`x_sent` does not survive translation into another protocol, the text does.
+
 A streamed request with the header `x-bench-runaway-chunks: N` gets a hostile reply
 instead: the SSE head, then N chunks of 64 KB of one data line that never ends (no
 line break, no blank line), as fast as the reader takes them, then the end of the
@@ -49,12 +60,42 @@ _JSON_REPLY = json.dumps(
     separators=(",", ":"),
 ).encode()
 
-_JSON_HEAD = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"Content-Type: application/json\r\n"
-    b"Content-Length: " + str(len(_JSON_REPLY)).encode() + b"\r\n"
-    b"\r\n"
-)
+# Anthropic's answer to the same question, as https://api.anthropic.com/v1/messages
+# writes it (its usage counts the prompt without the cached part, here none).
+ANTHROPIC_MODEL = "claude-haiku-4-5"
+_ANTHROPIC_ID = "msg_01BenchXk4qQZ5sF3vYb8TnRd"
+_ANTHROPIC_USAGE = {
+    "input_tokens": 9,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "output_tokens": 1,
+}
+_ANTHROPIC_REPLY = json.dumps(
+    {
+        "id": _ANTHROPIC_ID,
+        "type": "message",
+        "role": "assistant",
+        "model": ANTHROPIC_MODEL,
+        "content": [{"type": "text", "text": "pong"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": _ANTHROPIC_USAGE,
+    },
+    separators=(",", ":"),
+).encode()
+
+
+def _json_head(body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        b"\r\n"
+    )
+
+
+_JSON_HEAD = _json_head(_JSON_REPLY)
+_ANTHROPIC_HEAD = _json_head(_ANTHROPIC_REPLY)
 _SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\n"
     b"Content-Type: text/event-stream\r\n"
@@ -81,6 +122,50 @@ def _chunk(data: bytes) -> bytes:
 def _sse_chunk(payload: dict) -> bytes:
     payload["x_sent"] = time.time()
     return _chunk(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+
+
+def _anthropic_event(payload: dict) -> bytes:
+    """One Anthropic SSE event (`event:` then `data:`) as one HTTP chunk."""
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    return _chunk(b"event: " + payload["type"].encode() + b"\ndata: " + data + b"\n\n")
+
+
+_ANTHROPIC_OPENING = _anthropic_event(
+    {
+        "type": "message_start",
+        "message": {
+            "id": _ANTHROPIC_ID,
+            "type": "message",
+            "role": "assistant",
+            "model": ANTHROPIC_MODEL,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": _ANTHROPIC_USAGE,
+        },
+    }
+) + _anthropic_event(
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+)
+
+
+def _anthropic_closing(events: int) -> bytes:
+    return (
+        _anthropic_event({"type": "content_block_stop", "index": 0})
+        + _anthropic_event(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": events},
+            }
+        )
+        + _anthropic_event({"type": "message_stop"})
+    )
+
+
+def _token(index: int, stamp: bool) -> str:
+    """A content delta's text: with `stamp`, the send time goes into it (see above)."""
+    return f"tok{index}@{time.time():.6f} " if stamp else f"tok{index} "
 
 
 def _delta(index: int, content: str, finish: str | None) -> dict:
@@ -153,16 +238,21 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def _answer(self, request_line: str, headers: dict[str, str], body: bytes) -> None:
         assert self.transport is not None
-        method = request_line.partition(" ")[0]
+        method, _, rest = request_line.partition(" ")
         if method != "POST":
             self.transport.write(_NOT_FOUND)
             return
+        # Origin-form from llmgate's dispatcher, absolute-form from a bare proxy.
+        anthropic = rest.partition(" ")[0].partition("?")[0].endswith("/v1/messages")
         try:
             request = json.loads(body) if b'"stream"' in body else {}
         except ValueError:
             request = {}
         if not isinstance(request, dict) or not request.get("stream"):
-            self.transport.write(_JSON_HEAD + _JSON_REPLY)
+            if anthropic:
+                self.transport.write(_ANTHROPIC_HEAD + _ANTHROPIC_REPLY)
+            else:
+                self.transport.write(_JSON_HEAD + _JSON_REPLY)
             return
         if "x-bench-runaway-chunks" in headers:
             self.streaming = True
@@ -171,12 +261,17 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         events = int(headers.get("x-bench-events", self.events))
         interval = float(headers.get("x-bench-interval-ms", self.interval * 1000)) / 1000
+        stamp = headers.get("x-bench-stamp") == "text"
+        self.streaming = True
+        loop = asyncio.get_running_loop()
+        if anthropic:
+            loop.create_task(self._anthropic_stream(events, interval, stamp))
+            return
         options = request.get("stream_options") or {}
         usage = bool(isinstance(options, dict) and options.get("include_usage"))
-        self.streaming = True
-        asyncio.get_running_loop().create_task(self._stream(events, interval, usage))
+        loop.create_task(self._stream(events, interval, usage, stamp))
 
-    async def _stream(self, events: int, interval: float, usage: bool) -> None:
+    async def _stream(self, events: int, interval: float, usage: bool, stamp: bool) -> None:
         try:
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -184,7 +279,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 if self.transport is None:
                     return
                 finish = "stop" if i == events - 1 else None
-                data = _sse_chunk(_delta(i, f"tok{i} ", finish))
+                data = _sse_chunk(_delta(i, _token(i, stamp), finish))
                 self.transport.write(_SSE_HEAD + data if i == 0 else data)
                 # Pace against the start time so sleep overshoot does not accumulate.
                 delay = start + (i + 1) * interval - loop.time()
@@ -209,6 +304,34 @@ class UpstreamProtocol(asyncio.Protocol):
                 tail += _sse_chunk(last)
             tail += _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
             self.transport.write(tail)
+        finally:
+            self.streaming = False
+        if self.buf:
+            self._serve()
+
+    async def _anthropic_stream(self, events: int, interval: float, stamp: bool) -> None:
+        """Anthropic's event sequence, paced like `_stream`: the opening events go out
+        with the first delta, the closing ones together after the last."""
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i in range(events):
+                if self.transport is None:
+                    return
+                delta: dict = {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": _token(i, stamp)},
+                }
+                if not stamp:
+                    delta["x_sent"] = time.time()
+                data = _anthropic_event(delta)
+                self.transport.write(_SSE_HEAD + _ANTHROPIC_OPENING + data if i == 0 else data)
+                delay = start + (i + 1) * interval - loop.time()
+                await asyncio.sleep(max(delay, 0))
+            if self.transport is None:
+                return
+            self.transport.write(_anthropic_closing(events) + b"0\r\n\r\n")
         finally:
             self.streaming = False
         if self.buf:

@@ -112,14 +112,23 @@ class StreamTranslation:
         self.ended = False
 
     def feed(self, chunk: bytes) -> bytes:
+        if self.ended:
+            return b""
         out: list[StreamEvent] = []
         for event, _raw in self.splitter.feed(chunk):
             if event is not None:
                 self._decode(event, out)
+                if _is_last(event):
+                    # The caller gets its ending now, not when the upstream closes.
+                    for delta in self.decoder.close():
+                        self._encode(delta, out)
+                    return self._end(out)
         return self._render(out)
 
     def finish(self) -> bytes:
         """The upstream's stream ended cleanly."""
+        if self.ended:
+            return b""
         out: list[StreamEvent] = []
         for event, _raw in self.splitter.finish():
             if event is not None:
@@ -167,3 +176,14 @@ class StreamTranslation:
             parts.append((b"[" if self.elements == 0 else b",\r\n") + event.data.encode())
             self.elements += 1
         return b"".join(parts)
+
+
+def _is_last(event: StreamEvent) -> bool:
+    """An upstream event after which its protocol sends nothing more: Chat's `[DONE]`,
+    Anthropic's `message_stop`. (Gemini's stream simply ends.)"""
+    data = event.data.strip()
+    return (
+        data == "[DONE]"
+        or event.event == "message_stop"
+        or data.startswith('{"type":"message_stop"')
+    )

@@ -103,6 +103,8 @@ async def translated_stream(
                     await reply.write(out)
                 if call.tap is not None and call.tap.failure is not None:
                     return reply  # the reader stopped the stream: read no more
+                if stream.ended:
+                    break  # the upstream's last event came: the caller's stream ends now
                 quiet.reschedule(loop.time() + idle)
         out = stream.finish()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
