@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from addon.config import Route
 from addon.credentials import Fields
+from addon.ledger.tool_calls import tools_offered
 from addon.policy import Denial
 from addon.protocols import WireProtocol
 from addon.protocols.canonical import CanonicalRequest
@@ -94,6 +95,9 @@ class Call:
     attempted: list[dict[str, Any]] = field(default_factory=list)
     # The caller's own body, before any edit or translation: the payload row keeps it.
     caller_body: bytes | None = None
+    # The agent session and client the call came from (`addon.sessions`).
+    session_id: str | None = None
+    client: str | None = None
 
     @property
     def serving(self) -> Attempt | None:
@@ -133,6 +137,9 @@ class Call:
             "stream": int(self.stream),
             "transport": self.transport,
             "upstream_protocol": self.upstream_protocol,
+            "session_id": self.session_id,
+            "client": self.client,
+            "tools_offered": tools_offered(self.request),
             "status": "pending",
             "instance_id": INSTANCE_ID,
         }

@@ -23,7 +23,7 @@ from addon.ledger.pricing import Pricer, cost_usd, estimate_tokens
 from addon.ledger.store import storable_text
 from addon.policy import Denial, EffectivePolicy, check_model, check_size
 from addon.protocols import PROTOCOLS, strictjson
-from addon.protocols.canonical import ProtocolError, Usage, part_texts
+from addon.protocols.canonical import ContentPart, ProtocolError, Usage, part_texts
 from addon.routes import match_route
 from addon.safety import Scanner
 from addon.screening import Located, request_locations, screen
@@ -156,6 +156,18 @@ def reply_findings(call: Call, scanner: Scanner, settings: SafetySettings) -> li
         text = "".join(part_texts(call.tap.state.response().content))
         call.reply_screening = screen(scanner, settings, "response", [("stream", text)])
     return call.reply_screening.items if call.reply_screening else []
+
+
+def reply_content(call: Call, http_status: int | None, body: bytes) -> list[ContentPart]:
+    """What the model answered, streamed or buffered, in canonical parts."""
+    if call.tap is not None:
+        return call.tap.state.response().content
+    if not body or call.protocol is None or call.request is None or (http_status or 500) >= 400:
+        return []
+    try:
+        return call.protocol.parse_response(json.loads(body)).content
+    except (ValueError, RecursionError, ProtocolError):
+        return []
 
 
 def stored_values(call: Call) -> dict[str, str]:

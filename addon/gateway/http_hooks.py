@@ -48,6 +48,7 @@ from addon.protocols.detect import detect_protocol, error_protocol
 from addon.quota import budget
 from addon.quota.worker import QuotaWorker, quota_path
 from addon.screening import build_scanner, load_hmac_key, redact_json
+from addon.sessions import SESSION_HEADER, attribute
 
 _PROJECT_POLICIES = Path(__file__).resolve().parents[2] / "policies"  # addon/gateway/ -> root
 
@@ -230,6 +231,10 @@ class Gateway:
         if problem is not None:
             self._reject(flow, call, problem)
             return
+        fields = self.masking.caller_fields(flow)
+        self._attribute(call, fields, None)
+        # llmgate's own session header is for llmgate: no upstream sees it.
+        flow.request.headers.pop(SESSION_HEADER, None)
         if call.user is None:
             self._reject(flow, call, pipeline.unauthenticated(call))
             return
@@ -255,9 +260,10 @@ class Gateway:
         raw = flow.request.get_content(strict=False) or b""
         outcome = (
             pipeline.parse_call(call, raw)
+            or self._attribute(call, fields, call.body)
             or pipeline.choose_route(call, self.config)
             or pipeline.check_policy(call, policy)
-            or self._screen_request(call, self.masking.caller_fields(flow))
+            or self._screen_request(call, fields)
             or planning.plan_attempts(call, policy, self.config, raw_path, raw, self.secrets)
         )
         if isinstance(outcome, Rejection):
@@ -343,6 +349,14 @@ class Gateway:
             found = bool(self.scanner.scan(value.decode("latin-1")))
             self._header_verdicts[value] = found
         return found
+
+    @staticmethod
+    def _attribute(call: Call, fields: Fields, body: object) -> None:
+        """The call's agent session and client; the body may name the session too."""
+        if call.session_id is None or call.client is None:
+            found = attribute(fields, body)
+            call.session_id = call.session_id or found.session_id
+            call.client = call.client or found.client
 
     def _screen_request(self, call: Call, headers: Fields) -> Rejection | None:
         if not self.config.safety.enabled:

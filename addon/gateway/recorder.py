@@ -15,6 +15,7 @@ from addon import pipeline
 from addon.call import Call, Rejection
 from addon.credentials import Fields
 from addon.ledger.payloads import write_half
+from addon.ledger.tool_calls import tool_call_rows
 from addon.quota import budget
 from addon.quota.store import Demand, Exceeded
 
@@ -114,6 +115,16 @@ class CallRecorder:
         self.gateway.audit.update("requests", call.id, fields)
         if call.attempted:
             self.gateway.audit.insert_many("attempts", call.attempted)
+        tool_calls = tool_call_rows(
+            call.id,
+            call.session_id,
+            call.request,
+            pipeline.reply_content(call, fields.get("http_status"), body),
+            self.gateway.scanner,
+            pipeline.stored_values(call),
+        )
+        if tool_calls:
+            self.gateway.audit.insert_many("tool_calls", tool_calls)
         if log.isEnabledFor(logging.INFO):  # the line is not free to build
             log.info(pipeline.summary_line(call, fields))
         write_half(

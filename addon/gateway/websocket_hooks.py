@@ -31,6 +31,7 @@ from addon.policy import EffectivePolicy
 from addon.protocols import PROTOCOLS
 from addon.quota import budget
 from addon.screening import redact_json
+from addon.sessions import attribute
 from addon.stream_guard import StreamGuard
 from addon.streaming import StreamTap
 
@@ -254,6 +255,8 @@ class WebSocketCalls:
             virtual_key=handshake.virtual_key,
             transport="websocket",
             stream=True,
+            session_id=handshake.session_id,
+            client=handshake.client,
         )
 
     async def _decide(self, call: Call, sock: Socket, raw: bytes) -> bytes | Rejection:
@@ -268,6 +271,8 @@ class WebSocketCalls:
                 "unsupported_message",
                 f"llmgate only forwards response.create messages, not {str(kind)[:60]!r}",
             )
+        if call.session_id is None:
+            call.session_id = attribute((), body).session_id
         refused = (
             pipeline.parse_body(call, body)
             or pipeline.choose_route(call, self.config)

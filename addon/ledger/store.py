@@ -50,6 +50,9 @@ REQUEST_COLUMNS: dict[str, type] = {
     "transport": str,
     "instance_id": str,
     "upstream_protocol": str,
+    "session_id": str,
+    "client": str,
+    "tools_offered": str,
 }
 
 PAYLOAD_COLUMNS: dict[str, type] = {
@@ -63,6 +66,24 @@ PAYLOAD_COLUMNS: dict[str, type] = {
     # A translated call: the request as it left, in the provider's protocol.
     "upstream_request_body": str,
     "upstream_request_truncated": int,
+}
+
+# A tool call the model made (`kind` call), or a tool result the client sent back
+# (`kind` result), linked to its call by `call_id`. Arguments and excerpts are
+# stored redacted and capped (`ledger.tool_calls`).
+TOOL_CALL_COLUMNS: dict[str, type] = {
+    "id": int,
+    "request_id": str,
+    "session_id": str,
+    "kind": str,
+    "call_id": str,
+    "name": str,
+    "arguments": str,
+    "result_bytes": int,
+    "result_images": int,
+    "is_error": int,
+    "excerpt": str,
+    "created_at": float,
 }
 
 # One row per upstream tried, for calls whose route has fallbacks.
@@ -124,6 +145,11 @@ def _ensure_schema(db: sqlite_utils.Database) -> None:
     _ensure_table(db, "payloads", PAYLOAD_COLUMNS, pk="request_id")
     _ensure_table(db, "findings", FINDING_COLUMNS, pk="id")
     _ensure_table(db, "attempts", ATTEMPT_COLUMNS, pk="id")
+    _ensure_table(db, "tool_calls", TOOL_CALL_COLUMNS, pk="id")
+    db["tool_calls"].create_index(["request_id"], if_not_exists=True)
+    db["tool_calls"].create_index(["session_id", "created_at"], if_not_exists=True)
+    db["tool_calls"].create_index(["call_id"], if_not_exists=True)
+    db["requests"].create_index(["session_id", "started_at"], if_not_exists=True)
     db["attempts"].create_index(["request_id"], if_not_exists=True)
     db["requests"].create_index(["started_at"], if_not_exists=True)
     db["requests"].create_index(["user", "started_at"], if_not_exists=True)
@@ -161,8 +187,15 @@ TABLES: dict[str, dict[str, type]] = {
     "payloads": PAYLOAD_COLUMNS,
     "findings": FINDING_COLUMNS,
     "attempts": ATTEMPT_COLUMNS,
+    "tool_calls": TOOL_CALL_COLUMNS,
 }
-PRIMARY_KEYS = {"requests": "id", "payloads": "request_id", "findings": "id", "attempts": "id"}
+PRIMARY_KEYS = {
+    "requests": "id",
+    "payloads": "request_id",
+    "findings": "id",
+    "attempts": "id",
+    "tool_calls": "id",
+}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # The reason of a row written in reduced form (`reduced_row`), for `llmgate doctor`.
 ENCODE_ERROR = "ledger_encode_error"
