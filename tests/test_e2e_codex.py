@@ -18,6 +18,7 @@ from tests.agents import DEFAULT_MODEL, CodexRunner, codex_version
 from tests.conftest import CALLER_KEY
 from tests.emulator import HEADER_REPLY, Emulator, Hit
 from tests.proxy import Proxy
+from tests.strict import wait_until
 
 REPLY = "Codex reached the llmgate emulator."
 
@@ -65,6 +66,25 @@ def test_codex_uses_the_responses_websocket(codex: CodexRunner, emulator: Emulat
     assert calls and all(hit.websocket for hit in calls), emulator.hits
     assert {hit.json()["model"] for hit in calls} == {DEFAULT_MODEL}
     assert calls[-1].json()["input"], "the turn's response.create carries the prompt"
+
+
+def test_codex_calls_carry_its_session_and_client(
+    codex: CodexRunner, emulator: Emulator, proxy: Proxy
+) -> None:
+    """Every message of the run is one call of Codex's session, named by its client."""
+    emulator.set_default_controls({HEADER_REPLY: REPLY})
+    result = codex("say hi", api_key=CALLER_KEY)
+    assert result.ok, result.describe()
+    calls = _response_creates(emulator)
+    session = calls[-1].headers["session-id"]  # what Codex sent on the upgrade
+
+    def session_rows() -> list[dict]:
+        rows = proxy.query("select * from requests where session_id = ?", session)
+        return rows if len(rows) == len(calls) else []
+
+    rows = wait_until(session_rows, timeout=10)
+    assert {row["client"] for row in rows} == {f"codex_exec/{codex_version()}"}
+    assert {row["transport"] for row in rows} == {"websocket"}
 
 
 # --------------------------------------------------------------------------- no gateway
