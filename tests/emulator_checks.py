@@ -21,14 +21,13 @@ from typing import Any
 __all__ = ["ALLOW_EMPTY_CHAT_MESSAGES", "REQUIRE_ANTHROPIC_VERSION", "check_request"]
 
 
-# Rules the real APIs enforce that some existing end-to-end tests break with hand-made
-# requests, and that are therefore not checked yet; flip them once those tests are fixed.
-# tests/test_e2e_streams.py::test_no_buffering_event_k_arrives_before_event_k_plus_1_is_sent
-# and tests/test_e2e_replay.py send raw Anthropic requests without ``anthropic-version``.
+# Two rules the real APIs enforce, named so that a test can relax them. OpenAI refuses
+# ``"messages": []`` ("empty array"). Anthropic needs an ``anthropic-version`` header:
+# not required here, because many hostile-input tests send raw requests without it
+# (llmgate forwards a caller's headers as they are); a malformed value is refused, and
+# the translation tests check that llmgate sets it on what it encodes.
 REQUIRE_ANTHROPIC_VERSION = False
-# tests/test_e2e_gateway.py::test_non_llm_hosts_are_tunnelled_not_intercepted posts
-# ``"messages": []`` to a Chat endpoint (OpenAI refuses: "empty array").
-ALLOW_EMPTY_CHAT_MESSAGES = True
+ALLOW_EMPTY_CHAT_MESSAGES = False
 
 
 class _Invalid(Exception):

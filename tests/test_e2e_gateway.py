@@ -17,6 +17,7 @@ from tests.hostile import non_loopback_address
 from tests.proxy import Proxy
 
 REQUEST_ID = "x-llmgate-request-id"
+HELLO = [{"role": "user", "content": "hi"}]
 
 
 def openai_client(proxy: Proxy, key: str = CALLER_KEY) -> openai.OpenAI:
@@ -197,7 +198,7 @@ def test_non_llm_hosts_are_tunnelled_not_intercepted(proxy: Proxy) -> None:
         own_ca.check_hostname = False  # its certificate names 127.0.0.1; the issuer is the point
         with httpx2.Client(proxy=proxy.url, verify=own_ca) as client:
             response = client.post(f"https://{other.host}:{other.port}/v1/chat/completions",
-                                   json={"model": "gpt-4o", "messages": []})  # fmt: skip
+                                   json={"model": "gpt-4o", "messages": HELLO})  # fmt: skip
         assert response.status_code == 200
         assert REQUEST_ID not in response.headers
 

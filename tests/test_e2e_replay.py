@@ -107,6 +107,8 @@ def test_replayed_fixture_is_byte_identical_and_exactly_counted(
         "authorization": f"Bearer {CALLER_KEY}",
         "x-emulator-fixture": path.stem,
     }
+    if fixture["protocol"] == "anthropic_messages":
+        headers["anthropic-version"] = "2023-06-01"  # as every Anthropic client sends
     with (
         proxy.http_client(timeout=30) as client,
         client.stream(

@@ -160,8 +160,8 @@ def test_no_buffering_event_k_arrives_before_event_k_plus_1_is_sent(
             "POST",
             "https://api.anthropic.com/v1/messages",
             json={"model": "claude-haiku-4-5", "max_tokens": 50, "stream": True, "messages": HELLO},
-            headers={"x-api-key": CALLER_KEY, "x-emulator-pause-ms": "150",
-                     "x-emulator-chunks": "4"},
+            headers={"x-api-key": CALLER_KEY, "anthropic-version": "2023-06-01",
+                     "x-emulator-pause-ms": "150", "x-emulator-chunks": "4"},
         ) as response,
     ):  # fmt: skip
         for line in response.iter_lines():

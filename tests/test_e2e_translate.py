@@ -19,8 +19,8 @@ import anthropic
 import openai
 import pytest
 
+from addon.protocols.deltas import TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
 from addon.streaming import SseSplitter
-from addon.translate.deltas import TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
 from addon.translate.registry import codec
 from tests.conftest import CALLER_KEY, UPSTREAM_KEYS
 from tests.emulator import (
@@ -153,6 +153,8 @@ def assert_valid_hits(emulator: Emulator, protocol: str, count: int) -> None:
         assert hit.invalid is None, hit.invalid
         assert detect_protocol(hit.path) == protocol, (hit.path, protocol)
         assert CALLER_KEY not in json.dumps(hit.headers)
+        if protocol == "anthropic_messages":
+            assert hit.headers.get("anthropic-version") == "2023-06-01"
 
 
 def assert_translated_row(
