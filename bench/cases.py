@@ -722,7 +722,7 @@ class TranslationTimer:
         import json  # noqa: PLC0415 - only this timer needs them in the bench process
 
         from addon.protocols import PROTOCOLS  # noqa: PLC0415
-        from addon.translate.codec import CallerView  # noqa: PLC0415
+        from addon.protocols.codec import CallerView  # noqa: PLC0415
         from addon.translate.registry import codec  # noqa: PLC0415
         from addon.translate.reply import Translation  # noqa: PLC0415
         from bench import upstream  # noqa: PLC0415

@@ -14,6 +14,7 @@ import httpx2 as httpx
 import pytest
 
 from addon.protocols import PROTOCOLS, StreamState
+from addon.protocols.anthropic_messages.codec import DEFAULT_MAX_TOKENS, AnthropicCodec
 from addon.protocols.base import StreamEvent
 from addon.protocols.canonical import (
     CanonicalRequest,
@@ -30,10 +31,8 @@ from addon.protocols.canonical import (
     ToolUsePart,
     Usage,
 )
-from addon.streaming import SseSplitter, render_sse
-from addon.translate.anthropic_messages import DEFAULT_MAX_TOKENS, AnthropicCodec
-from addon.translate.codec import CallerView, seal, unseal
-from addon.translate.deltas import (
+from addon.protocols.codec import CallerView, seal, unseal
+from addon.protocols.deltas import (
     Delta,
     FinishDelta,
     MessageStart,
@@ -44,6 +43,7 @@ from addon.translate.deltas import (
     ToolCallStart,
     UsageUpdate,
 )
+from addon.streaming import SseSplitter, render_sse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recorded"
 CODEC = AnthropicCodec()

@@ -30,8 +30,8 @@ from addon.protocols.canonical import (
     ToolUsePart,
     Usage,
 )
-from addon.translate.codec import CallerView, unseal
-from addon.translate.deltas import (
+from addon.protocols.codec import CallerView, unseal
+from addon.protocols.deltas import (
     Delta,
     FinishDelta,
     MessageStart,
@@ -42,7 +42,7 @@ from addon.translate.deltas import (
     ToolCallStart,
     UsageUpdate,
 )
-from addon.translate.gemini import FOREIGN_SIGNATURE, GeminiCodec
+from addon.protocols.gemini.codec import FOREIGN_SIGNATURE, GeminiCodec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recorded"
 GEMINI = PROTOCOLS["gemini"]
@@ -177,7 +177,7 @@ def test_decode_error(name: str, kind: str) -> None:
     assert CODEC.decode_error(400, [body]) == got
 
 
-# --- the request decoder (addon/protocols/gemini.py) ---------------------------------------
+# --- the request decoder (addon/protocols/gemini/request.py) ---------------------------------------
 
 
 def test_parse_request_pairs_ids_signatures_and_errors() -> None:

@@ -30,11 +30,8 @@ from addon.protocols.canonical import (
     ToolUsePart,
     Usage,
 )
-from addon.protocols.openai_chat import OpenAIChat
-from addon.streaming import SseSplitter
-from addon.streaming.splitters import render_sse
-from addon.translate.codec import CallerView
-from addon.translate.deltas import (
+from addon.protocols.codec import CallerView
+from addon.protocols.deltas import (
     Delta,
     FinishDelta,
     MessageStart,
@@ -45,7 +42,10 @@ from addon.translate.deltas import (
     ToolCallStart,
     UsageUpdate,
 )
-from addon.translate.openai_chat import OpenAIChatCodec
+from addon.protocols.openai_chat import OpenAIChat
+from addon.protocols.openai_chat.codec import OpenAIChatCodec
+from addon.streaming import SseSplitter
+from addon.streaming.splitters import render_sse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recorded"
 CODEC = OpenAIChatCodec()

@@ -27,9 +27,8 @@ from addon.protocols.canonical import (
     ToolUsePart,
     Usage,
 )
-from addon.protocols.openai_responses import OpenAIResponses
-from addon.translate.codec import CallerView, seal, unseal
-from addon.translate.deltas import (
+from addon.protocols.codec import CallerView, seal, unseal
+from addon.protocols.deltas import (
     Delta,
     FinishDelta,
     MessageStart,
@@ -40,8 +39,9 @@ from addon.translate.deltas import (
     ToolCallStart,
     UsageUpdate,
 )
-from addon.translate.openai_responses import OpenAIResponsesCodec, untranslatable
-from addon.translate.openai_responses_stream import ResponsesStreamEncoder
+from addon.protocols.openai_responses import OpenAIResponses
+from addon.protocols.openai_responses.codec import OpenAIResponsesCodec, untranslatable
+from addon.protocols.openai_responses.stream_codec import ResponsesStreamEncoder
 
 PROTO = OpenAIResponses()
 CODEC = OpenAIResponsesCodec()

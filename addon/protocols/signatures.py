@@ -3,8 +3,7 @@
 The caller sends it back unchanged in a later turn, and unsealing it tells the
 request decoder who issued it, so that it reaches that provider again and no
 other. Standard base64, because Gemini's SDK holds thought signatures as bytes
-and re-encodes them. Here rather than in `addon.translate`, because the request
-decoders of `addon.protocols` unseal.
+and re-encodes them. Every wire format's request decoder unseals; its codec seals.
 """
 
 from __future__ import annotations

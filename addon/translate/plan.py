@@ -9,10 +9,10 @@ import logging
 from addon.call import Call, Rejection, Rewrite
 from addon.config import Route
 from addon.credentials import CREDENTIAL_HEADERS
+from addon.protocols.codec import CallerView
+from addon.protocols.openai_responses.codec import untranslatable
 from addon.routes import upstream_for
 from addon.screening import redact_json
-from addon.translate.codec import CallerView
-from addon.translate.openai_responses import untranslatable
 from addon.translate.registry import codec
 from addon.translate.reply import Translation
 

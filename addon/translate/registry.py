@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import functools
 
-from addon.translate.codec import Codec
+from addon.protocols.codec import Codec
 
 
 @functools.cache
 def _codecs() -> dict[str, Codec]:
     # Imported on first use: a process that never translates never loads them.
-    from addon.translate.anthropic_messages import AnthropicCodec
-    from addon.translate.gemini import GeminiCodec
-    from addon.translate.openai_chat import OpenAIChatCodec
-    from addon.translate.openai_responses import OpenAIResponsesCodec
+    from addon.protocols.anthropic_messages.codec import AnthropicCodec
+    from addon.protocols.gemini.codec import GeminiCodec
+    from addon.protocols.openai_chat.codec import OpenAIChatCodec
+    from addon.protocols.openai_responses.codec import OpenAIResponsesCodec
 
     codecs: list[Codec] = [
         OpenAIChatCodec(),

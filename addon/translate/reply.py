@@ -17,9 +17,9 @@ from typing import Any
 from addon.protocols import PROTOCOLS
 from addon.protocols.base import StreamEvent
 from addon.protocols.canonical import Usage
+from addon.protocols.codec import CallerView, Codec
+from addon.protocols.deltas import StreamFailure, UsageUpdate
 from addon.streaming import SseSplitter, render_sse
-from addon.translate.codec import CallerView, Codec
-from addon.translate.deltas import StreamFailure, UsageUpdate
 from addon.translate.registry import codec
 
 log = logging.getLogger("llmgate")

@@ -83,10 +83,11 @@ TARGETS: tuple[Target, ...] = (
         name="usage",
         files=(
             "addon/protocols/base.py",
-            "addon/protocols/openai_chat.py",
-            "addon/protocols/openai_responses.py",
-            "addon/protocols/anthropic_messages.py",
-            "addon/protocols/gemini.py",
+            "addon/protocols/openai_chat/reply.py",
+            "addon/protocols/openai_responses/reply.py",
+            "addon/protocols/anthropic_messages/reply.py",
+            "addon/protocols/gemini/reply.py",
+            "addon/protocols/gemini/fields.py",
         ),
         tests=("tests/test_protocols.py", "tests/test_streaming.py", "tests/test_kill_usage.py"),
         # The readers and the helpers every reader leans on; the rest of each

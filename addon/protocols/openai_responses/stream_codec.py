@@ -17,8 +17,8 @@ from typing import Any
 
 from addon.protocols.base import StreamEvent
 from addon.protocols.canonical import Finish, Usage
-from addon.translate.codec import CallerView, StreamEncoder, seal
-from addon.translate.deltas import (
+from addon.protocols.codec import CallerView, StreamEncoder, seal
+from addon.protocols.deltas import (
     Delta,
     FinishDelta,
     MessageStart,
@@ -29,7 +29,7 @@ from addon.translate.deltas import (
     ToolCallStart,
     UsageUpdate,
 )
-from addon.translate.openai_responses import (
+from addon.protocols.openai_responses.pieces import (
     call_item,
     ending,
     envelope,

@@ -13,9 +13,8 @@ from typing import Any
 
 from addon.protocols.base import StreamEvent, as_int, as_list, as_str, load_event
 from addon.protocols.canonical import Finish, Usage
-from addon.protocols.gemini import Gemini, _candidate, _get, gemini_finish, gemini_usage
-from addon.translate.codec import StreamDecoder, StreamEncoder, log_dropped, seal
-from addon.translate.deltas import (
+from addon.protocols.codec import StreamDecoder, StreamEncoder, log_dropped, seal
+from addon.protocols.deltas import (
     Delta,
     FinishDelta,
     MessageStart,
@@ -26,7 +25,8 @@ from addon.translate.deltas import (
     ToolCallStart,
     UsageUpdate,
 )
-from addon.translate.gemini import (
+from addon.protocols.gemini.fields import _get
+from addon.protocols.gemini.pieces import (
     PROTOCOL,
     args_object,
     call_part,
@@ -34,6 +34,8 @@ from addon.translate.gemini import (
     thought_part,
     usage_metadata,
 )
+from addon.protocols.gemini.protocol import Gemini
+from addon.protocols.gemini.reply import _candidate, gemini_finish, gemini_usage
 
 
 class GeminiStreamDecoder(StreamDecoder):

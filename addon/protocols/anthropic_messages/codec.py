@@ -13,11 +13,18 @@ import json
 import logging
 from typing import Any
 
-from addon.protocols.anthropic_messages import (
-    _ERROR_TYPES,
-    NAME,
-    anthropic_usage,
-    finish_of,
+from addon.protocols.anthropic_messages.content import NAME
+from addon.protocols.anthropic_messages.pieces import (
+    STOP_REASON,
+    message_id,
+    thinking_signature,
+    tool_id,
+    usage_fields,
+)
+from addon.protocols.anthropic_messages.reply import _ERROR_TYPES, anthropic_usage, finish_of
+from addon.protocols.anthropic_messages.stream_codec import (
+    AnthropicStreamDecoder,
+    AnthropicStreamEncoder,
 )
 from addon.protocols.base import as_list, as_str
 from addon.protocols.canonical import (
@@ -33,16 +40,7 @@ from addon.protocols.canonical import (
     ToolUsePart,
     Usage,
 )
-from addon.translate.anthropic_messages_stream import (
-    STOP_REASON,
-    AnthropicStreamDecoder,
-    AnthropicStreamEncoder,
-    message_id,
-    thinking_signature,
-    tool_id,
-    usage_fields,
-)
-from addon.translate.codec import (
+from addon.protocols.codec import (
     CallerView,
     Codec,
     EncodedRequest,

@@ -7,7 +7,6 @@ follows the thinking (a function call, or text).
 
 from __future__ import annotations
 
-import json
 import logging
 import mimetypes
 from functools import partial
@@ -18,17 +17,14 @@ from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
     ContentPart,
-    Finish,
     ImagePart,
     Message,
     TextPart,
     ThinkingPart,
     ToolResultPart,
     ToolUsePart,
-    Usage,
 )
-from addon.protocols.gemini import Gemini, _candidate, _get, _parts, gemini_finish, gemini_usage
-from addon.translate.codec import (
+from addon.protocols.codec import (
     CallerView,
     Codec,
     EncodedRequest,
@@ -37,10 +33,21 @@ from addon.translate.codec import (
     log_dropped,
     seal,
 )
+from addon.protocols.gemini.content import _parts
+from addon.protocols.gemini.fields import _get
+from addon.protocols.gemini.pieces import (
+    PROTOCOL,
+    args_object,
+    call_part,
+    finish_reason,
+    thought_part,
+    usage_metadata,
+)
+from addon.protocols.gemini.protocol import Gemini
+from addon.protocols.gemini.reply import _candidate, gemini_finish, gemini_usage
+from addon.protocols.gemini.stream_codec import GeminiStreamDecoder, GeminiStreamEncoder
 
 log = logging.getLogger("llmgate")
-
-PROTOCOL = "gemini"
 # Gemini 3 refuses a function call in the current turn that lacks a thought
 # signature. For calls it did not make itself (another provider's history), the
 # Gemini API documents dummy values that skip that check:
@@ -49,34 +56,6 @@ PROTOCOL = "gemini"
 FOREIGN_SIGNATURE = "skip_thought_signature_validator"
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 _ROLE = {"user": "user", "tool": "user", "assistant": "model"}
-_FINISH_OUT: dict[str, str] = {
-    "stop": "STOP",
-    "tool_calls": "STOP",
-    "length": "MAX_TOKENS",
-    "content_filter": "SAFETY",
-    "error": "OTHER",
-}
-
-
-# --- helpers shared with gemini_stream ---------------------------------------------------
-
-
-def args_object(args: Any, what: str) -> dict[str, Any]:
-    """Gemini `args` must be an object: JSON text is parsed, anything else wrapped."""
-    if args is None:
-        return {}
-    if isinstance(args, str):
-        if not args.strip():
-            return {}
-        try:
-            args = json.loads(args)
-        except (ValueError, RecursionError):
-            log_dropped(f"{what}: arguments that are not JSON (wrapped as 'value')", PROTOCOL)
-            return {"value": args}
-    if isinstance(args, dict):
-        return args
-    log_dropped(f"{what}: arguments that are not an object (wrapped as 'value')", PROTOCOL)
-    return {"value": args}
 
 
 def caller_signature(signature: str | None, issuer: str | None) -> str | None:
@@ -86,44 +65,6 @@ def caller_signature(signature: str | None, issuer: str | None) -> str | None:
     if issuer == PROTOCOL:
         return signature
     return seal(issuer or "unknown", signature)
-
-
-def usage_metadata(usage: Usage) -> dict[str, int]:
-    """Written so that `gemini_usage` reads back the same Usage (cache writes aside:
-    Gemini has no field for them)."""
-    out = {
-        "promptTokenCount": usage.input_tokens,
-        "candidatesTokenCount": max(usage.output_tokens - usage.reasoning_tokens, 0),
-        "totalTokenCount": usage.input_tokens + usage.output_tokens,
-    }
-    if usage.reasoning_tokens:
-        out["thoughtsTokenCount"] = usage.reasoning_tokens
-    if usage.cache_read_tokens:
-        out["cachedContentTokenCount"] = usage.cache_read_tokens
-    return out
-
-
-def finish_reason(finish: Finish | None) -> str | None:
-    return _FINISH_OUT.get(finish) if finish else None
-
-
-def thought_part(text: str, signature: str | None) -> dict[str, Any]:
-    part: dict[str, Any] = {"text": text, "thought": True}
-    if signature:
-        part["thoughtSignature"] = signature
-    return part
-
-
-def call_part(
-    call_id: str | None, name: str, args: dict[str, Any], signature: str | None
-) -> dict[str, Any]:
-    call: dict[str, Any] = {"name": name, "args": args}
-    if call_id:
-        call["id"] = call_id
-    part: dict[str, Any] = {"functionCall": call}
-    if signature:
-        part["thoughtSignature"] = signature
-    return part
 
 
 def image_part(image: ImagePart) -> dict[str, Any] | None:
@@ -427,8 +368,6 @@ class GeminiCodec(Codec):
         return decode_reply(body)
 
     def stream_decoder(self) -> StreamDecoder:
-        from addon.translate.gemini_stream import GeminiStreamDecoder
-
         return GeminiStreamDecoder()
 
     def decode_error(self, status: int, body: Any) -> tuple[str, str]:
@@ -438,6 +377,4 @@ class GeminiCodec(Codec):
         return encode_reply(reply)
 
     def stream_encoder(self, caller: CallerView) -> StreamEncoder:
-        from addon.translate.gemini_stream import GeminiStreamEncoder
-
         return GeminiStreamEncoder(Gemini(), upstream=getattr(caller, "upstream", None))

@@ -26,8 +26,7 @@ from addon.protocols.canonical import (
     ToolResultPart,
     ToolUsePart,
 )
-from addon.protocols.openai_chat import OpenAIChat
-from addon.translate.codec import (
+from addon.protocols.codec import (
     CallerView,
     Codec,
     EncodedRequest,
@@ -35,14 +34,14 @@ from addon.translate.codec import (
     StreamEncoder,
     log_dropped,
 )
-from addon.translate.openai_chat_stream import (
+from addon.protocols.openai_chat.pieces import (
     FINISH_TO_CHAT,
     PROTOCOL,
-    ChatStreamDecoder,
-    ChatStreamEncoder,
     chat_usage_body,
     error_fields,
 )
+from addon.protocols.openai_chat.protocol import OpenAIChat
+from addon.protocols.openai_chat.stream_codec import ChatStreamDecoder, ChatStreamEncoder
 
 _STATUS_KINDS = {
     400: "invalid_request_error",

@@ -17,28 +17,23 @@ Anthropic's own shape, with nothing buffered.
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from addon.protocols.anthropic_messages import (
-    _ERROR_TYPES,
-    NAME,
-    AnthropicMessages,
-    anthropic_usage,
-    finish_of,
+from addon.protocols.anthropic_messages.content import NAME
+from addon.protocols.anthropic_messages.pieces import (
+    STOP_REASON,
+    message_id,
+    thinking_signature,
+    tool_id,
+    usage_fields,
 )
+from addon.protocols.anthropic_messages.protocol import AnthropicMessages
+from addon.protocols.anthropic_messages.reply import _ERROR_TYPES, anthropic_usage, finish_of
 from addon.protocols.base import StreamEvent, as_str, dig, load_event
-from addon.protocols.canonical import Finish, Usage
-from addon.translate.codec import (
-    CallerView,
-    StreamDecoder,
-    StreamEncoder,
-    log_dropped,
-    seal,
-)
-from addon.translate.deltas import (
+from addon.protocols.canonical import Usage
+from addon.protocols.codec import CallerView, StreamDecoder, StreamEncoder, log_dropped
+from addon.protocols.deltas import (
     Delta,
     FinishDelta,
     MessageStart,
@@ -51,50 +46,9 @@ from addon.translate.deltas import (
 )
 
 _STATUS = {kind: status for status, kind in _ERROR_TYPES.items()} | {"api_error": 500}
-STOP_REASON: dict[Finish, str] = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "content_filter": "refusal",
-    "error": "end_turn",
-}
-_BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 # Only Gemini, among the provider protocols other than Anthropic's, signs its
 # reasoning: a signature from an upstream the view does not name is Gemini's.
 _SIGNING_UPSTREAM = "gemini"
-
-
-def tool_id(value: str | None, fallback: str) -> str:
-    """Anthropic's id pattern; the same mapping for tool_use and tool_result keeps pairs."""
-    return _BAD_ID_CHARS.sub("_", value) if value else fallback
-
-
-def message_id(value: str | None) -> str:
-    if value and value.startswith("msg_") and not _BAD_ID_CHARS.search(value):
-        return value
-    return "msg_" + uuid.uuid4().hex
-
-
-def usage_fields(usage: Usage) -> dict[str, Any]:
-    """Anthropic's usage: `input_tokens` leaves out the cached prompt tokens."""
-    fields: dict[str, Any] = {
-        "input_tokens": max(
-            usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0
-        ),
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-        "cache_read_input_tokens": usage.cache_read_tokens,
-        "output_tokens": usage.output_tokens,
-    }
-    if usage.reasoning_tokens:
-        fields["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
-    return fields
-
-
-def thinking_signature(issuer: str | None, signature: str | None) -> str:
-    """What a caller gets in a thinking block's signature: only Anthropic's own is bare."""
-    if issuer == NAME:
-        return signature or ""
-    return seal(issuer, signature or "") if issuer else ""
 
 
 def _event(data: dict[str, Any]) -> StreamEvent:

@@ -8,11 +8,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from addon.protocols.base import StreamEvent, as_int, as_str, dig, load_event
-from addon.protocols.canonical import Finish, Usage
-from addon.protocols.openai_chat import OpenAIChat, chat_finish, chat_usage, first_choice
-from addon.translate.codec import CallerView, StreamDecoder, StreamEncoder, log_dropped
-from addon.translate.deltas import (
+from addon.protocols.base import StreamEvent, as_str, dig, load_event
+from addon.protocols.canonical import Usage
+from addon.protocols.codec import CallerView, StreamDecoder, StreamEncoder, log_dropped
+from addon.protocols.deltas import (
     Delta,
     FinishDelta,
     MessageStart,
@@ -23,32 +22,16 @@ from addon.translate.deltas import (
     ToolCallStart,
     UsageUpdate,
 )
+from addon.protocols.openai_chat.pieces import (
+    FINISH_TO_CHAT,
+    PROTOCOL,
+    chat_usage_body,
+    error_fields,
+)
+from addon.protocols.openai_chat.protocol import OpenAIChat
+from addon.protocols.openai_chat.reply import chat_finish, chat_usage, first_choice
 
-PROTOCOL = "openai_chat"
 _REASONING_KEYS = ("reasoning_content", "reasoning")
-FINISH_TO_CHAT: dict[Finish, str] = {
-    "stop": "stop",
-    "length": "length",
-    "tool_calls": "tool_calls",
-    "content_filter": "content_filter",
-    # Chat has no word for a failed generation that still returned 200.
-    "error": "stop",
-}
-
-
-def error_fields(obj: Any) -> tuple[int, str, str]:
-    """(status, kind, message) of an error object, as Chat vendors send them."""
-    err = obj.get("error") if isinstance(obj, dict) and obj.get("error") else obj
-    if isinstance(err, str):
-        return 500, "error", err
-    if not isinstance(err, dict):
-        return 500, "error", ""
-    code, kind = err.get("code"), as_str(err.get("type"))
-    # OpenRouter puts the HTTP status in `code`; Groq adds `status_code`.
-    status = as_int(code) or as_int(err.get("status_code")) or 500
-    if isinstance(code, str) and code:
-        kind = code
-    return status, kind or "error", as_str(err.get("message")) or ""
 
 
 @dataclass
@@ -247,20 +230,6 @@ class ChatStreamEncoder(StreamEncoder):
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         ]
         return _event(chunk)
-
-
-def chat_usage_body(usage: Usage) -> dict[str, Any]:
-    """Usage as Chat writes it; `chat_usage` reads back the same `Usage`."""
-    prompt_details: dict[str, int] = {"cached_tokens": usage.cache_read_tokens}
-    if usage.cache_write_tokens:
-        prompt_details["cache_write_tokens"] = usage.cache_write_tokens
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": prompt_details,
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    }
 
 
 def _event(chunk: dict[str, Any]) -> StreamEvent:

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 from addon.protocols.base import StreamEvent
 from addon.protocols.canonical import CanonicalRequest, CanonicalResponse
+from addon.protocols.deltas import Delta
 from addon.protocols.signatures import seal as seal
 from addon.protocols.signatures import unseal as unseal
-from addon.translate.deltas import Delta
 
 log = logging.getLogger("llmgate")
 
