@@ -155,6 +155,10 @@ class ClaudeResult:
             raise AssertionError(f"no result object in the output\n{self.describe()}")
         return results[-1]
 
+    def session_id(self) -> str:
+        """The Claude Code session the run belonged to (its ``result`` object says)."""
+        return str(self.result()["session_id"])
+
     def messages(self, role: str) -> list[dict[str, Any]]:
         """The ``stream-json`` messages of one role (``assistant`` or ``user``)."""
         return [e["message"] for e in self.events() if e.get("type") == role]
@@ -224,15 +228,21 @@ class ClaudeCodeRunner:
         output_format: str = "stream-json",
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        home: Path | None = None,
     ) -> ClaudeResult:
         """Run one prompt to completion (or ``timeout``) in ``workdir`` (default: a new
-        empty directory). ``args`` go before the prompt; ``env`` is applied last."""
+        empty directory). ``args`` go before the prompt; ``env`` is applied last.
+
+        ``home`` reuses an earlier run's HOME (``result.home``), where Claude Code keeps
+        its session history: a second prompt can then ``--resume`` the first's session
+        (``result.session_id()``; run it in the same ``workdir``)."""
         self._runs += 1
-        home = self.base / f"claude-{self._runs}"
-        (home / ".claude").mkdir(parents=True)
+        if home is None:
+            home = self.base / f"claude-{self._runs}"
+            (home / ".claude").mkdir(parents=True)
         if workdir is None:
             workdir = home / "work"
-            workdir.mkdir()
+            workdir.mkdir(exist_ok=True)
         run_env = self.environment(home, api_key)
         run_env.update(env or {})
         command = [str(self.executable), "--model", model, "--output-format", output_format]

@@ -14,6 +14,7 @@ import json
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,84 @@ def test_claude_code_reads_a_file_through_a_chat_completions_upstream(
     # The virtual key never left llmgate.
     key = gate.key  # type: ignore[attr-defined]
     assert all(key not in hit.body.decode() + json.dumps(hit.headers) for hit in emulator.hits)
+
+
+SESSION_USER = "claude-session-user"
+
+
+def llmgate(db: Path, *args: str) -> str:
+    """The installed `llmgate` command (pyproject's entry point), piped at 80 columns."""
+    program = Path(sys.executable).parent / "llmgate"
+    out = subprocess.run(
+        [str(program), "--db", str(db), *args],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert out.returncode == 0 and not out.stderr, out
+    return out.stdout
+
+
+def test_two_claude_code_prompts_make_one_session_the_cli_shows(
+    claude: ClaudeCodeRunner, gate: Proxy, emulator: Emulator, tmp_path: Path
+) -> None:
+    """`claude -p` twice, the second resuming the first's session, one of them using
+    the Read tool: `llmgate sessions` shows one session of the claude-cli client with
+    every call and the tool, and `llmgate session ID --json` links the Read call to the
+    result Claude Code sent back."""
+    from addon.keys import KeyStore
+
+    keys = KeyStore(gate.db)
+    key = keys.issue(SESSION_USER, [])
+    keys.close()
+    token = f"notes-{secrets.token_hex(8)}"
+    project = tmp_path / "project"
+    project.mkdir()
+    notes = project / "notes.txt"
+    notes.write_text(f"{token}\nthe second line\n")
+    emulator.set_default_controls(
+        {
+            HEADER_TOOL_CALL: "Read",
+            HEADER_TOOL_ARGS: json.dumps({"file_path": str(notes)}),
+            HEADER_REPLY: f"The first line is {token}",
+        }
+    )
+    first = claude("Read notes.txt and tell me its first line", api_key=key, workdir=project)
+    assert first.ok, first.describe()
+    session_id = first.session_id()
+    emulator.set_default_controls({HEADER_REPLY: "It was a notes file."})
+    second = claude(
+        "What kind of file was it?",
+        api_key=key,
+        workdir=project,
+        home=first.home,
+        args=["--resume", session_id],
+    )
+    assert second.ok, second.describe()
+    assert second.session_id() == session_id, "--resume kept the session"
+    model_calls = len(_chat_calls(emulator))
+    assert model_calls >= 3, emulator.hits  # the tool call, its answer, the second prompt
+    rows = gate.closed_rows(SESSION_USER)
+    assert sum(r["protocol"] == "anthropic_messages" for r in rows) == model_calls
+
+    (session,) = json.loads(llmgate(gate.db, "sessions", "--user", SESSION_USER, "--json"))
+    assert session["session_id"] == session_id
+    assert session["client"].startswith("claude-cli/"), session
+    assert session["calls"] >= model_calls >= 2
+    assert "Read" in session["tools_used"].split(", "), session
+    plain = llmgate(gate.db, "sessions", "--user", SESSION_USER)
+    assert session_id in plain and session["client"] in plain  # whole, at 80 columns
+
+    timeline = json.loads(llmgate(gate.db, "session", session_id, "--json"))
+    reads = [c for c in timeline["tool_calls"] if c["name"] == "Read"]
+    assert len(reads) == 1, timeline["tool_calls"]
+    (read,) = reads
+    assert json.loads(read["arguments"]) == {"file_path": str(notes)}
+    result = read["result"]
+    assert result is not None and result["is_error"] is False, read
+    assert token in result["excerpt"] and result["bytes"] > len(token)
+    assert result["request_id"] != read["request_id"]
+    assert sum(e["kind"] == "call" for e in timeline["events"]) >= model_calls
+    shown = llmgate(gate.db, "session", session_id)
+    assert "tool_call" in shown and "Read" in shown and session_id in shown

@@ -177,7 +177,7 @@ def test_decode_error(name: str, kind: str) -> None:
     assert CODEC.decode_error(400, [body]) == got
 
 
-# --- the request decoder (addon/protocols/gemini/request.py) ---------------------------------------
+# --- the request decoder (addon/protocols/gemini/request.py) ---
 
 
 def test_parse_request_pairs_ids_signatures_and_errors() -> None:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import sqlite_utils
 
+from addon.ledger.views import ensure_views
 from addon.sqlite_wal import connect_wal, retry_locked
 
 log = logging.getLogger("llmgate.audit")
@@ -156,6 +157,7 @@ def _ensure_schema(db: sqlite_utils.Database) -> None:
     # Crash recovery and `llmgate doctor` look up the pending rows of each instance.
     db["requests"].create_index(["status", "instance_id"], if_not_exists=True)
     db["findings"].create_index(["request_id"], if_not_exists=True)
+    ensure_views(db.conn)
 
 
 def _ensure_table(db: sqlite_utils.Database, name: str, columns: dict[str, type], pk: str) -> None:

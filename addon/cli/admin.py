@@ -1,16 +1,14 @@
-"""`llmgate`: read the audit ledger and check policy files from the command line."""
+"""The operator commands that are not ledger reads: check, keys, quota and doctor."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,12 +17,15 @@ from rich.table import Table
 from rich.text import Text
 
 from addon.checks import config_warnings
+from addon.cli.ledger import open_ledger
+from addon.cli.output import fmt as _fmt
+from addon.cli.output import iso as _when
 from addon.config import ConfigError, GatewayConfig, Route, load_config
 from addon.credentials import SecretStore
 from addon.keys import KeyStore
 from addon.ledger.pricing import load_pricing
 from addon.ledger.recovery import is_alive, pending_by_instance
-from addon.ledger.store import ENCODE_ERROR, default_db_path
+from addon.ledger.store import ENCODE_ERROR
 from addon.policy import effective_policy
 from addon.quota.budget import bind_windows
 from addon.quota.store import QuotaStore
@@ -34,89 +35,6 @@ from addon.screening import build_scanner
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _connect(db: str) -> sqlite3.Connection:
-    if not Path(db).exists():
-        console.print(f"[red]No audit database at {db}.[/] Start the proxy, or set LLMGATE_DB.")
-        sys.exit(1)
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6f}".rstrip("0").rstrip(".") if value < 1 else f"{value:,.2f}"
-    return str(value)
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    conn = _connect(args.db)
-    group = {"user": "user", "model": "upstream_model", "route": "route"}[args.by]
-    rows = conn.execute(
-        f"""select {group} as key, count(*) as calls,
-               sum(status = 'completed') as ok, sum(status in ('failed', 'denied')) as bad,
-               sum(input_tokens) as input, sum(output_tokens) as output,
-               sum(cost_usd) as cost, sum(cost_usd is null and usage_source != 'none') as unpriced
-            from requests where started_at >= strftime('%s', 'now') - ? * 3600
-            group by {group} order by cost desc nulls last, calls desc""",
-        (args.hours,),
-    ).fetchall()
-    table = Table(title=f"llmgate usage by {args.by}, last {args.hours} h")
-    for column in (
-        args.by,
-        "calls",
-        "ok",
-        "failed/denied",
-        "input",
-        "output",
-        "cost $",
-        "unpriced",
-    ):
-        table.add_column(column, justify="left" if column == args.by else "right")
-    for row in rows:
-        table.add_row(*(_fmt(v) for v in tuple(row)))
-    console.print(table)
-
-
-def cmd_tail(args: argparse.Namespace) -> None:
-    conn = _connect(args.db)
-    rows = conn.execute(
-        """select id, datetime(started_at, 'unixepoch') as started, user, protocol, model,
-                  status, http_status, input_tokens, output_tokens, usage_source, cost_usd,
-                  latency_ms
-           from requests order by started_at desc limit ?""",
-        (args.n,),
-    ).fetchall()
-    table = Table(title=f"last {args.n} calls")
-    for column in rows[0].keys() if rows else ["id"]:
-        table.add_column(column)
-    for row in reversed(rows):
-        table.add_row(*(_fmt(v) for v in tuple(row)))
-    console.print(table)
-
-
-def cmd_show(args: argparse.Namespace) -> None:
-    conn = _connect(args.db)
-    row = conn.execute("select * from requests where id = ?", (args.id,)).fetchone()
-    if row is None:
-        console.print(f"[red]No call with id {args.id}.[/]")
-        sys.exit(1)
-    table = Table(show_header=False)
-    for key in row.keys():  # noqa: SIM118 - sqlite3.Row iterates values, not keys
-        table.add_row(key, _fmt(row[key]))
-    console.print(table)
-    payload = conn.execute("select * from payloads where request_id = ?", (args.id,)).fetchone()
-    if payload:
-        for part in ("request_body", "response_body"):
-            console.rule(part)
-            console.print(payload[part] or "-", markup=False)
-    findings = conn.execute("select * from findings where request_id = ?", (args.id,)).fetchall()
-    for finding in findings:
-        console.print(dict(finding))
 
 
 def cmd_check(args: argparse.Namespace) -> None:
@@ -215,12 +133,6 @@ def cmd_keys(args: argparse.Namespace) -> None:
         console.print(table)
 
 
-def _when(value: object) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def cmd_quota(args: argparse.Namespace) -> None:
     config = _load_or_exit(Path(args.policies))
     groups = list(dict.fromkeys([*(args.group or []), *config.identity.groups.get(args.user, [])]))
@@ -269,7 +181,7 @@ HEALTH_URL = "http://llmgate.internal/health"
 
 def cmd_doctor(args: argparse.Namespace) -> None:
     """What the ledger says about unfinished calls, and the running gateway's health."""
-    conn = _connect(args.db)
+    conn = open_ledger(args.db, views=False)
     has_requests = conn.execute(
         "select 1 from sqlite_master where type = 'table' and name = 'requests'"
     ).fetchone()
@@ -381,63 +293,3 @@ def _fail(message: str) -> NoReturn:
     for line in message.splitlines():
         err_console.print(Text("error: ", style="bold red") + Text(line), soft_wrap=True)
     sys.exit(1)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmgate", description=__doc__)
-    parser.add_argument("--db", default=os.environ.get("LLMGATE_DB", default_db_path()))
-    sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="usage and cost, grouped")
-    report.add_argument("--by", choices=["user", "model", "route"], default="user")
-    report.add_argument("--hours", type=float, default=24)
-    report.set_defaults(func=cmd_report)
-    tail = sub.add_parser("tail", help="the most recent calls")
-    tail.add_argument("-n", type=int, default=20)
-    tail.set_defaults(func=cmd_tail)
-    show = sub.add_parser("show", help="one call with its payloads and findings")
-    show.add_argument("id")
-    show.set_defaults(func=cmd_show)
-    check = sub.add_parser("check", help="validate the policy files")
-    check.add_argument("policies", nargs="?", default=_default_policies())
-    check.add_argument(
-        "--secrets",
-        default=os.environ.get("LLMGATE_SECRETS", ""),
-        help="the NAME=value secrets file the gateway reads (default: $LLMGATE_SECRETS)",
-    )
-    check.set_defaults(func=cmd_check)
-    keys = sub.add_parser("keys", help="issue, list and revoke llmgate virtual keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    issue = keys_sub.add_parser("issue", help="issue a key for USER")
-    issue.add_argument("user")
-    issue.add_argument("--group", action="append", help="a group of the user (repeatable)")
-    keys_sub.add_parser("list", help="list keys (hints only)")
-    revoke = keys_sub.add_parser("revoke", help="revoke a key, by the key or its hint")
-    revoke.add_argument("key")
-    keys.set_defaults(func=cmd_keys)
-    quota = sub.add_parser("quota", help="a user's quota windows: used, reserved, limit, reset")
-    quota.add_argument("user")
-    quota.add_argument("--group", action="append", help="also count these groups")
-    quota.add_argument("--policies", default=_default_policies())
-    quota.set_defaults(func=cmd_quota)
-    doctor = sub.add_parser("doctor", help="unfinished calls in the ledger; the gateway's health")
-    doctor.add_argument(
-        "--proxy",
-        default=f"127.0.0.1:{os.environ.get('LLMGATE_PORT') or 8080}",
-        help="the running llmgate, HOST:PORT (default: 127.0.0.1:$LLMGATE_PORT, else 8080)",
-    )
-    doctor.add_argument("--json", action="store_true", help="one JSON object")
-    doctor.set_defaults(func=cmd_doctor)
-    return parser
-
-
-def _default_policies() -> str:
-    return os.environ.get("LLMGATE_POLICIES", str(Path(__file__).parent.parent / "policies"))
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.func(args)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from addon.cli import main
+
+main()
