@@ -74,6 +74,26 @@ ensure_agents() {
   echo "$want" > "$stamp"
 }
 
+# Debian's chromium, which test_e2e_mitmweb drives (with pip's playwright) to check
+# mitmweb's conversation view; the emoji font shows llmgate's marks in its
+# screenshot. Installed when missing; a failed install stops the tests (the
+# browser test never skips).
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" -ne 0 ]; then
+    echo "The mitmweb browser test needs Debian's chromium: run 'apt-get install chromium' as root." >&2
+    exit 1
+  fi
+  echo "Installing chromium for the mitmweb browser test: apt-get install chromium ..." >&2
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji; } >&2; then
+    echo "apt-get install chromium failed; the mitmweb browser test cannot run." >&2
+    exit 1
+  fi
+}
+
 export LLMGATE_PORT="${LLMGATE_PORT:-8080}"
 export LLMGATE_POLICIES="${LLMGATE_POLICIES:-$ROOT/policies}"
 export LLMGATE_CONFDIR="${LLMGATE_CONFDIR:-$HOME/.mitmproxy}"
@@ -118,12 +138,19 @@ case "$cmd" in
   web)
     ensure_venv
     print_banner
-    # shellcheck disable=SC2046
-    exec "$VENV/bin/mitmweb" $(proxy_args) "$@"
+    # The flow list gets a Comment column: llmgate's one line per call (host the
+    # caller called, user, models, tokens, cost, status).
+    web_columns=""
+    for column in tls icon path method status size time comment; do
+      web_columns="$web_columns --set web_columns=$column"
+    done
+    # shellcheck disable=SC2046,SC2086
+    exec "$VENV/bin/mitmweb" $(proxy_args) $web_columns "$@"
     ;;
   test)
     ensure_venv
     ensure_agents
+    ensure_chromium
     if [ $# -gt 0 ]; then
       exec "$VENV/bin/python" -m pytest "$@"
     fi

@@ -27,6 +27,7 @@ from addon.credentials import (
     replace_in_fields,
     strip_credential_params,
 )
+from addon.gateway import flow_notes
 from addon.gateway.admission import bad_target, claimed_names, misdirected, too_large
 from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
@@ -95,6 +96,7 @@ class Gateway:
         if (previous := ctx.master.addons.get(lifter.name)) is not None:
             ctx.master.addons.remove(previous)  # the script was reloaded
         ctx.master.addons.add(lifter)
+        flow_notes.register_view()  # the "LLM conversation" contentview
         loader.add_option(
             "llmgate_policies",
             str,
@@ -184,6 +186,7 @@ class Gateway:
             await self.lifecycle.drain(self.config.audit.drain_seconds)
         finally:
             self._close_stores()
+            flow_notes.unregister_view()
 
     # --- request -----------------------------------------------------------------
     def _intercepts(self, flow: http.HTTPFlow) -> bool:
@@ -447,3 +450,4 @@ class Gateway:
         self.recorder.close_row(
             call, fields, response.headers.fields if response is not None else None, body
         )
+        flow_notes.annotate(flow, call, fields)  # mitmweb: comment, mark, streamed body
