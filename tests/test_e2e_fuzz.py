@@ -448,7 +448,10 @@ def _cpu_seconds(proxy: Proxy) -> float:
 def _rows(proxy: Proxy, expected: int, timeout: float = 60) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
-        rows = proxy.query("select id, status, http_status, reason, error from requests")
+        rows = proxy.query(
+            "select id, status, http_status, reason, error, protocol, upstream_protocol,"
+            " usage_source from requests"
+        )
         settled = len(rows) >= expected and all(r["status"] != "pending" for r in rows)
         if settled:
             return {r["id"]: r for r in rows}
@@ -469,6 +472,11 @@ def _verdict(case: Case, sent: Sent, rows: dict[str, dict[str, Any]]) -> tuple[s
     if row is None:
         return "unrecorded", f"{sent.status}: no row {request_id}"
     upstream = sent.headers.get("server") == EMULATOR_SERVER
+    # A call routed to another protocol is answered by llmgate's translation of the
+    # upstream's reply: the upstream's own usage report on the row shows it came back.
+    translated = row.get("upstream_protocol") not in (None, row.get("protocol"))
+    if translated and 200 <= sent.status < 300:
+        upstream = row.get("usage_source") == "reported"
     if 200 <= sent.status < 300:
         if not upstream:
             return "forwarded", f"a {sent.status} that did not come from the upstream"
@@ -490,6 +498,8 @@ def _verdict(case: Case, sent: Sent, rows: dict[str, dict[str, Any]]) -> tuple[s
     if problem is not None:
         return "refused", problem
     kind = error_kind(wire, body)
+    if translated and row["reason"] == "upstream_error":
+        return "upstream_error", None  # the upstream's own error, in the caller's shape
     if kind is not None and kind != row["reason"]:
         return "refused", f"body says {kind}, row says {row['reason']}"
     return "refused", None
@@ -584,6 +594,10 @@ def test_the_verdict_catches_every_way_a_call_can_slip_through() -> None:
     assert ok == ("forwarded", None)
     refused_row = {**row, "status": "failed", "http_status": 404, "reason": "no_route"}
     assert _verdict(case, sent(404, {REQUEST_ID: "r1"}, refusal), {"r1": refused_row})[1] is None
+    # Translated: llmgate answers with the upstream's reply in the caller's protocol.
+    crossed = {**row, "protocol": "openai_chat", "upstream_protocol": "gemini"}
+    reported = {"r1": {**crossed, "usage_source": "reported"}}
+    assert _verdict(case, sent(200, {REQUEST_ID: "r1"}), reported) == ("forwarded", None)
     slips = [
         (sent(None, {}), {"r1": row}),  # no answer at all
         (sent(200, {"server": EMULATOR_SERVER}), {"r1": row}),  # no request id
@@ -596,6 +610,7 @@ def test_the_verdict_catches_every_way_a_call_can_slip_through() -> None:
         (sent(404, {REQUEST_ID: "r1"}, {"error": {**refusal["error"], "code": "other"}}),
          {"r1": refused_row}),  # reason != row
         (sent(302, {REQUEST_ID: "r1"}), {"r1": row}),  # neither
+        (sent(200, {REQUEST_ID: "r1"}), {"r1": {**crossed, "usage_source": "none"}}),  # no reply
     ]  # fmt: skip
     for answer, rows in slips:
         assert _verdict(case, answer, rows)[1] is not None, (answer, rows)
