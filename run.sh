@@ -94,6 +94,31 @@ ensure_chromium() {
   fi
 }
 
+# Debian packages the tests start as real servers (never mocked, never skipped):
+# redis-server for the quota store on Redis; PostgreSQL's initdb/pg_ctl, which
+# tests/postgres_server.py runs in a temporary directory (no system service).
+apt_install() {
+  local what="$1"
+  shift
+  if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" -ne 0 ]; then
+    echo "The tests need $what: run 'apt-get install $*' as root." >&2
+    exit 1
+  fi
+  echo "Installing $what for the tests: apt-get install $* ..." >&2
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >&2; then
+    echo "apt-get install $* failed; the tests that need $what cannot run." >&2
+    exit 1
+  fi
+}
+
+ensure_servers() {
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server redis-server
+  if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install "PostgreSQL (initdb, pg_ctl)" postgresql
+  fi
+}
+
 export LLMGATE_PORT="${LLMGATE_PORT:-8080}"
 export LLMGATE_POLICIES="${LLMGATE_POLICIES:-$ROOT/policies}"
 export LLMGATE_CONFDIR="${LLMGATE_CONFDIR:-$HOME/.mitmproxy}"
@@ -151,6 +176,7 @@ case "$cmd" in
     ensure_venv
     ensure_agents
     ensure_chromium
+    ensure_servers
     if [ $# -gt 0 ]; then
       exec "$VENV/bin/python" -m pytest "$@"
     fi

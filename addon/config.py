@@ -192,6 +192,25 @@ class IdentitySettings(_Strict):
 
 class QuotaSettings(_Strict):
     default_output_reservation: int = Field(default=4096, gt=0)
+    # Where the quota counters live: absent, SQLite beside the ledger (<db>.quota);
+    # redis://host:port/db (or rediss://, unix://) shares them across a fleet.
+    # The LLMGATE_QUOTA environment variable (option llmgate_quota) wins over this.
+    store: str | None = None
+    # Redis only: how long an unsettled reservation counts at most (a crashed
+    # process's expire on their own). Absent: 2 x the longest first_byte_timeout_s
+    # of the routes + 60 s. It must exceed the longest call (see the README).
+    reservation_ttl_s: float | None = Field(default=None, gt=0)
+    # The store cannot be reached: refuse the call (503 quota_unavailable), or
+    # "allow" it unmetered (logged per call). Refusing is the default: a budget
+    # that cannot be checked is not granted.
+    on_unavailable: Literal["refuse", "allow"] = "refuse"
+
+    @field_validator("store")
+    @classmethod
+    def _a_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("quota.store must be a redis://, rediss:// or unix:// URL")
+        return value
 
 
 class GatewayConfig(_Strict):

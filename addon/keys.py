@@ -2,6 +2,10 @@
 
 Only a SHA-256 of each key is stored. Keys carry 192 random bits, so a plain
 hash is enough: there is nothing to brute-force that a salt would protect.
+
+They live in the ledger's database (`virtual_keys`, created by the ledger's
+migrations), a SQLite file or PostgreSQL, so every process sharing a ledger
+accepts the same keys and a revocation reaches all of them at once.
 """
 
 from __future__ import annotations
@@ -13,20 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from addon.sqlite_wal import connect_wal, retry_locked
+from addon.ledger.store import open_database
 
 KEY_PREFIX = "lg-"
-
-_SCHEMA = """
-create table if not exists virtual_keys (
-    key_hash text primary key,
-    key_hint text not null,
-    user text not null,
-    groups text not null,
-    created_at real not null,
-    revoked_at real
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -45,30 +38,30 @@ def hint(key: str) -> str:
 
 
 class KeyStore:
-    def __init__(self, path: str | Path) -> None:
-        self._conn = connect_wal(path)
-        retry_locked(lambda: self._conn.execute(_SCHEMA))
+    def __init__(self, location: str | Path) -> None:
+        self._db = open_database(location)
 
     def issue(self, user: str, groups: list[str]) -> str:
         key = KEY_PREFIX + secrets.token_urlsafe(24)
-        with self._conn:
-            self._conn.execute(
-                "insert into virtual_keys values (?, ?, ?, ?, ?, null)",
+        with self._db.transaction():
+            self._db.execute(
+                'insert into virtual_keys (key_hash, key_hint, "user", groups, created_at,'
+                " revoked_at) values (?, ?, ?, ?, ?, null)",
                 (hash_key(key), hint(key), user, json.dumps(groups), time.time()),
             )
         return key
 
     def lookup(self, key: str) -> KeyIdentity | None:
-        row = self._conn.execute(
-            "select user, groups from virtual_keys where key_hash = ? and revoked_at is null",
+        row = self._db.execute(
+            'select "user", groups from virtual_keys where key_hash = ? and revoked_at is null',
             (hash_key(key),),
         ).fetchone()
         return KeyIdentity(row[0], tuple(json.loads(row[1]))) if row else None
 
     def revoke(self, key_or_hint: str) -> int:
         """Revoke by the key itself, its hash, or its hint as `keys list` shows it."""
-        with self._conn:
-            cursor = self._conn.execute(
+        with self._db.transaction():
+            cursor = self._db.execute(
                 "update virtual_keys set revoked_at = ? where revoked_at is null"
                 " and (key_hash = ? or key_hash = ? or key_hint = ?)",
                 (time.time(), hash_key(key_or_hint), key_or_hint, key_or_hint),
@@ -76,12 +69,10 @@ class KeyStore:
         return cursor.rowcount
 
     def list(self) -> list[dict[str, object]]:
-        cursor = self._conn.execute(
-            "select key_hint, user, groups, created_at, revoked_at from virtual_keys"
+        return self._db.rows(
+            'select key_hint, "user", groups, created_at, revoked_at from virtual_keys'
             " order by created_at"
         )
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()

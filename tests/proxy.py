@@ -59,6 +59,9 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ca_path = str(confdir / "mitmproxy-ca-cert.pem")
         self.log_path = db.with_suffix(".log")
+        # A PostgreSQL ledger, named in env: the proxy gets it, `query` reads it.
+        named = (env or {}).get("LLMGATE_DB", "")
+        self.ledger_url = named if named.startswith("postgresql://") else None
         args = [
             str(binary),
             "--listen-host", "127.0.0.1",
@@ -69,7 +72,7 @@ class Proxy:
         ]  # fmt: skip
         if addon:
             args += ["-s", str(ENTRY), "--set", f"llmgate_policies={policies}"]
-            args += ["--set", f"llmgate_db={db}"]
+            args += ["--set", f"llmgate_db={self.ledger_url or db}"]
         if upstream_ca:
             args += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
         args += extra_args or []
@@ -151,6 +154,14 @@ class Proxy:
 
     # --- the audit ledger ----------------------------------------------------------
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        if self.ledger_url:
+            from addon.ledger.db import open_db
+
+            pg = open_db(self.ledger_url, read_only=True)
+            try:
+                return pg.rows(sql, params)
+            finally:
+                pg.close()
         if not self.db.exists():
             return []
         conn = sqlite3.connect(self.db, timeout=10)
@@ -188,7 +199,7 @@ class Proxy:
         """A user's rows once none is pending (and, if given, once there are `count`)."""
         deadline = time.monotonic() + timeout
         while True:
-            rows = self.query("select * from requests where user = ?", user)
+            rows = self.query('select * from requests where "user" = ?', user)
             settled = rows and all(r["status"] != "pending" for r in rows)
             if settled and (count is None or len(rows) >= count):
                 return rows

@@ -1,6 +1,7 @@
 """`llmgate report`, `sessions` and `show` on rows no proxy run leaves easily (every
 status, a truncated stream, fallback attempts), written with the ledger's own
-AuditWriter so they cannot drift from the schema."""
+AuditWriter so they cannot drift from the schema; on SQLite and on PostgreSQL, whose
+outputs must be the same (`test_every_read_prints_the_same_on_both_backends`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import pytest
 
 from addon.cli import main
 from addon.ledger.writer import AuditWriter
+from tests.postgres_server import ledger_at, shared_server
 from tests.proxy import ROOT
+
+__all__ = ["ledger_at"]  # the fixture, parametrised over SQLite and PostgreSQL
 
 STATUSES = ["completed", "failed", "cancelled", "denied", "interrupted", "pending"]
 INSTANCE = "00000000feedf00d"
@@ -27,8 +31,11 @@ def rid(n: int) -> str:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "audit.db"
+def db(ledger_at: str | Path) -> str | Path:
+    return write_ledger(ledger_at)
+
+
+def write_ledger(path: str | Path) -> str | Path:
     writer = AuditWriter(path)
     for n, status in enumerate([*STATUSES, "completed", "weird-status"]):
         writer.insert(
@@ -96,7 +103,7 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
-def run(db: Path, *args: str) -> str:
+def run(db: str | Path, *args: str) -> str:
     env = {"COLUMNS": "80", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [sys.executable, "-m", "addon.cli", "--db", str(db), *args],
@@ -105,7 +112,7 @@ def run(db: Path, *args: str) -> str:
     return out.stdout
 
 
-def test_report_counts_every_status_in_a_column_and_totals_add_up(db: Path) -> None:
+def test_report_counts_every_status_in_a_column_and_totals_add_up(db: str | Path) -> None:
     data = json.loads(run(db, "report", "--by", "user", "--since", "all", "--json"))
     totals = data["totals"]
     assert totals["calls"] == 8
@@ -121,14 +128,14 @@ def test_report_counts_every_status_in_a_column_and_totals_add_up(db: Path) -> N
     assert empty["rows"] == [] and empty["totals"]["calls"] == 0
 
 
-def test_sessions_counts_denials_and_gives_iso_times(db: Path) -> None:
+def test_sessions_counts_denials_and_gives_iso_times(db: str | Path) -> None:
     (row,) = json.loads(run(db, "sessions", "--json"))
     assert (row["session_id"], row["calls"], row["denials"]) == ("sess-1", 8, 1)
     assert row["first_call"] == "2026-09-21T14:13:20Z" and row["last_call"].endswith("Z")
     assert row["client"] == "claude-cli/2.1.0" and row["tools_used"] is None
 
 
-def test_show_reassembles_a_truncated_stream_and_lists_attempts(db: Path) -> None:
+def test_show_reassembles_a_truncated_stream_and_lists_attempts(db: str | Path) -> None:
     plain = run(db, "show", rid(0)[-12:])
     assert "[system]" in plain and "Be brief." in plain and "Hi" in plain
     assert "Hello there" in plain and "[llmgate: truncated, 9999 bytes in all]" in plain
@@ -139,7 +146,7 @@ def test_show_reassembles_a_truncated_stream_and_lists_attempts(db: Path) -> Non
     assert data["reply"]["content"] == [{"type": "text", "text": "Hello there"}]
 
 
-def test_a_terminal_gets_a_rich_table_that_cuts_nothing(db: Path) -> None:
+def test_a_terminal_gets_a_rich_table_that_cuts_nothing(db: str | Path) -> None:
     """On a terminal (a pty 60 columns wide) the table folds long cells, never cuts."""
     controller, terminal = pty.openpty()
     env = {"COLUMNS": "60", "LINES": "50", "PATH": "/usr/bin:/bin", "TERM": "xterm"}
@@ -166,10 +173,28 @@ def test_a_terminal_gets_a_rich_table_that_cuts_nothing(db: Path) -> None:
 
 
 def test_main_in_process_gives_one_line_errors(
-    db: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    db: str | Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     for args in (["show", "nope"], ["session", "nope"], ["tail", "--since", "soon"]):
         with pytest.raises(SystemExit) as exit_:
             main(["--db", str(db), *args])
         assert exit_.value.code == 1
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_every_read_prints_the_same_on_both_backends(tmp_path: Path) -> None:
+    sqlite_db = write_ledger(tmp_path / "audit.db")
+    postgres_db = write_ledger(shared_server().new_database())
+    commands = [
+        ["tail"], ["tail", "--json"], ["tail", "--csv"], ["tail", "--status", "pending"],
+        ["tail", "--user", "alice", "--since", "2026-09-01"], ["show", rid(0)],
+        ["show", rid(0)[-12:], "--json"], ["show", rid(3), "--csv"], ["sessions"],
+        ["sessions", "--user", "bob", "--json"], ["session", "sess-1"],
+        ["session", "sess", "--json"], ["session", "sess-1", "--csv"],
+        *(["report", "--by", by, "--since", "all"] for by in
+          ("user", "model", "client", "session", "route", "day")),
+        ["report", "--by", "day", "--since", "all", "--json"], ["report", "--csv"],
+        ["keys", "list"],
+    ]  # fmt: skip
+    for command in commands:
+        assert run(postgres_db, *command) == run(sqlite_db, *command), command

@@ -1,6 +1,7 @@
 """Quota arithmetic pinned to exact values: each test kills mutants of
 addon/quota/store.py and addon/quota/budget.py that test_quota lets through
-(see MUTATION.md). Real stores on real files; literal expected values."""
+(see MUTATION.md). Real stores on real files and a real redis-server; literal
+expected values. Tests taking `store` run on both stores (SQLite, Redis)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from addon.quota.budget import (
     ratelimit_headers,
 )
 from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from tests.redis_server import QuotaBackend, backend, redis_server  # noqa: F401 - fixtures
 
 
 def applied(seconds: int, key: str = "user:alice", **limits: float) -> AppliedWindow:
@@ -37,8 +39,15 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db: Path):
+def sqlite_store(db: Path):
+    """For what only the SQLite store has: its meta table, checkpoints."""
     with QuotaStore(db) as s:
+        yield s
+
+
+@pytest.fixture
+def store(backend: QuotaBackend):  # noqa: F811
+    with backend.open() as s:
         yield s
 
 
@@ -172,7 +181,8 @@ def test_retry_after_frees_exactly_the_excess(store: QuotaStore) -> None:
 
 
 def test_a_window_listed_twice_counts_once_and_the_rest_still_count(
-    db: Path, store: QuotaStore
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
 ) -> None:
     minute = applied(60, max_requests=2)
     windows = [minute, minute, applied(60, "global", max_requests=2)]
@@ -183,19 +193,26 @@ def test_a_window_listed_twice_counts_once_and_the_rest_still_count(
         ("user:alice", Demand(1, 3)),
         ("global", Demand(1, 3)),
     ]
-    assert rows(db, "SELECT reservation_id, scope_key FROM quota_ledger ORDER BY scope_key") == [
+    assert sorted((r[0], r[1]) for r in backend.rows()) == [
         ("a", "global"),
         ("a", "user:alice"),
     ]
 
 
-def test_reserve_with_no_window_admits_and_records_nothing(db: Path, store: QuotaStore) -> None:
+def test_reserve_with_no_window_admits_and_records_nothing(
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
+) -> None:
     assert store.reserve("a", [], Demand(1, 10, 10, 0.5), now=0) == []
-    assert rows(db, "SELECT * FROM quota_ledger") == []
-    assert rows(db, "SELECT * FROM quota_meta") == []
+    assert backend.all_rows() == []
+    if backend.name == "sqlite":
+        assert rows(Path(backend.target), "SELECT * FROM quota_meta") == []
 
 
-def test_reserve_records_the_longest_window_as_the_horizon(db: Path, store: QuotaStore) -> None:
+def test_reserve_records_the_longest_window_as_the_horizon(
+    db: Path, sqlite_store: QuotaStore
+) -> None:
+    store = sqlite_store
     assert isinstance(store.reserve("a", [applied(1)], Demand(), now=0), list)
     assert rows(db, "SELECT name, value FROM quota_meta") == [("horizon", 1.0)]
     assert isinstance(store.reserve("b", [applied(60), applied(30)], Demand(), now=1), list)
@@ -205,9 +222,12 @@ def test_reserve_records_the_longest_window_as_the_horizon(db: Path, store: Quot
     assert rows(db, "SELECT name, value FROM quota_meta") == [("horizon", 60.0)]
 
 
-def test_the_reserved_row_holds_the_demand_in_nano_dollars(db: Path, store: QuotaStore) -> None:
+def test_the_reserved_row_holds_the_demand_in_nano_dollars(
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
+) -> None:
     assert isinstance(store.reserve("a", [applied(60)], Demand(1, 20, 30, 0.000000002), 5.5), list)
-    assert rows(db, "SELECT * FROM quota_ledger") == [("user:alice", 5.5, "a", 1, 20, 30, 2, 0)]
+    assert backend.all_rows() == [("a", "user:alice", 5.5, 1, 20, 30, 2, 0)]
 
 
 # -- pruning every PRUNE_EVERY reserves -----------------------------------------------
@@ -264,7 +284,8 @@ def test_settle_moves_each_amount_from_reserved_to_used(store: QuotaStore) -> No
 
 
 def test_release_instances_releases_only_that_instances_open_reservations(
-    db: Path, store: QuotaStore
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
 ) -> None:
     windows = [applied(60, max_requests=50), applied(60, "global", max_requests=50)]
     dead, live = "deadbeef00000001", "deadbeef00000002"
@@ -272,7 +293,7 @@ def test_release_instances_releases_only_that_instances_open_reservations(
         assert isinstance(store.reserve(rid, windows, Demand(1, 10), now=0), list)
     store.settle(f"{dead}-3", Demand(1, 4))
     assert store.release_instances([dead, dead, "", "dead", "deadbee"]) == 4
-    assert sorted(set(ids(db))) == ["deadbeef", f"{dead}-3", f"{live}-1"]
+    assert sorted({r[0] for r in backend.rows()}) == ["deadbeef", f"{dead}-3", f"{live}-1"]
     for s in store.states(windows, now=1):
         assert (s.used, s.reserved) == (Demand(1, 4), Demand(2, 20))
     assert store.release_instances([]) == 0
@@ -303,7 +324,8 @@ def test_a_zero_busy_timeout_fails_at_once_instead_of_waiting(db: Path) -> None:
         holder.execute("ROLLBACK")
 
 
-def test_checkpoint_settings(db: Path, store: QuotaStore) -> None:
+def test_checkpoint_settings(db: Path, sqlite_store: QuotaStore) -> None:
+    store = sqlite_store
     store.never_checkpoint()
     for i in range(50):
         assert isinstance(store.reserve(f"r{i}", [applied(60)], Demand(), now=i), list)

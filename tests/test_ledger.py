@@ -14,7 +14,10 @@ from addon.ledger.store import cap_body
 from addon.ledger.writer import AuditWriter
 from addon.protocols.canonical import Usage
 from addon.sqlite_wal import connect_wal
+from tests.postgres_server import ledger_at, ledger_rows
 from tests.proxy import ROOT
+
+__all__ = ["ledger_at"]  # the fixture, parametrised over SQLite and PostgreSQL
 
 
 def test_longest_prefix_wins_and_route_pricing_overrides() -> None:
@@ -56,17 +59,18 @@ def test_payload_cap_marks_truncation() -> None:
     assert truncated and text.startswith("éé") and "truncated, 20 bytes" in text
 
 
-def test_writer_batches_and_flushes_everything_on_close(tmp_path: Path) -> None:
-    writer = AuditWriter(tmp_path / "a.db")
+def test_writer_batches_and_flushes_everything_on_close(ledger_at: str | Path) -> None:
+    writer = AuditWriter(ledger_at)
     for i in range(500):
         writer.insert("requests", {"id": f"r{i}", "status": "pending", "started_at": i})
         writer.update("requests", f"r{i}", {"status": "completed"})
     writer.close()
-    conn = sqlite3.connect(tmp_path / "a.db")
-    assert conn.execute("select count(*), min(status), max(status) from requests").fetchone() == (
-        500, "completed", "completed",
-    )  # fmt: skip
-    assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert ledger_rows(ledger_at, "select count(*), min(status), max(status) from requests") == [
+        (500, "completed", "completed"),
+    ]  # fmt: skip
+    if isinstance(ledger_at, Path):
+        conn = sqlite3.connect(ledger_at)
+        assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
 def rows(db: Path, sql: str) -> list[tuple]:
@@ -75,15 +79,15 @@ def rows(db: Path, sql: str) -> list[tuple]:
 
 
 def test_unknown_columns_are_dropped_and_named_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, ledger_at: str | Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     column = f"no_such_{tmp_path.name}"  # named once per process: a name of this test's own
-    writer = AuditWriter(tmp_path / "a.db")
+    writer = AuditWriter(ledger_at)
     for i in range(3):
         writer.insert("requests", {"id": f"r{i}", "status": "pending", column: "v4lue"})
     writer.update("requests", "r0", {column: 1})  # nothing left to write
     writer.close()
-    assert rows(writer.path, "select count(*) from requests") == [(3,)]
+    assert ledger_rows(writer.path, "select count(*) from requests") == [(3,)]
     said = [r.getMessage() for r in caplog.records if column in r.getMessage()]
     assert len(said) == 1 and "v4lue" not in said[0]
 
@@ -98,3 +102,81 @@ def test_synchronous_is_applied(tmp_path: Path) -> None:
     writer.insert("requests", {"id": "r"})
     writer.close()
     assert rows(tmp_path / "a.db", "select id from requests") == [("r",)]
+
+
+# --- one schema, versioned migrations -----------------------------------------
+
+
+def test_both_backends_get_the_same_tables_columns_and_views(tmp_path: Path) -> None:
+    from addon.ledger.schema import SCHEMA
+    from addon.ledger.store import open_database
+    from addon.ledger.views import VIEW_NAMES
+    from tests.postgres_server import shared_server
+
+    shapes = []
+    for location in (tmp_path / "a.db", shared_server().new_database()):
+        db = open_database(location)
+        try:
+            shapes.append(
+                (
+                    {t: db.columns(t) for t in sorted(db.tables())},
+                    {v: db.columns(v) for v in sorted(db.views())},
+                    db.rows("select version, description from schema_version"),
+                )
+            )
+        finally:
+            db.close()
+    assert shapes[0] == shapes[1]
+    tables, views, versions = shapes[0]
+    assert tables == {"schema_version": ["version", "description", "applied_at"]} | {
+        t.name: list(t.columns) for t in SCHEMA
+    }
+    assert sorted(views) == sorted(VIEW_NAMES)
+    assert [v["version"] for v in versions] == [1]
+
+
+def test_a_ledger_from_before_migrations_is_recognised_and_stamped(tmp_path: Path) -> None:
+    """A file an older llmgate made (no schema_version, fewer columns, its keys table)."""
+    from addon.keys import KeyStore
+    from addon.ledger.migrations import current_version
+    from addon.ledger.store import open_database
+
+    db_path = tmp_path / "old.db"
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("CREATE TABLE [requests] ([id] TEXT PRIMARY KEY, [started_at] FLOAT,"
+                     " [user] TEXT, [status] TEXT)")  # fmt: skip
+        conn.execute("CREATE TABLE virtual_keys (key_hash text primary key, key_hint text not"
+                     " null, user text not null, groups text not null, created_at real not null,"
+                     " revoked_at real)")  # fmt: skip
+        conn.execute("INSERT INTO requests VALUES ('old1', 5.0, 'alice', 'completed')")
+        conn.execute("INSERT INTO virtual_keys VALUES ('h', 'lg-abc…wxyz', 'bob', '[]', 1.0, null)")
+        conn.commit()
+    db = open_database(db_path)
+    try:
+        assert current_version(db) == 1
+        assert "session_id" in db.columns("requests") and "tool_calls" in db.tables()
+        assert db.rows('select id, "user", status from requests') == [
+            {"id": "old1", "user": "alice", "status": "completed"}
+        ]
+    finally:
+        db.close()
+    assert [k["user"] for k in KeyStore(db_path).list()] == ["bob"]
+    db = open_database(db_path)  # a second start applies nothing again
+    try:
+        assert db.scalar("select count(*) from schema_version") == 1
+    finally:
+        db.close()
+
+
+def test_virtual_keys_live_in_either_backend(ledger_at: str | Path) -> None:
+    from addon.keys import KeyStore
+
+    store = KeyStore(ledger_at)
+    try:
+        key = store.issue("alice", ["eng"])
+        found = store.lookup(key)
+        assert found is not None and (found.user, found.groups) == ("alice", ("eng",))
+        assert [row["user"] for row in store.list()] == ["alice"]
+        assert store.revoke(key) == 1 and store.lookup(key) is None
+    finally:
+        store.close()

@@ -35,7 +35,10 @@ from addon.ledger.recovery import (
 from addon.ledger.store import ENCODE_ERROR, UNSTORED_PAYLOAD
 from addon.ledger.writer import AuditWriter
 from addon.quota.store import AppliedWindow, Demand, QuotaStore
+from tests.postgres_server import ledger_at, ledger_rows
 from tests.proxy import ROOT
+
+__all__ = ["ledger_at"]  # the fixture, parametrised over SQLite and PostgreSQL
 
 
 def rows(db: Path, sql: str, *params: object) -> list[tuple]:
@@ -56,8 +59,8 @@ class Odd:
 
 
 @pytest.fixture
-def writer(tmp_path: Path) -> Iterator[AuditWriter]:
-    w = AuditWriter(tmp_path / "a.db")
+def writer(ledger_at: str | Path) -> Iterator[AuditWriter]:
+    w = AuditWriter(ledger_at)
     yield w
     w.close()
 
@@ -70,12 +73,14 @@ KILLERS = {
 
 
 @pytest.mark.parametrize("killer", list(KILLERS))
-def test_a_historical_killer_then_100_rows_give_101_rows(tmp_path: Path, killer: str) -> None:
-    writer = AuditWriter(tmp_path / "a.db")
+def test_a_historical_killer_then_100_rows_give_101_rows(
+    ledger_at: str | Path, killer: str
+) -> None:
+    writer = AuditWriter(ledger_at)
     writer.insert("requests", {"id": "bad", "status": "pending", **KILLERS[killer]})
     normal_rows(writer, 100)
     writer.close()
-    assert rows(tmp_path / "a.db", "select count(*) from requests") == [(101,)]
+    assert ledger_rows(ledger_at, "select count(*) from requests") == [(101,)]
     health = writer.health()
     assert (health["rows_written"], health["rows_lost"]) == (101, 0)
 
@@ -89,10 +94,10 @@ def test_all_three_killers_in_one_row_are_stored_as_sane_values(writer: AuditWri
     normal_rows(writer, 100)
     writer.update("requests", "bad", {"cache_read_tokens": 2**63, "reasoning_tokens": 2**63 - 1})
     writer.flush()
-    assert rows(writer.path, "select count(*) from requests") == [(101,)]
-    stored = rows(
+    assert ledger_rows(writer.path, "select count(*) from requests") == [(101,)]
+    stored = ledger_rows(
         writer.path,
-        "select user, input_tokens, output_tokens, model, route, cost_usd, latency_ms, stream,"
+        'select "user", input_tokens, output_tokens, model, route, cost_usd, latency_ms, stream,'
         " cache_read_tokens, reasoning_tokens, reason from requests where id = 'bad'",
     )
     assert stored == [("al?ice", None, None, '{"x": [1]}', "frozenset({'y'})",
@@ -110,11 +115,11 @@ def test_an_unrenderable_value_gives_a_reduced_row_that_keeps_its_mark(
     # The close succeeds, but the row must stay findable as reduced.
     writer.update("requests", "odd", {"status": "completed", "reason": None, "finished_at": 7.0})
     writer.flush()
-    stored = rows(writer.path, "select id, started_at, finished_at, status, reason, user"
-                               " from requests")  # fmt: skip
+    stored = ledger_rows(writer.path, 'select id, started_at, finished_at, status, reason, "user"'
+                                      " from requests")  # fmt: skip
     assert stored == [("odd", 5.0, 7.0, "completed", ENCODE_ERROR, None)]
-    assert rows(writer.path, "select request_body from payloads") == [(UNSTORED_PAYLOAD,)]
-    assert rows(writer.path, "select category, excerpt, created_at from findings") == [
+    assert ledger_rows(writer.path, "select request_body from payloads") == [(UNSTORED_PAYLOAD,)]
+    assert ledger_rows(writer.path, "select category, excerpt, created_at from findings") == [
         ("secret", None, 6.0)
     ]
     assert writer.health()["rows_reduced"] == 3
@@ -136,14 +141,14 @@ def test_the_callers_never_see_an_exception(writer: AuditWriter) -> None:
     writer.flush()
     health = writer.health()
     assert health["rows_lost"] == 6 and health["alive"]
-    assert rows(writer.path, "select count(*) from findings") == [(1,)]
+    assert ledger_rows(writer.path, "select count(*) from findings") == [(1,)]
 
 
 def test_raise_once_loses_nothing_and_counts_a_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ledger_at: str | Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("LLMGATE_TEST_FAULTS", "ledger_raise_once")
-    writer = AuditWriter(tmp_path / "a.db")
+    writer = AuditWriter(ledger_at)
     normal_rows(writer, 50)
     writer.flush()
     health = writer.health()
@@ -152,16 +157,16 @@ def test_raise_once_loses_nothing_and_counts_a_restart(
     assert health["last_error"] == "RuntimeError"
     normal_rows(writer, 60)  # and the new thread goes on writing
     writer.close()
-    assert rows(tmp_path / "a.db", "select count(*) from requests") == [(60,)]  # 50 replaced
+    assert ledger_rows(ledger_at, "select count(*) from requests") == [(60,)]  # 50 replaced
     assert writer.health()["rows_written"] == 110
     assert any("ended unexpectedly" in r.getMessage() for r in caplog.records)
 
 
 def test_a_full_disk_counts_every_loss(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ledger_at: str | Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("LLMGATE_TEST_FAULTS", "ledger_disk_full")
-    writer = AuditWriter(tmp_path / "a.db")
+    writer = AuditWriter(ledger_at)
     normal_rows(writer, 5)
     writer.update("requests", "ok1", {"status": "completed"})
     writer.flush()
@@ -172,11 +177,11 @@ def test_a_full_disk_counts_every_loss(
     losses = [r for r in caplog.records if r.levelno == logging.ERROR and "lost" in r.message]
     assert len(losses) == 6 and all("ok1" not in r.getMessage() for r in losses)
     writer.close()
-    assert rows(tmp_path / "a.db", "select count(*) from requests") == [(0,)]
+    assert ledger_rows(ledger_at, "select count(*) from requests") == [(0,)]
 
 
-def test_insert_durably_returns_once_committed_without_the_linger(tmp_path: Path) -> None:
-    writer = AuditWriter(tmp_path / "a.db", linger=30.0)
+def test_insert_durably_returns_once_committed_without_the_linger(ledger_at: str | Path) -> None:
+    writer = AuditWriter(ledger_at, linger=30.0)
 
     async def main() -> tuple[bool, float, list[tuple]]:
         writer.insert("requests", {"id": "plain", "status": "pending"})  # starts a linger
@@ -185,7 +190,7 @@ def test_insert_durably_returns_once_committed_without_the_linger(tmp_path: Path
         ok = await writer.insert_durably("requests", {"id": "durable", "status": "pending"})
         took = time.monotonic() - began
         # A second connection, at once: the row, and the one queued before it, are there.
-        return ok, took, rows(tmp_path / "a.db", "select id from requests order by id")
+        return ok, took, ledger_rows(ledger_at, "select id from requests order by id")
 
     try:
         ok, took, found = asyncio.run(main())
@@ -196,10 +201,10 @@ def test_insert_durably_returns_once_committed_without_the_linger(tmp_path: Path
 
 
 def test_insert_durably_is_false_when_the_disk_is_full(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ledger_at: str | Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LLMGATE_TEST_FAULTS", "ledger_disk_full")
-    writer = AuditWriter(tmp_path / "a.db")
+    writer = AuditWriter(ledger_at)
     try:
         ok = asyncio.run(writer.insert_durably("requests", {"id": "d", "status": "pending"}))
     finally:
@@ -227,7 +232,7 @@ HOLDER = textwrap.dedent(
 )
 
 
-def hold_lease(db: Path, instance: str) -> subprocess.Popen[str]:
+def hold_lease(db: str | Path, instance: str) -> subprocess.Popen[str]:
     child = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(db), instance],
         cwd=ROOT,
@@ -238,8 +243,8 @@ def hold_lease(db: Path, instance: str) -> subprocess.Popen[str]:
     return child
 
 
-def test_close_abandoned_closes_dead_instances_and_leaves_live_ones(tmp_path: Path) -> None:
-    db = tmp_path / "a.db"
+def test_close_abandoned_closes_dead_instances_and_leaves_live_ones(ledger_at: str | Path) -> None:
+    db = ledger_at
     dead, live, own, old = "dead000000000000", "live000000000000", "own0000000000000", "0ld0" * 4
     writer = AuditWriter(db)
     for instance in (dead, live, own):
@@ -261,38 +266,45 @@ def test_close_abandoned_closes_dead_instances_and_leaves_live_ones(tmp_path: Pa
         with InstanceLease(db, own):
             found = close_abandoned(db, own, now=103.5)
         assert sorted(found) == sorted([dead, old])
-        by_status = rows(db, "select substr(id, 1, 16), status, count(*) from requests"
+        by_status = ledger_rows(db, "select substr(id, 1, 16), status, count(*) from requests"
                              " group by 1, 2 order by 1, 2")  # fmt: skip
         assert by_status == [(old, "interrupted", 1), (dead, "completed", 1),
                              (dead, "interrupted", 2), (live, "pending", 2),
                              (own, "pending", 2)]  # fmt: skip
-        closed = rows(db, "select reason, error, finished_at, latency_ms from requests"
+        closed = ledger_rows(db, "select reason, error, finished_at, latency_ms from requests"
                           " where status = 'interrupted'")  # fmt: skip
         assert set(closed) == {("process_ended", INTERRUPTED_ERROR, 103.5, 3500.0)}
-        dead_lock, live_lock = lock_path(db, dead), lock_path(db, live)
-        assert dead_lock is not None and not dead_lock.exists()
-        assert live_lock is not None and live_lock.exists()
-        assert oct(os.stat(live_lock.parent).st_mode & 0o777) == "0o700"
-        assert oct(os.stat(live_lock).st_mode & 0o777) == "0o600"
+        if isinstance(db, Path):  # SQLite: the leases are lock files beside the ledger
+            dead_lock, live_lock = lock_path(db, dead), lock_path(db, live)
+            assert dead_lock is not None and not dead_lock.exists()
+            assert live_lock is not None and live_lock.exists()
+            assert oct(os.stat(live_lock.parent).st_mode & 0o777) == "0o700"
+            assert oct(os.stat(live_lock).st_mode & 0o777) == "0o600"
         assert close_abandoned(db, own) == []  # nothing left to do; live still alone
     finally:
         holder.kill()
         holder.wait()
+    # PostgreSQL ends the killed holder's session (and its lock) as it sees the socket close.
+    deadline = time.monotonic() + 10
+    while is_alive(db, live) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert close_abandoned(db, own) == [live]
-    pending = rows(db, "select distinct instance_id from requests where status = 'pending'")
+    pending = ledger_rows(db, "select distinct instance_id from requests where status = 'pending'")
     assert pending == [(own,)]  # never closed by its own recovery
 
 
-def test_a_lease_is_exclusive_and_removed_on_close(tmp_path: Path) -> None:
-    db = tmp_path / "a.db"
+def test_a_lease_is_exclusive_and_removed_on_close(ledger_at: str | Path) -> None:
+    db = ledger_at
     lease = InstanceLease(db, "abc")
     with pytest.raises(RuntimeError):
         InstanceLease(db, "abc")
     assert is_alive(db, "abc")
     lease.close()
-    assert not is_alive(db, "abc") and not lease.path.exists()
-    with pytest.raises(ValueError):
-        InstanceLease(db, "../escape")
+    assert not is_alive(db, "abc")
+    if isinstance(db, Path):
+        assert not lease.path.exists()
+        with pytest.raises(ValueError):
+            InstanceLease(db, "../escape")
 
 
 def test_release_instances_releases_only_dead_unsettled_reservations(tmp_path: Path) -> None:
@@ -348,7 +360,7 @@ def fake_gateway() -> Iterator[tuple[str, list[str]]]:
     server.server_close()
 
 
-def doctor_ledger(db: Path) -> None:
+def doctor_ledger(db: str | Path) -> None:
     writer = AuditWriter(db)
     writer.insert("requests", {"id": "dead000000000000" + "0" * 16, "status": "pending",
                                "instance_id": "dead000000000000", "started_at": 1.0})  # fmt: skip
@@ -359,10 +371,12 @@ def doctor_ledger(db: Path) -> None:
 
 
 def test_doctor_reports_the_ledger_and_the_gateway(
-    tmp_path: Path, fake_gateway: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]
+    ledger_at: str | Path,
+    fake_gateway: tuple[str, list[str]],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     proxy, seen = fake_gateway
-    db = tmp_path / "a.db"
+    db = ledger_at
     doctor_ledger(db)
     cli.main(["--db", str(db), "doctor", "--proxy", proxy, "--json"])
     report = json.loads(capsys.readouterr().out)
@@ -377,9 +391,9 @@ def test_doctor_reports_the_ledger_and_the_gateway(
 
 
 def test_doctor_says_how_to_start_an_unreachable_gateway(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ledger_at: str | Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "a.db"
+    db = ledger_at
     doctor_ledger(db)
     with socket.socket() as unused:  # a port nobody listens on
         unused.bind(("127.0.0.1", 0))

@@ -1,20 +1,34 @@
-"""Quota store: exact admissions under contention, settle/release, retry-after, persistence."""
+"""Quota stores, SQLite and Redis alike: exact admissions under contention, settle and
+release, retry-after, persistence; Redis also: reservation TTL and a restart mid-run.
+
+Every test taking `backend` runs once per store (tests/redis_server.py starts a real
+redis-server; without one the Redis half fails, it never skips)."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import random
-import sqlite3
 import threading
+import time
 import uuid
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from addon.config import QuotaWindow
 from addon.quota import store as quota
+from addon.quota.backend import DuplicateReservation, QuotaUnavailable
+from addon.quota.redis_store import RedisQuotaStore
 from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from tests.proxy import free_port
+from tests.redis_server import (  # noqa: F401 - fixtures
+    QuotaBackend,
+    RedisBackend,
+    RedisServer,
+    backend,
+    redis_server,
+)
 from tests.strict import Workers
 
 
@@ -23,13 +37,8 @@ def applied(seconds: int, key: str = "user:alice", **limits: float) -> AppliedWi
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "quota.db"
-
-
-@pytest.fixture
-def store(db: Path):
-    with QuotaStore(db) as s:
+def store(backend: QuotaBackend):  # noqa: F811
+    with backend.open() as s:
         yield s
 
 
@@ -37,33 +46,12 @@ def admitted(result: list[WindowState] | Exceeded) -> bool:
     return isinstance(result, list)
 
 
-def ledger_rows(db: Path) -> list[tuple]:
-    with closing(sqlite3.connect(db)) as conn:  # sqlite3's own `with` does not close
-        return conn.execute(
-            "SELECT reservation_id, scope_key, ts, requests, input_tokens, settled"
-            " FROM quota_ledger ORDER BY ts, scope_key"
-        ).fetchall()
-
-
-def brute_force(db: Path, key: str, seconds: int, now: float) -> tuple[Demand, Demand]:
-    """(used, reserved) straight from the ledger rows, to check the running totals."""
-    out = []
-    with closing(sqlite3.connect(db)) as conn:  # sqlite3's own `with` does not close
-        for settled in (1, 0):
-            row = conn.execute(
-                "SELECT TOTAL(requests), TOTAL(input_tokens), TOTAL(output_tokens),"
-                " TOTAL(cost_nusd) FROM quota_ledger WHERE scope_key = ? AND ts > ?"
-                " AND settled = ?",
-                (key, now - seconds, settled),
-            ).fetchone()
-            out.append(Demand(int(row[0]), int(row[1]), int(row[2]), row[3] / quota.NANO))
-    return out[0], out[1]
-
-
 # -- exact admissions under contention ------------------------------------------------
 
 
-def test_200_threads_with_their_own_store_admit_exactly_the_limit(db: Path) -> None:
+def test_200_threads_with_their_own_store_admit_exactly_the_limit(
+    backend: QuotaBackend,  # noqa: F811
+) -> None:
     windows = [applied(3600, "global", max_requests=50)]
     # A timeout, so that one thread failing before the barrier cannot hang the other 199.
     start = threading.Barrier(200, timeout=60)
@@ -72,7 +60,7 @@ def test_200_threads_with_their_own_store_admit_exactly_the_limit(db: Path) -> N
     def one() -> None:
         # Any exception ("database is locked" above all) fails the test: it must never
         # reach a caller.
-        with QuotaStore(db) as s:  # 200 connections also race to create the schema
+        with backend.open() as s:  # 200 connections (SQLite: also racing to create the schema)
             start.wait()
             results.append(admitted(s.reserve(uuid.uuid4().hex, windows, Demand())))
 
@@ -80,7 +68,7 @@ def test_200_threads_with_their_own_store_admit_exactly_the_limit(db: Path) -> N
         for _ in range(200):
             workers.start(one)
     assert len(results) == 200 and results.count(True) == 50
-    assert len(ledger_rows(db)) == 50
+    assert len(backend.rows()) == 50
 
 
 def test_stores_opening_a_new_file_together_all_succeed(tmp_path: Path) -> None:
@@ -97,12 +85,16 @@ def test_stores_opening_a_new_file_together_all_succeed(tmp_path: Path) -> None:
         assert path.exists()
 
 
-def _process_worker(path: str, start, results, threads: int, per_thread: int) -> None:
+def open_target(target: str) -> QuotaStore | RedisQuotaStore:
+    return RedisQuotaStore(target) if target.startswith("redis://") else QuotaStore(target)
+
+
+def _process_worker(target: str, start, results, threads: int, per_thread: int) -> None:
     windows = [applied(3600, "global", max_requests=50)]
     counts: list[int] = []
 
     def run() -> None:
-        with QuotaStore(path) as s:
+        with open_target(target) as s:
             for _ in range(per_thread):
                 counts.append(admitted(s.reserve(uuid.uuid4().hex, windows, Demand())))
 
@@ -117,12 +109,14 @@ def _process_worker(path: str, start, results, threads: int, per_thread: int) ->
     results.put((len(counts), sum(counts)))
 
 
-def test_two_processes_admit_exactly_the_limit_in_total(db: Path) -> None:
-    QuotaStore(db).close()  # schema in place, so both start racing on reserves at once
+def test_two_processes_admit_exactly_the_limit_in_total(
+    backend: QuotaBackend,  # noqa: F811
+) -> None:
+    backend.open().close()  # SQLite's schema in place: both start racing on reserves at once
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Barrier(2), ctx.Queue()
     procs = [
-        ctx.Process(target=_process_worker, args=(str(db), start, results, 10, 10))
+        ctx.Process(target=_process_worker, args=(backend.target, start, results, 10, 10))
         for _ in range(2)
     ]
     for p in procs:
@@ -133,10 +127,12 @@ def test_two_processes_admit_exactly_the_limit_in_total(db: Path) -> None:
         assert p.exitcode == 0
     assert reports == [(100, reports[0][1]), (100, reports[1][1])]  # no errors, all answered
     assert reports[0][1] + reports[1][1] == 50
-    assert len(ledger_rows(db)) == 50
+    assert len(backend.rows()) == 50
 
 
-def test_token_budget_never_exceeded_with_reserves_settles_and_releases(db: Path) -> None:
+def test_token_budget_never_exceeded_with_reserves_settles_and_releases(
+    backend: QuotaBackend,  # noqa: F811
+) -> None:
     limit = 20_000
     windows = [applied(60, "user:alice", max_input_tokens=limit), applied(3600, "group:dev")]
     violations: list[float] = []
@@ -146,16 +142,17 @@ def test_token_budget_never_exceeded_with_reserves_settles_and_releases(db: Path
 
     def monitor() -> None:
         nonlocal reads
-        with QuotaStore(db) as s:
+        with backend.open() as s:
             while not stop.is_set():
-                state = s.states(windows[:1])[0]
+                # The callers' clock: on Redis, the server's would expire their reservations.
+                state = s.states(windows[:1], now=1000.0)[0]
                 reads += 1
                 if state.used.input_tokens + state.reserved.input_tokens > limit:
                     violations.append(state.used.input_tokens + state.reserved.input_tokens)
 
     def caller(seed: int) -> None:
         rng = random.Random(seed)
-        with QuotaStore(db) as s:
+        with backend.open() as s:
             for _ in range(25):
                 rid, want = uuid.uuid4().hex, rng.randint(100, 3000)
                 result = s.reserve(rid, windows, Demand(input_tokens=want), now=1000.0)
@@ -185,11 +182,11 @@ def test_token_budget_never_exceeded_with_reserves_settles_and_releases(db: Path
     # the asserts on either branch were never reached.
     assert len(outcomes) == 200
     assert 0 < outcomes.count("admitted") < 200, outcomes.count("admitted")
-    with QuotaStore(db) as s:
+    with backend.open() as s:
         state = s.states(windows, now=1000.0)
         assert state[0].used.input_tokens <= limit
         assert state[0].reserved == Demand(0, 0, 0, 0.0)
-        assert (state[0].used, state[0].reserved) == brute_force(db, "user:alice", 60, 1000.0)
+        assert (state[0].used, state[0].reserved) == backend.brute_force("user:alice", 60, 1000.0)
 
 
 # -- settle, release, partial increments ----------------------------------------------
@@ -220,17 +217,23 @@ def test_settle_above_the_reservation_counts_the_overshoot(store: QuotaStore) ->
     assert isinstance(denied, Exceeded) and denied.retry_after == 58
 
 
-def test_release_removes_the_reservation_everywhere(db: Path, store: QuotaStore) -> None:
+def test_release_removes_the_reservation_everywhere(
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
+) -> None:
     windows = [applied(60, max_requests=1), applied(60, "global", max_requests=1)]
     assert admitted(store.reserve("a", windows, Demand(), now=0))
     store.release("a")
-    assert ledger_rows(db) == []
+    assert backend.rows() == []
     for state in store.states(windows, now=1):
         assert state.reserved == Demand(0, 0, 0, 0.0) and state.reset_at is None
     assert admitted(store.reserve("b", windows, Demand(), now=1))
 
 
-def test_denied_request_leaves_no_partial_increment(db: Path, store: QuotaStore) -> None:
+def test_denied_request_leaves_no_partial_increment(
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
+) -> None:
     windows = [
         applied(60, "user:alice", max_requests=10),
         applied(3600, "group:dev", max_requests=2),
@@ -240,17 +243,20 @@ def test_denied_request_leaves_no_partial_increment(db: Path, store: QuotaStore)
     denied = store.reserve("r2", windows, Demand(input_tokens=5), now=5)
     assert isinstance(denied, Exceeded)
     assert (denied.scope_key, denied.limit_name) == ("group:dev", "max_requests")
-    assert [r for r in ledger_rows(db) if r[0] == "r2"] == []
+    assert [r for r in backend.rows() if r[0] == "r2"] == []
     user, group = store.states(windows, now=5)
     assert user.reserved == group.reserved == Demand(2, 10, 0, 0.0)
 
 
-def test_duplicate_reservation_id_is_refused_whole(db: Path, store: QuotaStore) -> None:
+def test_duplicate_reservation_id_is_refused_whole(
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
+) -> None:
     windows = [applied(60, "user:alice"), applied(60, "global")]
     assert admitted(store.reserve("a", windows, Demand(), now=0))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(DuplicateReservation):
         store.reserve("a", windows, Demand(), now=1)
-    assert len(ledger_rows(db)) == 2
+    assert len(backend.rows()) == 2
     assert store.states(windows[:1], now=1)[0].reserved.requests == 1
 
 
@@ -317,12 +323,14 @@ def test_cost_budget_is_exact_despite_float_sums(store: QuotaStore) -> None:
 # -- persistence, states, scopes ------------------------------------------------------
 
 
-def test_a_new_store_on_the_same_file_keeps_counts(db: Path) -> None:
+def test_a_new_store_on_the_same_storage_keeps_counts(
+    backend: QuotaBackend,  # noqa: F811
+) -> None:
     windows = [applied(60, max_requests=3)]
-    with QuotaStore(db) as first:
+    with backend.open() as first:
         for t in (0, 1, 2):
             assert admitted(first.reserve(f"r{t}", windows, Demand(input_tokens=10), now=t))
-    with QuotaStore(db) as second:
+    with backend.open() as second:
         assert second.states(windows, now=3)[0].reserved == Demand(3, 30, 0, 0.0)
         assert not admitted(second.reserve("x", windows, Demand(), now=3))
         second.settle("r0", Demand(input_tokens=7))
@@ -385,11 +393,13 @@ def test_group_and_global_scopes_share_rows_across_users(store: QuotaStore) -> N
 # -- running totals and pruning -------------------------------------------------------
 
 
-def test_running_totals_match_the_ledger_under_random_operations(db: Path) -> None:
+def test_running_totals_match_the_ledger_under_random_operations(
+    backend: QuotaBackend,  # noqa: F811
+) -> None:
     rng = random.Random(7)
     lengths = (10, 60, 300)
     keys = ("user:alice", "user:bob", "group:dev", "global")
-    a, b = QuotaStore(db), QuotaStore(db)  # two writers, as two processes would be
+    a, b = backend.open(), backend.open()  # two writers, as two processes would be
     live: list[str] = []
     now = 0.0
     for step in range(600):
@@ -411,23 +421,28 @@ def test_running_totals_match_the_ledger_under_random_operations(db: Path) -> No
         if step % 20 == 0:
             probe = [applied(n, k) for k in keys for n in lengths]
             for state in rng.choice((a, b)).states(probe, now=now):
-                expected = brute_force(db, state.scope_key, state.window.window_seconds, now)
+                expected = backend.brute_force(state.scope_key, state.window.window_seconds, now)
                 assert (state.used, state.reserved) == expected
     a.close()
     b.close()
 
 
-def test_prune_drops_old_rows_but_not_counted_ones(db: Path, store: QuotaStore) -> None:
+def test_prune_drops_old_rows_but_not_counted_ones(
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
+) -> None:
     windows = [applied(60, max_requests=10)]
     for t in (0, 50, 100):
         assert admitted(store.reserve(f"r{t}", windows, Demand(), now=t))
     assert store.prune(100 - 60) == 1
-    assert [r[0] for r in ledger_rows(db)] == ["r50", "r100"]
+    assert [r[0] for r in backend.rows()] == ["r50", "r100"]
     assert store.states(windows, now=100)[0].reserved.requests == 2
 
 
 def test_reserve_prunes_beyond_the_longest_window_ever_used(
-    db: Path, store: QuotaStore, monkeypatch: pytest.MonkeyPatch
+    backend: QuotaBackend,  # noqa: F811
+    store: QuotaStore,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(quota, "PRUNE_EVERY", 5)
     long_window = [applied(1000, "user:alice", max_requests=100)]
@@ -435,8 +450,160 @@ def test_reserve_prunes_beyond_the_longest_window_ever_used(
     assert admitted(store.reserve("old", long_window, Demand(), now=0))
     for i in range(1, 5):  # another caller only knows the short window
         assert admitted(store.reserve(f"s{i}", short_window, Demand(), now=500 + i))
-    assert "old" in [r[0] for r in ledger_rows(db)]  # still inside the 1000 s window
+    assert "old" in [r[0] for r in backend.rows()]  # still inside the 1000 s window
     for i in range(5, 10):
         assert admitted(store.reserve(f"s{i}", short_window, Demand(), now=1500 + i))
-    assert [r[0] for r in ledger_rows(db)] == [f"s{i}" for i in range(5, 10)]
+    assert [r[0] for r in backend.rows()] == [f"s{i}" for i in range(5, 10)]
     assert store.states(long_window, now=1510)[0].reserved.requests == 5
+
+
+# -- Redis only: reservation TTL, restarts, the asyncio worker ---------------------------
+
+
+@pytest.fixture
+def redis_backend(redis_server: RedisServer) -> RedisBackend:  # noqa: F811
+    return RedisBackend(redis_server, 999)
+
+
+def test_an_abandoned_reservation_stops_counting_after_its_ttl(
+    redis_backend: RedisBackend,
+) -> None:
+    windows = [applied(600, max_requests=2, max_input_tokens=1000)]
+    with redis_backend.open(reservation_ttl=5) as s:
+        assert admitted(s.reserve("dead", windows, Demand(input_tokens=900), now=0))
+        assert admitted(s.reserve("live", windows, Demand(input_tokens=100), now=3))
+        assert not admitted(s.reserve("x", windows, Demand(input_tokens=1), now=4.9))
+        # At 5 the first reservation is 5 s old and never settled: its process died.
+        state = s.states(windows, now=5.5)[0]
+        assert state.reserved == Demand(1, 100, 0, 0.0)
+        assert [r[0] for r in redis_backend.rows()] == ["live"]
+        assert admitted(s.reserve("y", windows, Demand(input_tokens=800), now=6))
+        # A settle that comes after all (a call longer than the TTL) still counts,
+        # at its reservation's time.
+        s.settle("dead", Demand(input_tokens=50))
+        state = s.states(windows, now=7)[0]
+        assert (state.used, state.reserved) == (Demand(1, 50), Demand(2, 900))
+        assert state.reset_at == 600
+        s.settle("live", Demand(input_tokens=100))
+        state = s.states(windows, now=9)[0]  # settled rows never expire
+        assert (state.used, state.reserved) == (Demand(2, 150), Demand(1, 800))
+
+
+def test_the_ttl_runs_on_the_redis_servers_clock(redis_backend: RedisBackend) -> None:
+    windows = [applied(60, "global", max_requests=1)]
+    with redis_backend.open(reservation_ttl=0.5) as s:
+        assert admitted(s.reserve("a", windows, Demand()))
+        assert not admitted(s.reserve("b", windows, Demand()))
+        time.sleep(0.6)
+        assert s.states(windows)[0].reserved == Demand(0, 0, 0, 0.0)
+        assert admitted(s.reserve("b", windows, Demand()))
+
+
+def test_a_redis_restart_fails_calls_closed_then_the_same_store_recovers(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer()
+    server.start()
+    windows = [applied(60, max_requests=100)]
+    try:
+        with RedisQuotaStore(server.url, timeout=0.5) as s:
+            assert admitted(s.reserve("before", windows, Demand()))
+            server.stop()
+            started = time.monotonic()
+            for op in (
+                lambda: s.reserve("during", windows, Demand()),
+                lambda: s.settle("before", Demand()),
+                lambda: s.states(windows),
+            ):
+                with pytest.raises(QuotaUnavailable):
+                    op()
+            assert time.monotonic() - started < 5  # refused at once, not after a long wait
+            server.start()  # empty: no data, no scripts loaded
+            result = s.reserve("after", windows, Demand())
+            assert admitted(result) and result[0].reserved.requests == 1
+    finally:
+        server.close()
+
+
+def test_the_redis_worker_reserves_on_the_loop_and_batches_settles(
+    redis_backend: RedisBackend,
+) -> None:
+    from addon.quota.worker import SETTLE_DELAY, RedisQuotaWorker
+
+    windows = [applied(60, max_requests=3, max_output_tokens=1000)]
+
+    async def run() -> None:
+        worker = RedisQuotaWorker(redis_backend.target, ttl=60)
+        results = [
+            await worker.reserve(f"r{i}", windows, Demand(output_tokens=100)) for i in range(4)
+        ]
+        assert [admitted(r) for r in results] == [True, True, True, False]
+        for i in range(3):
+            worker.settle(f"r{i}", Demand(output_tokens=10))
+        assert {r[5] for r in redis_backend.rows()} == {0}  # queued, not yet sent
+        await asyncio.sleep(SETTLE_DELAY + 0.2)
+        assert {r[5] for r in redis_backend.rows()} == {1}
+        worker.settle("r0", Demand(output_tokens=20))
+        worker.close()  # applies what is still queued
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    with redis_backend.open() as s:
+        assert s.states(windows)[0].used == Demand(3, 0, 40)
+
+
+def test_workers_raise_quota_unavailable_when_their_store_cannot_answer(
+    tmp_path: Path,
+) -> None:
+    from addon.quota.worker import QuotaWorker, RedisQuotaWorker
+
+    windows = [applied(60, max_requests=3)]
+    dead = RedisQuotaWorker(f"redis://127.0.0.1:{free_port()}/0", ttl=60)
+    with pytest.raises(QuotaUnavailable):
+        asyncio.run(dead.reserve("a", windows, Demand()))
+    dead.close()
+    sqlite = QuotaWorker(tmp_path / "q.db")
+    sqlite._fast.close()  # any sqlite3 error but "busy": here, a closed connection
+    with pytest.raises(QuotaUnavailable):
+        asyncio.run(sqlite.reserve("a", windows, Demand()))
+    sqlite._pool.shutdown()
+    sqlite._store.close()
+
+
+# -- choosing the store ---------------------------------------------------------------
+
+
+def test_the_option_or_env_wins_over_the_files_store_and_the_ttl_follows_the_routes() -> None:
+    from addon.config import GatewayConfig
+    from addon.quota.worker import quota_target, reservation_ttl
+
+    plain = GatewayConfig()
+    assert quota_target("", plain) is None  # SQLite beside the ledger
+    filed = GatewayConfig.model_validate(
+        {
+            "quota": {"store": "redis://file:6379/1"},
+            "routes": [
+                {
+                    "id": "a",
+                    "provider": "openai",
+                    "endpoint": "https://a",
+                    "first_byte_timeout_s": 30,
+                },
+                {
+                    "id": "b",
+                    "provider": "openai",
+                    "endpoint": "https://b",
+                    "first_byte_timeout_s": 900,
+                },
+            ],
+        }
+    )
+    assert quota_target("", filed) == "redis://file:6379/1"
+    assert quota_target("redis://env:6379/2", filed) == "redis://env:6379/2"
+    assert reservation_ttl(plain) == 2 * 600 + 60
+    assert reservation_ttl(filed) == 2 * 900 + 60
+    assert reservation_ttl(GatewayConfig.model_validate({"quota": {"reservation_ttl_s": 5}})) == 5
+    with pytest.raises(ValueError, match="redis://"):
+        GatewayConfig.model_validate({"quota": {"store": "/var/lib/quota.db"}})
+    with pytest.raises(ValueError):
+        GatewayConfig.model_validate({"quota": {"on_unavailable": "maybe"}})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -18,6 +17,7 @@ from rich.text import Text
 
 from addon.cli import admin, reads, show
 from addon.cli.output import CliError, err_console
+from addon.ledger.db import database_errors, describe_location
 from addon.ledger.store import default_db_path
 
 __all__ = ["build_parser", "main"]
@@ -59,7 +59,11 @@ def _output_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="llmgate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", default=os.environ.get("LLMGATE_DB", default_db_path()))
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("LLMGATE_DB", default_db_path()),
+        help="the ledger: a SQLite file or a postgresql:// URL (default: $LLMGATE_DB)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sessions = sub.add_parser("sessions", help="agent sessions, one line each")
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except CliError as exc:
         _error(str(exc))
-    except sqlite3.Error as exc:
-        _error(f"the ledger {args.db} cannot answer: {exc}")
+    except database_errors() as exc:
+        _error(f"the ledger {describe_location(args.db)} cannot answer: {exc}")
     except KeyboardInterrupt:
         sys.exit(130 if args.command != "tail" else 0)
     except BrokenPipeError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
+import os
 import sys
 import time
 import urllib.error
@@ -23,13 +23,13 @@ from addon.cli.output import iso as _when
 from addon.config import ConfigError, GatewayConfig, Route, load_config
 from addon.credentials import SecretStore
 from addon.keys import KeyStore
+from addon.ledger.db import LedgerDB, describe_location, local_state_path
 from addon.ledger.pricing import load_pricing
 from addon.ledger.recovery import is_alive, pending_by_instance
 from addon.ledger.store import ENCODE_ERROR
 from addon.policy import effective_policy
 from addon.quota.budget import bind_windows
-from addon.quota.store import QuotaStore
-from addon.quota.worker import quota_path
+from addon.quota.worker import open_store, quota_target
 from addon.routes import served_callers
 from addon.screening import build_scanner
 
@@ -149,7 +149,9 @@ def cmd_quota(args: argparse.Namespace) -> None:
         table.add_column(
             column, justify="left" if column in ("window", "scope", "limit") else "right"
         )
-    store = QuotaStore(quota_path(args.db))
+    # Where the gateway keeps them: Redis when LLMGATE_QUOTA or quota.store names it.
+    url = quota_target(os.environ.get("LLMGATE_QUOTA", ""), config)
+    store = open_store(local_state_path(args.db), config, url)
     for state in store.states(windows, now):
         remaining = state.remaining()
         for limit_name, field in _QUOTA_FIELDS.items():
@@ -182,15 +184,13 @@ HEALTH_URL = "http://llmgate.internal/health"
 def cmd_doctor(args: argparse.Namespace) -> None:
     """What the ledger says about unfinished calls, and the running gateway's health."""
     conn = open_ledger(args.db, views=False)
-    has_requests = conn.execute(
-        "select 1 from sqlite_master where type = 'table' and name = 'requests'"
-    ).fetchone()
+    has_requests = "requests" in conn.tables()
     pending = [
         {"instance": i, "rows": n, "oldest_started_at": oldest, "alive": is_alive(args.db, i)}
         for i, n, oldest in (pending_by_instance(conn) if has_requests else [])
     ]
     report: dict[str, Any] = {
-        "db": args.db,
+        "db": describe_location(args.db),
         "pending": pending,
         "interrupted": _rows_where(conn, "status = 'interrupted'") if has_requests else {},
         "encode_errors": _rows_where(conn, f"reason = '{ENCODE_ERROR}'") if has_requests else {},
@@ -205,13 +205,13 @@ def cmd_doctor(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
-def _rows_where(conn: sqlite3.Connection, where: str) -> dict[str, Any]:
-    count = conn.execute(f"select count(*) from requests where {where}").fetchone()[0]
-    recent = conn.execute(
-        f"""select id, started_at, user, model, status, reason from requests where {where}
-            order by started_at desc limit 10"""
-    ).fetchall()
-    return {"count": count, "recent": [dict(row) for row in recent]}
+def _rows_where(conn: LedgerDB, where: str) -> dict[str, Any]:
+    count = conn.scalar(f"select count(*) from requests where {where}")
+    recent = conn.rows(
+        f"""select id, started_at, "user", model, status, reason from requests where {where}
+            order by started_at desc, id desc limit 10"""
+    )
+    return {"count": count, "recent": recent}
 
 
 def _gateway_health(proxy: str) -> tuple[dict[str, Any] | None, str | None]:

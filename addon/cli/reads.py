@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import time
 from typing import Any
 
 from addon.cli.ledger import open_ledger, parse_since, resolve_id
 from addon.cli.output import Column, emit, fmt, one_line, wants_rich, write
-from addon.ledger.views import STATUSES
+from addon.ledger.db import LedgerDB
+from addon.ledger.views import STATUSES, count_if, int_sum
 
 
 def _cost(value: Any) -> str:
     return "-" if value is None else f"{value:.6f}"
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    return [dict(row) for row in conn.execute(sql, params)]
+def _rows(conn: LedgerDB, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    return conn.rows(sql, params)
 
 
 # --- sessions -------------------------------------------------------------------
@@ -42,13 +42,13 @@ SESSION_COLUMNS = [
 
 def cmd_sessions(args: argparse.Namespace) -> None:
     conn = open_ledger(args.db)
-    where, params = ["1"], []
+    where, params = ["1 = 1"], []
     since = parse_since(args.since)
     if since is not None:
         where.append("last_at >= ?")
         params.append(since)
     if args.user:
-        where.append("session_id in (select session_id from requests where user = ?)")
+        where.append('session_id in (select session_id from requests where "user" = ?)')
         params.append(args.user)
     rows = _rows(
         conn,
@@ -78,18 +78,18 @@ EVENT_COLUMNS = [
 def cmd_session(args: argparse.Namespace) -> None:
     conn = open_ledger(args.db)
     session = resolve_id(conn, args.id, table="sessions_summary")
-    summary = dict(
-        conn.execute("select * from sessions_summary where session_id = ?", (session,)).fetchone()
-    )
+    summary = conn.one("select * from sessions_summary where session_id = ?", (session,)) or {}
     events = _rows(
         conn,
         """select * from session_events where session_id = ?
            order by at, case kind when 'call' then 0 when 'denial' then 0
-                                  when 'tool_result' then 1 when 'tool_call' then 2 else 3 end""",
+                                  when 'tool_result' then 1 when 'tool_call' then 2 else 3 end,
+                    seq, request_id""",
         [session],
     )
     for event in events:
         event.pop("at")
+        event.pop("seq")
         if event["kind"] in ("call", "denial"):
             event["tokens"] = f"{fmt(event['input_tokens'])}/{fmt(event['output_tokens'])}"
         elif event["kind"] == "tool_result":
@@ -161,11 +161,11 @@ TAIL_COLUMNS = [
 
 def cmd_tail(args: argparse.Namespace) -> None:
     conn = open_ledger(args.db)
-    where, params = ["1"], []
+    where, params = ["1 = 1"], []
     since = parse_since(args.since)
     for column, value in (("user", args.user), ("status", args.status), ("reason", args.reason)):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(f'"{column}" = ?')
             params.append(value)
     if since is not None:
         where.append("started_at >= ?")
@@ -187,7 +187,7 @@ def _tail_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def _follow(
     args: argparse.Namespace,
-    conn: sqlite3.Connection,
+    conn: LedgerDB,
     query: str,
     params: list[Any],
     rows: list[dict[str, Any]],
@@ -222,7 +222,7 @@ def _follow(
 # --- report -----------------------------------------------------------------------
 
 GROUPS = {
-    "user": "user",
+    "user": '"user"',
     "model": "coalesce(upstream_model, model)",
     "client": "client",
     "session": "session_id",
@@ -235,17 +235,17 @@ _NUMBERS = ["calls", *STATUSES, "other", "input_tokens", "output_tokens", "cost_
 def cmd_report(args: argparse.Namespace) -> None:
     conn = open_ledger(args.db)
     since = parse_since(args.since) if args.hours is None else time.time() - args.hours * 3600
-    statuses = ", ".join(f"sum(status = '{s}') as {s}" for s in STATUSES)
+    statuses = ", ".join(count_if(f"status = '{s}'") + f" as {s}" for s in STATUSES)
     known = ", ".join(f"'{s}'" for s in STATUSES)
+    unpriced = count_if("cost_usd is null and coalesce(usage_source, 'none') != 'none'")
     rows = _rows(
         conn,
-        f"""select {GROUPS[args.by]} as [{args.by}], count(*) as calls, {statuses},
-                   sum(status is null or status not in ({known})) as other,
-                   coalesce(sum(input_tokens), 0) as input_tokens,
-                   coalesce(sum(output_tokens), 0) as output_tokens,
+        f"""select {GROUPS[args.by]} as "{args.by}", count(*) as calls, {statuses},
+                   {count_if(f"status is null or status not in ({known})")} as other,
+                   {int_sum("input_tokens")} as input_tokens,
+                   {int_sum("output_tokens")} as output_tokens,
                    sum(cost_usd) as cost_usd,
-                   sum(cost_usd is null and coalesce(usage_source, 'none') != 'none')
-                       as unpriced
+                   {unpriced} as unpriced
             from calls where started_at >= ?
             group by 1 order by cost_usd desc nulls last, calls desc, 1""",
         [since if since is not None else float("-inf")],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from typing import Any
 
 from rich.rule import Rule
@@ -13,6 +12,7 @@ from rich.text import Text
 
 from addon.cli.ledger import open_ledger, resolve_id
 from addon.cli.output import Column, console, emit, fmt, iso, wants_rich, write, write_csv
+from addon.ledger.db import LedgerDB
 from addon.ledger.store import TRUNCATION_MARKER
 from addon.protocols import PROTOCOLS, StreamState
 from addon.protocols.canonical import (
@@ -77,10 +77,9 @@ ATTEMPT_COLUMNS = [
 def cmd_show(args: argparse.Namespace) -> None:
     conn = open_ledger(args.db)
     request_id = resolve_id(conn, args.id)
-    row = dict(conn.execute("select * from requests where id = ?", (request_id,)).fetchone())
+    row = conn.one("select * from requests where id = ?", (request_id,)) or {"id": request_id}
     call = _call(row)
-    payload = conn.execute("select * from payloads where request_id = ?", (request_id,)).fetchone()
-    payload = dict(payload) if payload else {}
+    payload = conn.one("select * from payloads where request_id = ?", (request_id,)) or {}
     request, request_note = _request(row, payload)
     reply, reply_note = _reply(row, payload)
     findings = _timed(conn, "findings", request_id, "created_at")
@@ -164,11 +163,9 @@ def _is_list(value: Any) -> bool:
         return False
 
 
-def _timed(conn: sqlite3.Connection, table: str, request_id: str, key: str) -> list[dict]:
-    rows = conn.execute(
-        f"select * from {table} where request_id = ? order by id", (request_id,)
-    ).fetchall()
-    return [{"time": iso(row[key]), **{k: row[k] for k in row.keys() if k != key}} for row in rows]  # noqa: SIM118
+def _timed(conn: LedgerDB, table: str, request_id: str, key: str) -> list[dict]:
+    rows = conn.rows(f"select * from {table} where request_id = ? order by id", (request_id,))
+    return [{"time": iso(row[key]), **{k: v for k, v in row.items() if k != key}} for row in rows]
 
 
 def _body(payload: dict[str, Any], key: str) -> tuple[str | None, str | None]:

@@ -40,6 +40,7 @@ from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
 from addon.hosts import HostSet
 from addon.identity import Identifier
 from addon.keys import KeyStore
+from addon.ledger.db import ledger_location, local_state_path
 from addon.ledger.pricing import Pricer, load_pricing
 from addon.ledger.store import default_db_path
 from addon.ledger.writer import AuditWriter
@@ -47,7 +48,7 @@ from addon.policy import effective_policy
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol, error_protocol
 from addon.quota import budget
-from addon.quota.worker import QuotaWorker, quota_path
+from addon.quota.worker import Quota, open_quota, quota_target
 from addon.screening import build_scanner, load_hmac_key, redact_json
 from addon.sessions import SESSION_HEADER, attribute
 
@@ -69,7 +70,7 @@ class Gateway:
         self.pricer = Pricer(load_pricing(None))
         self.secrets = SecretStore()
         self.audit: AuditWriter | None = None
-        self.quota: QuotaWorker | None = None
+        self.quota: Quota | None = None
         self.keys: KeyStore | None = None
         self.identifier = Identifier(self.config.identity, None)
         self.scanner = build_scanner(self.config.safety)
@@ -107,7 +108,15 @@ class Gateway:
             "llmgate_db",
             str,
             os.environ.get("LLMGATE_DB", default_db_path()),
-            "Path of the SQLite audit ledger. Env: LLMGATE_DB.",
+            "The audit ledger: a SQLite file path or a postgresql:// URL. Env: LLMGATE_DB.",
+        )
+        loader.add_option(
+            "llmgate_quota",
+            str,
+            os.environ.get("LLMGATE_QUOTA", ""),
+            "redis://host:port/db where quotas are counted, shared by many llmgate "
+            "processes; wins over the policy's quota.store. Empty: the policy's, else "
+            "SQLite beside the ledger. Env: LLMGATE_QUOTA.",
         )
         loader.add_option(
             "llmgate_secrets",
@@ -159,11 +168,17 @@ class Gateway:
                 raise exceptions.OptionsError(str(exc)) from None
         if "llmgate_db" in updated:
             self._close_stores()
-            db = Path(ctx.options.llmgate_db).expanduser()
+            # A SQLite path or a postgresql:// URL; the quota file and the HMAC key
+            # stay on this machine (beside the SQLite file, or in the state directory).
+            db = ledger_location(ctx.options.llmgate_db)
+            local = local_state_path(db)
             self.audit = AuditWriter(db, synchronous=self.config.audit.synchronous)
-            self.quota = QuotaWorker(quota_path(db))
+            target = quota_target(ctx.options.llmgate_quota, self.config)
+            self.quota = open_quota(local, self.config, target)  # Redis, or SQLite beside
+            if target:  # the host only: a URL may carry a password
+                log.info("llmgate: quotas on redis at %s", target.split("@")[-1])
             self.keys = KeyStore(db)
-            self.hmac_key = load_hmac_key(db.with_name(db.name + ".hmac-key"))
+            self.hmac_key = load_hmac_key(local.with_name(local.name + ".hmac-key"))
             self.lifecycle.opened(db)
         if {"llmgate_policies", "llmgate_db"} & updated:
             self.identifier = Identifier(self.config.identity, self.keys)

@@ -1,10 +1,11 @@
 """The process's life as the ledger sees it: whose rows are whose, and none left pending.
 
-At start-up the process takes its instance lease (a lock the kernel drops when
-the process dies, however it dies) and closes the `pending` rows of every
-instance whose lease is free, releasing their quota reservations. At shutdown
-(SIGTERM, SIGINT) the calls in flight get `audit.drain_seconds` to finish; the
-rest are closed as `interrupted` with the usage received so far.
+At start-up the process takes its instance lease (a lock the kernel, or the
+PostgreSQL server, drops when the process dies, however it dies) and closes the
+`pending` rows of every instance whose lease is free, releasing their quota
+reservations. At shutdown (SIGTERM, SIGINT) the calls in flight get
+`audit.drain_seconds` to finish; the rest are closed as `interrupted` with the
+usage received so far.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from addon import pipeline
 from addon.call import INSTANCE_ID, Call
+from addon.ledger.db import local_state_path
 from addon.ledger.recovery import InstanceLease, close_abandoned
 from addon.quota.store import QuotaStore
 from addon.quota.worker import quota_path
@@ -34,15 +36,19 @@ class Lifecycle:
         self.gateway = gateway
         self._lease: InstanceLease | None = None
 
-    def opened(self, db: Path) -> None:
-        """The stores are open on `db`: take this instance's lease, recover the dead's."""
+    def opened(self, db: str | Path) -> None:
+        """The stores are open on `db` (a SQLite path or a PostgreSQL URL): take this
+        instance's lease, recover the dead's."""
         self.closed()
         self._lease = InstanceLease(db, INSTANCE_ID)
         dead = close_abandoned(db, INSTANCE_ID)
         if not dead:
             return
-        with QuotaStore(quota_path(db)) as quota:
-            released = quota.release_instances(dead)
+        if self.gateway.quota is not None:  # whichever store quotas are on (SQLite, Redis)
+            released = self.gateway.quota.release_instances(dead)
+        else:
+            with QuotaStore(quota_path(local_state_path(db))) as quota:
+                released = quota.release_instances(dead)
         log.warning(
             "llmgate closed the pending calls of %d ended process(es) as interrupted and "
             "released %d of their quota reservations",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from typing import TYPE_CHECKING
 
 from addon import pipeline
@@ -17,6 +16,7 @@ from addon.credentials import Fields
 from addon.ledger.payloads import write_half
 from addon.ledger.tool_calls import tool_call_rows
 from addon.quota import budget
+from addon.quota.backend import QuotaUnavailable
 from addon.quota.store import Demand, Exceeded
 
 if TYPE_CHECKING:
@@ -38,7 +38,12 @@ class CallRecorder:
         assert self.gateway.quota is not None
         try:
             result = await self.gateway.quota.reserve(call.id, call.quota_windows, demand)
-        except sqlite3.Error as exc:
+        except QuotaUnavailable as exc:
+            if self.gateway.config.quota.on_unavailable == "allow":
+                # The operator's explicit choice: serve, unmetered. No reservation was
+                # made, so nothing is settled (quota_states stays empty).
+                log.warning("quota store unavailable, call %s admitted unmetered: %s", call.id, exc)
+                return None
             # Fail closed: a budget that cannot be checked is not granted.
             log.error("quota store unavailable: %s", exc)
             return Rejection(

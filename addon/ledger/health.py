@@ -41,11 +41,20 @@ class Faults:
 
 
 def describe_error(exc: BaseException) -> str:
-    """The type, and the message only of SQLite's errors: other messages may quote a body."""
+    """The type, and the message only of SQLite's errors and PostgreSQL's connection
+    errors (server gone, refused): other messages may quote a body or a value."""
     name = type(exc).__name__
-    if isinstance(exc, sqlite3.Error):
-        return f"{name}: {str(exc)[:200]}"
+    if isinstance(exc, sqlite3.Error) or _is_pg_connection_error(exc):
+        return f"{name}: {' '.join(str(exc).split())[:200]}"
     return name
+
+
+def _is_pg_connection_error(exc: BaseException) -> bool:
+    # By name, so that SQLite-only installs never import psycopg for a log line.
+    return any(
+        kind.__module__.startswith("psycopg") and kind.__name__ == "OperationalError"
+        for kind in type(exc).__mro__
+    )
 
 
 def where(exc: BaseException) -> str:

@@ -1,10 +1,12 @@
 """Which llmgate processes sharing a ledger are alive, and closing the calls of dead ones.
 
-Every process holds an exclusive flock on `<db>.instances/<instance id>.lock`
-(`InstanceLease`) for as long as it runs. The kernel drops a flock when its holder
-dies, however it dies (kill -9 included), so a lock file that another process can
-lock belongs to a dead process. That process will never close its `pending` rows;
-`close_abandoned` closes them as `interrupted`.
+On SQLite every process holds an exclusive flock on
+`<db>.instances/<instance id>.lock` (`InstanceLease`) for as long as it runs; on
+PostgreSQL, which processes on other machines share, a session advisory lock on a
+hash of the id (`postgres.AdvisoryLease`). The kernel drops a flock (the server an
+advisory lock) when its holder dies, however it dies (kill -9 included), so a lease
+another process can take belongs to a dead process. That process will never close
+its `pending` rows; `close_abandoned` closes them as `interrupted`.
 
 flock, not fcntl's POSIX locks (which SQLite uses): a flock belongs to the open
 file description, so closing some other descriptor of the file cannot drop it
@@ -18,10 +20,11 @@ import contextlib
 import fcntl
 import os
 import re
-import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
+from addon.ledger.db import LedgerDB, is_postgres, open_db
 from addon.ledger.store import open_database
 from addon.private_files import private_dir, private_file
 
@@ -53,6 +56,14 @@ class InstanceLease:
     """
 
     def __init__(self, db_path: str | Path, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self._fd: int | None = None
+        self._advisory: Any = None
+        if is_postgres(db_path):
+            from addon.ledger.postgres import AdvisoryLease
+
+            self._advisory = AdvisoryLease(str(db_path), instance_id)
+            return
         path = lock_path(db_path, instance_id)
         if path is None:
             raise ValueError(f"{instance_id!r} cannot be an instance id")
@@ -65,10 +76,12 @@ class InstanceLease:
             os.close(fd)
             raise RuntimeError(f"instance {instance_id} is held by another process") from None
         self.path = path
-        self.instance_id = instance_id
-        self._fd: int | None = fd
+        self._fd = fd
 
     def close(self) -> None:
+        if self._advisory is not None:
+            self._advisory.close()
+            self._advisory = None
         if self._fd is None:
             return
         # Removed while still locked, so no other process can find it lockable first.
@@ -86,6 +99,14 @@ class InstanceLease:
 
 def is_alive(db_path: str | Path, instance_id: str) -> bool:
     """Whether some process holds the instance's lease now; changes nothing (doctor)."""
+    if is_postgres(db_path):
+        from addon.ledger import postgres
+
+        db = open_db(db_path)
+        try:
+            return postgres.is_alive(db.raw, instance_id)
+        finally:
+            db.close()
     path = lock_path(db_path, instance_id)
     if path is None:
         return False
@@ -103,16 +124,16 @@ def is_alive(db_path: str | Path, instance_id: str) -> bool:
         os.close(fd)
 
 
-def pending_by_instance(conn: sqlite3.Connection) -> list[tuple[str, int, float | None]]:
+def pending_by_instance(conn: LedgerDB) -> list[tuple[str, int, float | None]]:
     """(instance id, pending rows, oldest started_at), on any connection to the ledger."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
     owner = f"substr(id, 1, {ID_PREFIX_LENGTH})"
-    if "instance_id" in columns:
+    if "instance_id" in conn.columns("requests"):
         owner = f"coalesce(instance_id, {owner})"
-    return conn.execute(
+    rows = conn.execute(
         f"SELECT {owner} AS instance, count(*), min(started_at) FROM requests"
-        " WHERE status = 'pending' GROUP BY instance ORDER BY instance"
+        " WHERE status = 'pending' GROUP BY 1 ORDER BY 1"
     ).fetchall()
+    return [(str(i), int(n), oldest) for i, n, oldest in rows]
 
 
 def close_abandoned(db_path: str | Path, own_instance: str, now: float | None = None) -> list[str]:
@@ -123,17 +144,19 @@ def close_abandoned(db_path: str | Path, own_instance: str, now: float | None = 
     An instance whose lease another process holds is never touched.
     """
     now = time.time() if now is None else now
+    if is_postgres(db_path):
+        return _close_abandoned_pg(str(db_path), own_instance, now)
     held: dict[str, int | None] = {}  # dead instance -> its lock, held until closed
     db = open_database(db_path)
     try:
-        candidates = {instance for instance, _, _ in pending_by_instance(db.conn)}
+        candidates = {instance for instance, _, _ in pending_by_instance(db)}
         candidates |= _lock_file_ids(db_path)
         for instance in sorted(candidates - {own_instance}):
             dead, fd = _lock_if_dead(db_path, instance)
             if dead:
                 held[instance] = fd
         if held:
-            _interrupt(db.conn, list(held), now)
+            _interrupt(db, list(held), now)
         for instance, fd in held.items():
             path = lock_path(db_path, instance)
             if fd is not None and path is not None:
@@ -143,8 +166,30 @@ def close_abandoned(db_path: str | Path, own_instance: str, now: float | None = 
         for fd in held.values():
             if fd is not None:
                 os.close(fd)
-        db.conn.close()
+        db.close()
     return list(held)
+
+
+def _close_abandoned_pg(url: str, own_instance: str, now: float) -> list[str]:
+    """`close_abandoned` on PostgreSQL: an instance whose advisory lock this session can
+    take is dead; the lock is held until its rows are closed. Only instances with
+    pending rows are found: a lease leaves no trace once its session ends."""
+    from addon.ledger import postgres
+
+    db = open_database(url)
+    held: list[str] = []
+    try:
+        candidates = {instance for instance, _, _ in pending_by_instance(db)}
+        for instance in sorted(candidates - {own_instance}):
+            if postgres.lock_if_dead(db.raw, instance):
+                held.append(instance)
+        if held:
+            _interrupt(db, held, now)
+    finally:
+        for instance in held:
+            postgres.unlock(db.raw, instance)
+        db.close()
+    return held
 
 
 def _lock_file_ids(db_path: str | Path) -> set[str]:
@@ -172,20 +217,16 @@ def _lock_if_dead(db_path: str | Path, instance: str) -> tuple[bool, int | None]
     return True, fd
 
 
-def _interrupt(conn: sqlite3.Connection, instances: list[str], now: float) -> None:
+def _interrupt(conn: LedgerDB, instances: list[str], now: float) -> None:
+    larger = "max" if conn.dialect == "sqlite" else "greatest"
     fields = (
         "UPDATE requests SET status = 'interrupted', reason = ?, error = ?, finished_at = ?,"
-        " latency_ms = max((? - started_at) * 1000, 0) WHERE status = 'pending' AND "
+        f" latency_ms = {larger}((? - started_at) * 1000, 0) WHERE status = 'pending' AND "
     )
     values = (INTERRUPTED_REASON, INTERRUPTED_ERROR, now, now)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with conn.transaction():
         conn.executemany(fields + "instance_id = ?", [(*values, i) for i in instances])
         conn.executemany(
             fields + f"instance_id IS NULL AND substr(id, 1, {ID_PREFIX_LENGTH}) = ?",
             [(*values, i) for i in instances],
         )
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

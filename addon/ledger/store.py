@@ -2,118 +2,38 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import sqlite_utils
+from addon.ledger.db import LedgerDB, open_db
+from addon.ledger.migrations import migrate
+from addon.ledger.schema import (
+    ATTEMPT_COLUMNS,
+    FINDING_COLUMNS,
+    PAYLOAD_COLUMNS,
+    PRIMARY_KEYS,
+    REQUEST_COLUMNS,
+    TABLES,
+    TOOL_CALL_COLUMNS,
+)
+from addon.sqlite_wal import retry_locked
 
-from addon.ledger.views import ensure_views
-from addon.sqlite_wal import connect_wal, retry_locked
+__all__ = [
+    "ATTEMPT_COLUMNS",
+    "FINDING_COLUMNS",
+    "PAYLOAD_COLUMNS",
+    "PRIMARY_KEYS",
+    "REQUEST_COLUMNS",
+    "TABLES",
+    "TOOL_CALL_COLUMNS",
+]
 
 log = logging.getLogger("llmgate.audit")
-
-REQUEST_COLUMNS: dict[str, type] = {
-    "id": str,
-    "started_at": float,
-    "finished_at": float,
-    "user": str,
-    "groups": str,
-    "client_ip": str,
-    "protocol": str,
-    "host": str,
-    "path": str,
-    "model": str,
-    "upstream_model": str,
-    "provider": str,
-    "route": str,
-    "stream": int,
-    "status": str,
-    "http_status": int,
-    "error": str,
-    "reason": str,
-    "input_tokens": int,
-    "output_tokens": int,
-    "cache_read_tokens": int,
-    "cache_write_tokens": int,
-    "reasoning_tokens": int,
-    "usage_source": str,
-    "cost_usd": float,
-    "latency_ms": float,
-    "ttft_ms": float,
-    "upstream_host": str,
-    "transport": str,
-    "instance_id": str,
-    "upstream_protocol": str,
-    "session_id": str,
-    "client": str,
-    "tools_offered": str,
-}
-
-PAYLOAD_COLUMNS: dict[str, type] = {
-    "request_id": str,
-    "request_headers": str,
-    "request_body": str,
-    "request_truncated": int,
-    "response_headers": str,
-    "response_body": str,
-    "response_truncated": int,
-    # A translated call: the request as it left, in the provider's protocol.
-    "upstream_request_body": str,
-    "upstream_request_truncated": int,
-}
-
-# A tool call the model made (`kind` call), or a tool result the client sent back
-# (`kind` result), linked to its call by `call_id`. Arguments and excerpts are
-# stored redacted and capped (`ledger.tool_calls`).
-TOOL_CALL_COLUMNS: dict[str, type] = {
-    "id": int,
-    "request_id": str,
-    "session_id": str,
-    "kind": str,
-    "call_id": str,
-    "name": str,
-    "arguments": str,
-    "result_bytes": int,
-    "result_images": int,
-    "is_error": int,
-    "excerpt": str,
-    "created_at": float,
-}
-
-# One row per upstream tried, for calls whose route has fallbacks.
-ATTEMPT_COLUMNS: dict[str, type] = {
-    "id": int,
-    "request_id": str,
-    "attempt": int,
-    "route": str,
-    "upstream_host": str,
-    "upstream_protocol": str,
-    "status": int,
-    "reason": str,
-    "error": str,
-    "started_at": float,
-    "latency_ms": float,
-}
-
-FINDING_COLUMNS: dict[str, type] = {
-    "id": int,
-    "request_id": str,
-    "phase": str,
-    "location": str,
-    "category": str,
-    "detector": str,
-    "action": str,
-    "excerpt": str,
-    "value_hmac": str,
-    "created_at": float,
-}
 
 TRUNCATION_MARKER = "\n[llmgate: truncated, {total} bytes in all]"
 
@@ -133,42 +53,17 @@ def cap_body(body: bytes, limit: int) -> tuple[str, bool]:
 
 
 def open_database(
-    path: str | Path, synchronous: Literal["normal", "full"] = "normal"
-) -> sqlite_utils.Database:
-    """Open (and create) the ledger: WAL mode, so readers never block the writer."""
-    db = sqlite_utils.Database(connect_wal(path, synchronous=synchronous))
-    retry_locked(lambda: _ensure_schema(db))
+    location: str | Path, synchronous: Literal["normal", "full"] = "normal"
+) -> LedgerDB:
+    """Open (and create or migrate) the ledger: a SQLite file in WAL mode, so readers
+    never block the writer, or a PostgreSQL database (`postgresql://` URL)."""
+    db = open_db(location, synchronous=synchronous)
+    try:
+        retry_locked(lambda: migrate(db))
+    except BaseException:
+        db.close()
+        raise
     return db
-
-
-def _ensure_schema(db: sqlite_utils.Database) -> None:
-    _ensure_table(db, "requests", REQUEST_COLUMNS, pk="id")
-    _ensure_table(db, "payloads", PAYLOAD_COLUMNS, pk="request_id")
-    _ensure_table(db, "findings", FINDING_COLUMNS, pk="id")
-    _ensure_table(db, "attempts", ATTEMPT_COLUMNS, pk="id")
-    _ensure_table(db, "tool_calls", TOOL_CALL_COLUMNS, pk="id")
-    db["tool_calls"].create_index(["request_id"], if_not_exists=True)
-    db["tool_calls"].create_index(["session_id", "created_at"], if_not_exists=True)
-    db["tool_calls"].create_index(["call_id"], if_not_exists=True)
-    db["requests"].create_index(["session_id", "started_at"], if_not_exists=True)
-    db["attempts"].create_index(["request_id"], if_not_exists=True)
-    db["requests"].create_index(["started_at"], if_not_exists=True)
-    db["requests"].create_index(["user", "started_at"], if_not_exists=True)
-    # Crash recovery and `llmgate doctor` look up the pending rows of each instance.
-    db["requests"].create_index(["status", "instance_id"], if_not_exists=True)
-    db["findings"].create_index(["request_id"], if_not_exists=True)
-    ensure_views(db.conn)
-
-
-def _ensure_table(db: sqlite_utils.Database, name: str, columns: dict[str, type], pk: str) -> None:
-    table = db[name]
-    if not table.exists():
-        table.create(columns, pk=pk)  # type: ignore[union-attr]
-        return
-    # Newer llmgate versions add columns; an older file gains them in place.
-    missing = {c: t for c, t in columns.items() if c not in table.columns_dict}  # type: ignore[union-attr]
-    for column, kind in missing.items():
-        table.add_column(column, kind)  # type: ignore[union-attr]
 
 
 def storable_text(value: str) -> str:
@@ -184,20 +79,6 @@ def json_text(value: Any) -> str:
 
 # --- what a value must be to be stored -----------------------------------------
 
-TABLES: dict[str, dict[str, type]] = {
-    "requests": REQUEST_COLUMNS,
-    "payloads": PAYLOAD_COLUMNS,
-    "findings": FINDING_COLUMNS,
-    "attempts": ATTEMPT_COLUMNS,
-    "tool_calls": TOOL_CALL_COLUMNS,
-}
-PRIMARY_KEYS = {
-    "requests": "id",
-    "payloads": "request_id",
-    "findings": "id",
-    "attempts": "id",
-    "tool_calls": "id",
-}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # The reason of a row written in reduced form (`reduced_row`), for `llmgate doctor`.
 ENCODE_ERROR = "ledger_encode_error"
@@ -346,21 +227,3 @@ def reduce_op(kind: str, table: str, payload: Any) -> Any:
         return None
     key, smaller = _text(key), reduced_update(table, fields)
     return None if key is None or smaller is None else (key, smaller)
-
-
-@functools.lru_cache(maxsize=256)
-def statement_sql(kind: str, table: str, columns: tuple[str, ...]) -> str:
-    """One statement per (kind, table, column set).
-
-    sqlite-utils owns the schema; the hot path uses plain cached statements,
-    because its per-call table introspection cost more CPU than the write itself.
-    """
-    unknown = set(columns) - set(TABLES[table])
-    if unknown:
-        raise sqlite3.OperationalError(f"{table} has no column(s) {sorted(unknown)}")
-    if kind == "update":
-        assignments = ", ".join(f"[{c}] = ?" for c in columns)
-        return f"UPDATE [{table}] SET {assignments} WHERE [{PRIMARY_KEYS[table]}] = ?"
-    verb = "INSERT OR REPLACE" if kind == "insert" else "INSERT"
-    names = ", ".join(f"[{c}]" for c in columns)
-    return f"{verb} INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))})"

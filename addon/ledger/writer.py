@@ -1,8 +1,12 @@
 """The ledger's background writer.
 
-The event loop never touches SQLite: hooks enqueue small operations and one
-writer thread applies them in batches, one transaction per batch. `close()`
-drains the queue, so every row reaches the file on shutdown.
+The event loop never touches the database: hooks enqueue small operations and one
+writer thread applies them in batches, one transaction per batch (on SQLite one
+`executemany` per statement shape; on PostgreSQL the same through psycopg 3, which
+pipelines each group in one round trip). `close()` drains the queue, so every row
+reaches the ledger on shutdown. A PostgreSQL connection that broke (the server
+restarted) is reopened for the next batch; the ops of a batch that failed meanwhile
+are retried singly, then reduced, then counted as lost, as on SQLite.
 
 Nothing a caller queues can stop the writer. Each op is made storable in the
 caller's thread (`store.clean_row`); a batch that fails anyway is retried one op
@@ -32,22 +36,20 @@ import contextlib
 import itertools
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import sqlite_utils
-
+from addon.ledger.db import LedgerDB, is_postgres
 from addon.ledger.health import Faults, WriterStats, describe_error, where
+from addon.ledger.schema import Dialect, statement_sql
 from addon.ledger.store import (
     ENCODE_ERROR,
     clean_row,
     open_database,
     reduce_op,
-    statement_sql,
     storable_text,
 )
 
@@ -74,7 +76,8 @@ class AuditWriter:
         *,
         synchronous: Literal["normal", "full"] = "normal",
     ) -> None:
-        self.path = Path(path)
+        # A file path (SQLite) or a postgresql:// URL.
+        self.path: str | Path = path if is_postgres(path) else Path(path)
         self._synchronous: Literal["normal", "full"] = synchronous
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         # Set only by durable ops, flush and close: plain puts never wake the writer.
@@ -90,7 +93,9 @@ class AuditWriter:
         self._closing = False
         self._stopped = False
         # Opened here, so a ledger that cannot be opened stops the gateway's start.
-        self._thread = self._start_writer(open_database(self.path, synchronous))
+        db = open_database(self.path, synchronous)
+        self._dialect: Dialect = db.dialect
+        self._thread = self._start_writer(db)
         self._supervisor = threading.Thread(
             target=self._supervise, name="llmgate-audit-supervisor", daemon=True
         )
@@ -204,13 +209,13 @@ class AuditWriter:
         log.error("audit %s on %s lost: %s", kind, table, describe_error(exc))
 
     # --- the writer thread -------------------------------------------------------
-    def _start_writer(self, db: sqlite_utils.Database) -> threading.Thread:
-        thread = threading.Thread(target=self._run, args=(db.conn,), name="llmgate-audit")
+    def _start_writer(self, db: LedgerDB) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(db,), name="llmgate-audit")
         thread.daemon = True
         thread.start()
         return thread
 
-    def _run(self, conn: sqlite3.Connection) -> None:
+    def _run(self, conn: LedgerDB) -> None:
         try:
             while True:
                 # A batch a failed writer left is applied first, so no op is lost.
@@ -249,7 +254,7 @@ class AuditWriter:
         self._backlog = len(batch) >= self._batch_size
         return batch
 
-    def _process(self, conn: sqlite3.Connection, batch: list[_Op]) -> bool:
+    def _process(self, conn: LedgerDB, batch: list[_Op]) -> bool:
         """Apply a batch, then tell whoever waits on it; True if it held the stop."""
         writes = [op for op in batch if op[0] not in _CONTROL]
         outcomes = self._apply(conn, writes)
@@ -261,7 +266,7 @@ class AuditWriter:
                 op[3].set()
         return any(op[0] == "stop" for op in batch)
 
-    def _apply(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[bool]:
+    def _apply(self, conn: LedgerDB, ops: list[_Op]) -> list[bool]:
         if not ops:
             return []
         try:
@@ -275,7 +280,7 @@ class AuditWriter:
         self._stats.count(written=len(ops) - reduced, reduced=reduced)
         return [True] * len(ops)
 
-    def _apply_one(self, conn: sqlite3.Connection, op: _Op) -> bool:
+    def _apply_one(self, conn: LedgerDB, op: _Op) -> bool:
         kind, table, payload, waiter, reduced = op
         try:
             self._commit(conn, [self._statement(op)])
@@ -297,23 +302,15 @@ class AuditWriter:
         self._lose(kind, table, error)
         return False
 
-    def _commit(self, conn: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> None:
-        if conn.in_transaction:  # a ROLLBACK that failed earlier: start clean
-            conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def _commit(self, conn: LedgerDB, statements: list[tuple[str, tuple]]) -> None:
+        with conn.transaction():
             self._faults.before_write()
-            # Statements of one shape go to SQLite in one call. The sort is
+            # Statements of one shape go to the database in one call. The sort is
             # stable and puts every insert before every update, so a row is
             # always created before it is changed, as it was queued.
             statements = sorted(statements, key=lambda st: (not st[0].startswith("INSERT"), st[0]))
             for sql, group in itertools.groupby(statements, key=lambda st: st[0]):
                 conn.executemany(sql, [params for _, params in group])
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # the next commit tries again
-                conn.execute("ROLLBACK")
-            raise
 
     def _statement(self, op: _Op) -> tuple[str, tuple]:
         kind, table, payload, _, reduced = op
@@ -323,14 +320,14 @@ class AuditWriter:
                 # The call's opening row was reduced (no user, no model...): keep
                 # it findable by its reason whatever the close says.
                 fields = {**fields, "reason": ENCODE_ERROR}
-            return statement_sql(kind, table, tuple(fields)), (*fields.values(), key)
+            return statement_sql(self._dialect, kind, table, tuple(fields)), (*fields.values(), key)
         if reduced and table == "requests":
             if len(self._reduced_ids) >= _REDUCED_IDS_MAX:
                 # A call is closed within minutes of opening; forgetting old ids only
                 # lets a very late close overwrite the reason.
                 self._reduced_ids.clear()
             self._reduced_ids.add(payload["id"])
-        return statement_sql(kind, table, tuple(payload)), tuple(payload.values())
+        return statement_sql(self._dialect, kind, table, tuple(payload)), tuple(payload.values())
 
     # --- the supervisor ----------------------------------------------------------
     def _supervise(self) -> None:

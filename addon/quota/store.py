@@ -32,13 +32,15 @@ one). `reserve` prunes its own scope keys every `PRUNE_EVERY` calls.
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from addon.config import QuotaWindow
+from addon.quota.backend import DuplicateReservation
 from addon.sqlite_wal import connect_wal, retry_locked
 
 KINDS = ("requests", "input_tokens", "output_tokens", "cost_usd")
@@ -155,6 +157,36 @@ def _ceil_ms(seconds: float) -> float:
     return math.ceil(round(max(seconds, 0.0) * 1000, 6)) / 1000
 
 
+def violations(
+    a: AppliedWindow, sums: Sequence[int], want: Units, wait: Callable[[int, int], float]
+) -> Iterator[Exceeded]:
+    """Every limit of `a` that `want` on top of `sums` (used + reserved units) breaks.
+
+    `wait(kind index, excess units)` is the store's answer to "how long until that
+    much has left the window"; both stores free rows oldest first (see `_wait`).
+    """
+    seconds = a.window.window_seconds
+    for i, (kind, name) in enumerate(zip(KINDS, LIMIT_NAMES, strict=True)):
+        limit = getattr(a.window, name)
+        if limit is None:
+            continue
+        cap = limit_units(kind, limit)
+        have = sums[i] + sums[4 + i]
+        if cap > 0 and have + want[i] <= cap:
+            continue
+        never = cap == 0 or want[i] > cap
+        after = float(seconds) if never else wait(i, have + want[i] - cap)
+        scale = NANO if kind == "cost_usd" else 1
+        yield Exceeded(
+            a.window, a.scope_key, name, limit, have / scale, want[i] / scale, after, never
+        )
+
+
+def limit_units(kind: str, limit: float) -> int:
+    """A limit in the stores' integer units (cost in nano-dollars)."""
+    return round(limit * NANO) if kind == "cost_usd" else int(limit)
+
+
 def _state(a: AppliedWindow, sums: dict[tuple[str, int], _Sums]) -> WindowState:
     units, oldest = sums[a.scope_key, a.window.window_seconds]
     reset = None if oldest is None else oldest + a.window.window_seconds
@@ -199,10 +231,13 @@ class QuotaStore:
                 [(k, w, now - w, *s) for (k, w), (s, _) in sums.items()],
             )
             for key in keys:
-                self._conn.execute(
-                    "INSERT INTO quota_ledger VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                    (key, now, reservation_id, *want),
-                )
+                try:
+                    self._conn.execute(
+                        "INSERT INTO quota_ledger VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                        (key, now, reservation_id, *want),
+                    )
+                except sqlite3.IntegrityError as exc:  # _write rolls the whole reserve back
+                    raise DuplicateReservation(reservation_id) from exc
                 self._shift(key, now, want, settled=0)
             if longest > self._horizon:
                 self._conn.execute(
@@ -373,21 +408,7 @@ class QuotaStore:
     def _violations(
         self, a: AppliedWindow, sums: list[int], want: Units, now: float
     ) -> Iterator[Exceeded]:
-        seconds = a.window.window_seconds
-        for i, (kind, name) in enumerate(zip(KINDS, LIMIT_NAMES, strict=True)):
-            limit = getattr(a.window, name)
-            if limit is None:
-                continue
-            cap = round(limit * NANO) if kind == "cost_usd" else limit
-            have = sums[i] + sums[4 + i]
-            if cap > 0 and have + want[i] <= cap:
-                continue
-            never = cap == 0 or want[i] > cap
-            wait = float(seconds) if never else self._wait(a, i, have + want[i] - cap, now)
-            scale = NANO if kind == "cost_usd" else 1
-            yield Exceeded(
-                a.window, a.scope_key, name, limit, have / scale, want[i] / scale, wait, never
-            )
+        return violations(a, sums, want, lambda i, excess: self._wait(a, i, excess, now))
 
     def _wait(self, a: AppliedWindow, index: int, excess: int, now: float) -> float:
         """Free the window's rows oldest first, each at ts + window, until `excess` has gone."""

@@ -29,6 +29,8 @@ class Target:
 
 # The quota arithmetic proper: admission, the running totals, settle and release.
 _QUOTA_ARITHMETIC = (
+    "violations",
+    "limit_units",
     "Demand.units",
     "_demand",
     "WindowState.remaining",
