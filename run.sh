@@ -7,6 +7,8 @@
 #   ./run.sh bench      run the benchmark (bare mitmproxy against llmgate)
 #   ./run.sh mutate     mutation testing of the modules where a silent change costs most
 #   ./run.sh llmgate …  run the llmgate command line (report, tail, show, keys, quota)
+#   ./run.sh fleet      a local fleet: Redis, PostgreSQL and ${LLMGATE_FLEET:-3} llmgate
+#                       processes on consecutive ports from $LLMGATE_PORT (Ctrl-C stops all)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -200,8 +202,15 @@ case "$cmd" in
     ensure_venv
     exec "$VENV/bin/llmgate" "$@"
     ;;
+  fleet)
+    # A demo and a smoke test of fleet mode (README "Fleet mode"): quotas on a local
+    # Redis, the ledger on a local PostgreSQL cluster, N processes sharing one CA.
+    ensure_venv
+    ensure_servers
+    exec "$VENV/bin/python" "$ROOT/scripts/fleet.py" "$@"
+    ;;
   *)
-    echo "usage: ./run.sh [test|web|bench|mutate|llmgate ...]  (no argument starts the proxy)" >&2
+    echo "usage: ./run.sh [test|web|bench|mutate|fleet|llmgate ...]  (no argument starts the proxy)" >&2
     exit 2
     ;;
 esac

@@ -6,7 +6,7 @@ chromium, driven by playwright from pip, then opens mitmweb's UI, selects each
 flow and must see, in the "LLM conversation" view picked automatically, the
 prompt on the request and the reply (for the stream, reassembled) on the
 response, and the comment llmgate left in the flow list. The test saves the
-screenshot the README shows (docs/mitmweb-conversation.png).
+screenshot the README shows (docs/mitmweb-conversation.png, remade with LLMGATE_SCREENSHOT=1).
 
 It never skips: without chromium it installs it (`apt-get install chromium`, as
 `./run.sh test` does first), or fails saying why.
@@ -30,6 +30,8 @@ from tests.emulator import HEADER_REPLY, Emulator
 from tests.proxy import MITMWEB, ROOT, Proxy, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
+# The README's screenshot is remade only on request (LLMGATE_SCREENSHOT=1): every run
+# would otherwise leave the committed picture changed (ports, times).
 SCREENSHOT = ROOT / "docs" / "mitmweb-conversation.png"
 WEB_PASSWORD = "llmgate-e2e-web"
 # mitmweb's default columns, and the comment llmgate writes (as `./run.sh web` sets).
@@ -137,7 +139,7 @@ def show_tab(page: Page, name: str) -> None:
 
 
 def test_mitmweb_shows_the_conversation_of_a_buffered_and_a_streamed_call(
-    mitmweb: tuple[Proxy, int],
+    mitmweb: tuple[Proxy, int], tmp_path: Path
 ) -> None:
     chromium = ensure_chromium()
     proxy, web_port = mitmweb
@@ -192,8 +194,10 @@ def test_mitmweb_shows_the_conversation_of_a_buffered_and_a_streamed_call(
             expect(view).to_contain_text("streamed (")
             _widen_the_comment_column(page)
 
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT))
+            shot = SCREENSHOT if os.environ.get("LLMGATE_SCREENSHOT") else tmp_path / "shot.png"
+            shot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000  # a real picture of the page
         finally:
             browser.close()
 
