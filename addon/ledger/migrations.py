@@ -27,7 +27,7 @@ from addon.ledger.schema import (
     create_index_sql,
     create_table_sql,
 )
-from addon.ledger.views import ensure_views
+from addon.ledger.views import ensure_views, views_current
 
 log = logging.getLogger("llmgate.audit")
 # The advisory lock migrations take on PostgreSQL ("lmgate"); instance leases hash
@@ -78,6 +78,10 @@ def current_version(db: LedgerDB) -> int:
 def migrate(db: LedgerDB) -> list[int]:
     """Apply the migrations the ledger lacks and refresh the views; the versions applied."""
     applied: list[int] = []
+    if db.dialect == "sqlite" and current_version(db) == LATEST and views_current(db):
+        # Nothing to do: a second store opening the file must not take the write lock
+        # (another process may hold it, and a 30 s wait for nothing is a stall).
+        return applied
     with db.transaction():
         if db.dialect == "postgresql":
             db.execute("select pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))

@@ -224,6 +224,18 @@ def ensure_views(db: LedgerDB, *, temp: bool = False) -> None:
         conn.execute(statement)
 
 
+def views_current(db: LedgerDB) -> bool:
+    """Whether every stored SQLite view is the one this llmgate would write (read only)."""
+    conn: sqlite3.Connection = db.raw
+    stored = dict(
+        conn.execute("select name, sql from sqlite_master where type = 'view'").fetchall()
+    )
+    return all(
+        stored.get(name) == _as_stored(f"CREATE VIEW IF NOT EXISTS [{name}] AS {sql}")
+        for name, sql in view_sql("sqlite").items()
+    )
+
+
 def _as_stored(statement: str) -> str:
     # SQLite keeps a view's text as written, less "IF NOT EXISTS" and "TEMP".
     return statement.replace("TEMP VIEW", "VIEW").replace(" IF NOT EXISTS", "", 1)
