@@ -182,9 +182,10 @@ case "$cmd" in
     if [ $# -gt 0 ]; then
       exec "$VENV/bin/python" -m pytest "$@"
     fi
-    # The whole suite (what CI runs): the tests, then the mutations a review found
-    # the tests blind to, each of which must now make its tests fail.
-    "$VENV/bin/python" -m pytest
+    # The whole suite (what CI runs): the tests, on two workers, whole files each
+    # (module fixtures start once), then the mutations a review found the tests
+    # blind to, each of which must now make its tests fail.
+    "$VENV/bin/python" -m pytest -n 2 --dist loadfile
     LLMGATE_PYTHON="$VENV/bin/python" "$ROOT/tests/mutations/check.sh"
     # Mutation testing on the modules this change touched, a fixed sample within a
     # 90 s budget (MUTATION.md); `./run.sh mutate` runs it all.

@@ -132,6 +132,15 @@ def pytest_configure(config: pytest.Config) -> None:
     warnings.filterwarnings("error", category=pytest.PytestUnhandledThreadExceptionWarning)
 
 
+# The longest file (minutes of generated calls) goes first, so that on two workers
+# it overlaps the rest of the suite instead of running alone at its end.
+_FIRST = "test_e2e_fuzz.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name != _FIRST)  # stable: the rest keep their order
+
+
 def _reason(report: pytest.CollectReport | pytest.TestReport) -> str:
     if hasattr(report, "wasxfail"):
         return f"xfail: {report.wasxfail}"
