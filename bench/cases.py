@@ -42,6 +42,7 @@ chat body, so a case sending a big body checks and warms up with it itself, as
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -1018,4 +1019,229 @@ def case_translation_stream(bench: Bench) -> CaseResult:
             "timed in the bench process before the streams, every proxy idle",
         ],
         (same, tr),
+    )
+
+
+# --- fleet: quotas on Redis, several processes ------------------------------------
+
+QUOTA_REDIS_TARGET_MS = 0.3
+# The no-quota baseline first: the Redis and SQLite windows are each measured against it.
+QUOTA_STORE_VARIANTS = ("llmgate", "llmgate+window", "llmgate+window-redis")
+QUOTA_REDIS_DB = 0  # the quota case's Redis database; the fleet's is FLEET_REDIS_DB
+FLEET_REDIS_DB = 1
+FLEET_SIZES = (1, 2, 3)
+FLEET_VARIANTS = ("bare", "llmgate-fleet")
+
+
+def redis_per_call(before: dict[str, float], after: dict[str, float], calls: int) -> dict:
+    """What Redis did for `calls` calls: scripts run, µs inside them, its CPU."""
+    calls = max(calls, 1)
+    return {
+        "redis_scripts_per_call": (after["scripts"] - before["scripts"]) / calls,
+        "redis_script_us_per_call": (after["script_usec"] - before["script_usec"]) / calls,
+        "redis_cpu_us_per_call": (after["cpu_s"] - before["cpu_s"]) / calls * 1e6,
+    }
+
+
+def case_quota_redis(bench: Bench) -> CaseResult:
+    redis = bench.redis()
+    quota_option = (f"llmgate_quota={redis.url(QUOTA_REDIS_DB)}",)
+    base, sqlite, on_redis = QUOTA_STORE_VARIANTS
+    proxies = {
+        base: bench.proxy(base),
+        sqlite: bench.proxy(sqlite),
+        on_redis: bench.proxy(on_redis, quota_option),
+    }
+    if not redis.keys(QUOTA_REDIS_DB):
+        raise BenchError(
+            f"{proxies[on_redis].label} answered with its window's headers but wrote no "
+            "key to Redis: its quota is not on Redis"
+        )
+
+    def measure(variant: str) -> dict[str, Any]:
+        before = redis.stats()
+        result = bench.load(proxies[variant], 1, bench.s.latency_s)
+        result.update(redis_per_call(before, redis.stats(), result["requests"]))
+        return result
+
+    lat = bench.interleaved(measure, QUOTA_STORE_VARIANTS)
+    p50, p99 = per_rep(lat, "p50_us"), per_rep(lat, "p99_us")
+    cpu = per_rep(lat, "cpu_us_per_request")
+    scripts = per_rep(lat, "redis_scripts_per_call")
+    inside = per_rep(lat, "redis_script_us_per_call")
+    redis_cpu = per_rep(lat, "redis_cpu_us_per_call")
+    added = (p50[on_redis] - p50[base]) / 1000
+    added_sqlite = (p50[sqlite] - p50[base]) / 1000
+
+    def ms(us: float) -> str:
+        return f"{us / 1000:.3f} ms"
+
+    return CaseResult(
+        "quota_redis",
+        "Quota on Redis, 1 window (per-user requests/minute), buffered chat completion, "
+        "1 connection",
+        [
+            Row(
+                "median latency, 1 connection",
+                ms(p50[base]),
+                ms(p50[on_redis]),
+                f"added {added:+.3f} ms",
+                f"<= {QUOTA_REDIS_TARGET_MS:g} ms added",
+                added <= QUOTA_REDIS_TARGET_MS,
+            ),
+            Row(
+                "p99 latency, 1 connection",
+                ms(p99[base]),
+                ms(p99[on_redis]),
+                f"added {(p99[on_redis] - p99[base]) / 1000:+.3f} ms",
+            ),
+            Row(
+                "proxy CPU per call, 1 connection",
+                f"{cpu[base]:.0f} µs",
+                f"{cpu[on_redis]:.0f} µs",
+                f"{cpu[on_redis] - cpu[base]:+.0f} µs",
+            ),
+            Row(
+                f"for comparison, the same window on SQLite: median {ms(p50[sqlite])}, "
+                f"p99 {ms(p99[sqlite])}, proxy CPU {cpu[sqlite]:.0f} µs",
+                ms(p50[base]),
+                "—",
+                f"SQLite adds {added_sqlite:+.3f} ms median, {cpu[sqlite] - cpu[base]:+.0f} µs CPU",
+            ),
+            Row(
+                "Redis's side, per call: scripts, time inside them, redis-server CPU",
+                "—",
+                f"{scripts[on_redis]:.2f} scripts",
+                f"{inside[on_redis]:.1f} µs inside Redis, {redis_cpu[on_redis]:.0f} µs "
+                "redis-server CPU",
+            ),
+        ],
+        lat,
+        [
+            f"median µs at 1 connection per repetition: {spread(lat, 'p50_us', '{:.0f}')}",
+            f"proxy CPU µs per call per repetition: {spread(lat, 'cpu_us_per_request', '{:.0f}')}",
+            "three llmgate processes with the same route and SQLite ledger, interleaved: no "
+            "quota window (the baseline), and one policy file giving every user one 60 s "
+            "window of max_requests 1e8 (a limit no run reaches), counted on SQLite beside "
+            "the ledger (the default) or on the run's own redis-server (`--set "
+            "llmgate_quota=redis://127.0.0.1:PORT/0`, the option LLMGATE_QUOTA sets); every "
+            "call reserves before it goes upstream and settles after, and the check call's "
+            "reply carried x-llmgate-ratelimit-limit-requests; Redis's figures are from its "
+            "INFO commandstats (EVALSHA) and /proc (10 ms clock ticks: rough)",
+        ],
+        (base, on_redis),
+    )
+
+
+def fleet_backend_cpu(bench: Bench) -> float:
+    """CPU seconds of the fleet's shared back ends so far: redis-server and PostgreSQL."""
+    return bench.redis().cpu() + bench.postgres().cpu()
+
+
+def case_fleet(bench: Bench) -> CaseResult:
+    n_max = max(FLEET_SIZES)
+    connections = bench.s.connections
+    redis, postgres = bench.redis(), bench.postgres()
+    quota_option = (f"llmgate_quota={redis.url(FLEET_REDIS_DB)}",)
+    ledger = postgres.url()
+    load0 = os.getloadavg()
+    fleets = {
+        "bare": [bench.proxy("bare", instance=i) for i in range(n_max)],
+        "llmgate-fleet": [
+            bench.proxy("llmgate-fleet", quota_option, instance=i, ledger=ledger)
+            for i in range(n_max)
+        ],
+    }
+    if not redis.keys(FLEET_REDIS_DB) or not isinstance(
+        postgres.count("select count(*) from requests"), int
+    ):
+        raise BenchError("the llmgate fleet wrote no quota key to Redis or no ledger table")
+    reps: Reps = {v: [] for v in FLEET_VARIANTS}
+    for rep in range(bench.s.reps):
+        for n in FLEET_SIZES if rep % 2 == 0 else tuple(reversed(FLEET_SIZES)):
+            order = FLEET_VARIANTS if (rep + n) % 2 == 0 else tuple(reversed(FLEET_VARIANTS))
+            for variant in order:
+                backend0 = fleet_backend_cpu(bench)
+                result = bench.fleet_load(fleets[variant][:n], connections, bench.s.throughput_s)
+                backend = fleet_backend_cpu(bench) - backend0
+                result["loadavg"] = os.getloadavg()[0]
+                result["backend_cpu_us_per_request"] = (
+                    backend / result["requests"] * 1e6 if result["requests"] else 0
+                )
+                reps[variant].append(result)
+
+    def fig(variant: str, n: int, key: str) -> float:
+        return median([r[key] for r in reps[variant] if r["processes"] == n])
+
+    bare, fleet = FLEET_VARIANTS
+    rows: list[Row] = []
+    for n in FLEET_SIZES:
+        b, f = fig(bare, n, "rps"), fig(fleet, n, "rps")
+        rows.append(
+            Row(
+                f"requests/s, {n} process{'es' if n > 1 else ''}",
+                f"{b:.0f}",
+                f"{f:.0f}",
+                f"ratio {f / b:.3f}",
+            )  # fmt: skip
+        )
+    for n in FLEET_SIZES[1:]:
+        b = fig(bare, n, "rps") / fig(bare, 1, "rps")
+        f = fig(fleet, n, "rps") / fig(fleet, 1, "rps")
+        rows.append(Row(f"scaling, {n} processes over 1", f"x{b:.2f}", f"x{f:.2f}", ""))
+    for n in FLEET_SIZES:
+        b, f = fig(bare, n, "cpu_us_per_request"), fig(fleet, n, "cpu_us_per_request")
+        rows.append(
+            Row(
+                f"proxy CPU per request, {n} process{'es' if n > 1 else ''}",
+                f"{b:.0f} µs",
+                f"{f:.0f} µs",
+                f"{f - b:+.0f} µs",
+            )  # fmt: skip
+        )
+    rows.append(
+        Row(
+            "Redis + PostgreSQL CPU per request (1 / 2 / 3 processes)",
+            "—",
+            " / ".join(
+                f"{fig(fleet, n, 'backend_cpu_us_per_request'):.0f} µs" for n in FLEET_SIZES
+            ),
+            "the shared back ends' processes, from /proc (rough)",
+        )
+    )
+    requests_rows = postgres.count("select count(*) from requests")
+    rps_spread = "; ".join(
+        f"{v} x{n}: " + ", ".join(f"{r['rps']:.0f}" for r in reps[v] if r["processes"] == n)
+        for v in FLEET_VARIANTS
+        for n in FLEET_SIZES
+    )
+    return CaseResult(
+        "fleet",
+        f"Fleet: 1, 2 and 3 processes on one machine, {connections} connections spread over "
+        "them, buffered chat completion",
+        rows,
+        reps,
+        [
+            f"requests/s per repetition: {rps_spread}",
+            "load average (1 min, the bench's own processes included) after each "
+            "measurement: "
+            + spread(reps, "loadavg", "{:.2f}")
+            + f"; at the case's start {load0[0]:.2f}",
+            f"each N: N processes of a variant, the {connections} wrk connections split as "
+            "evenly as they go (16 over 3: 6, 5, 5), one wrk (one thread) per process, all "
+            "started together; requests/s is the sum over the processes. N interleaved with "
+            "the variant order alternating, --reps times",
+            "llmgate fleet: every process has the same route, one policy file giving every "
+            "user one 60 s window (max_requests 1e8), its quota on one shared redis-server "
+            f"(`llmgate_quota=redis://.../{FLEET_REDIS_DB}`) and its ledger on one shared "
+            "PostgreSQL database (`llmgate_db=postgresql://...`): a fleet's processes on "
+            "several machines cannot share a SQLite ledger, and PostgreSQL is what llmgate "
+            "offers for that. Strict audit (the default) commits each call's opening row "
+            "to PostgreSQL before the call goes upstream. Bare mitmdump: N plain processes, "
+            f"as in the other cases. Rows in the shared ledger at the end: {requests_rows}",
+            f"this machine has {os.cpu_count()} cores, shared by the proxies, the fake "
+            "upstream, Redis, PostgreSQL and the wrk clients: 3 processes cannot scale "
+            "linearly here, and past 2 they mostly share the same cores",
+        ],
+        FLEET_VARIANTS,
     )

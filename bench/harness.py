@@ -70,6 +70,18 @@ policies:
         max_cost_usd: 1000000
 """
 
+# One window for every caller, the request count per minute, with a limit no run
+# reaches: the smallest quota a policy can have, so a variant with it against one
+# without measures the per-call cost of the quota store itself (one reserve and one
+# settle). The fleet cases put it on SQLite (the default) and on Redis.
+ONE_WINDOW_YAML = """\
+policies:
+  - name: bench
+    applies_to: {users: ["*"]}
+    quota_windows:
+      - {window_seconds: 60, scope: user, max_requests: 100000000}
+"""
+
 # llmgate's safety scanning is on by default (the llmgate variant scans every prompt with
 # the default policy); this file turns it off, for the safety case's baseline.
 SAFETY_OFF_YAML = """\
@@ -128,6 +140,29 @@ VARIANTS: dict[str, Variant] = {
                 b"x-llmgate-ratelimit-limit-requests",
                 b"x-llmgate-ratelimit-limit-cost-usd",
             ),
+        ),
+        # The fleet cases' variants: the window's store is chosen by the case (the
+        # `llmgate_quota` option for Redis, `Proxy.ledger` for PostgreSQL), not here.
+        Variant(
+            "llmgate+window",
+            "llmgate + 1 quota window on SQLite",
+            addon=True,
+            policy_files=(("quota.yaml", ONE_WINDOW_YAML),),
+            expect_headers=(b"x-llmgate-ratelimit-limit-requests",),
+        ),
+        Variant(
+            "llmgate+window-redis",
+            "llmgate + 1 quota window on Redis",
+            addon=True,
+            policy_files=(("quota.yaml", ONE_WINDOW_YAML),),
+            expect_headers=(b"x-llmgate-ratelimit-limit-requests",),
+        ),
+        Variant(
+            "llmgate-fleet",
+            "llmgate fleet (1 quota window on one Redis, ledger on one PostgreSQL)",
+            addon=True,
+            policy_files=(("quota.yaml", ONE_WINDOW_YAML),),
+            expect_headers=(b"x-llmgate-ratelimit-limit-requests",),
         ),
     )
 }
@@ -240,10 +275,13 @@ class Proxy:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     db: Path | None = None
+    instance: int = 0  # the fleet cases run several processes of one variant
+    ledger: str = ""  # a postgresql:// URL instead of a SQLite file in the workdir
 
     @property
     def label(self) -> str:
-        return self.variant.name + "".join(f" [{o}]" for o in self.options)
+        label = self.variant.name + "".join(f" [{o}]" for o in self.options)
+        return label + (f" #{self.instance}" if self.instance else "")
 
     @property
     def log_path(self) -> Path:
@@ -270,11 +308,16 @@ class Proxy:
             )
             for name, text in self.variant.policy_files:
                 (policies / name).write_text(text)
-            self.db = self.workdir / f"{slug}-audit.db"
             args += ["-s", str(ENTRY), "--set", f"llmgate_policies={policies}"]
-            args += ["--set", f"llmgate_db={self.db}"]
-        # No secrets file: the bench route passes the caller's (fake) key through.
-        env = {**os.environ, "LLMGATE_SECRETS": ""}
+            if self.ledger:
+                args += ["--set", f"llmgate_db={self.ledger}"]
+            else:
+                self.db = self.workdir / f"{slug}-audit.db"
+                args += ["--set", f"llmgate_db={self.db}"]
+        # No secrets file: the bench route passes the caller's (fake) key through. The
+        # state directory is the run's own: with a PostgreSQL ledger llmgate keeps its
+        # HMAC key there (addon/ledger/db.py: local_state_path), never in the user's.
+        env = {**os.environ, "LLMGATE_SECRETS": "", "XDG_STATE_HOME": str(self.workdir / "state")}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT

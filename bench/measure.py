@@ -10,6 +10,12 @@ A case gets a `Bench` and uses three things:
 * `bench.interleaved(measure, variants)` — `measure(variant)` `--reps` times per
   variant, alternating which variant goes first, so drift on the shared machine hits
   both sides alike.
+
+The fleet cases also use `bench.redis()` and `bench.postgres()` (a redis-server and a
+PostgreSQL cluster of the run's own, started on first use, stopped by `stop()`),
+`bench.proxy(..., instance=i, ledger=url)` for the i-th process of one variant, and
+`bench.fleet_load(proxies, connections, seconds)`: the connections spread over the
+processes, one load client per process, all at once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,7 @@ from bench.common import (
     Settings,
 )
 from bench.harness import VARIANTS, Proxy, Upstream
+from bench.servers import Postgres, Redis
 
 BARE_VS_LLMGATE = ("bare", "llmgate")
 
@@ -72,7 +80,10 @@ class Bench:
         self.workdir = workdir
         self.confdir = workdir / "confdir"
         self.upstream = Upstream(settings.events, settings.interval_ms)
-        self.proxies: dict[tuple[str, tuple[str, ...]], Proxy] = {}
+        # (variant, options), and for a fleet's process also (instance, ledger).
+        self.proxies: dict[tuple[object, ...], Proxy] = {}
+        self._redis: Redis | None = None
+        self._postgres: Postgres | None = None
         self.client = "python"
         self.wrk: str | None = None
         self._wrk_scripts: dict[str, Path] = {}  # request body -> its Lua script
@@ -98,13 +109,38 @@ class Bench:
             if summary is not None:
                 audits[proxy.label] = summary
         self.upstream.stop()
+        for server in (self._redis, self._postgres):
+            if server is not None:
+                server.stop()
         return audits
 
-    def proxy(self, variant: str, options: tuple[str, ...] = ()) -> Proxy:
-        """The running mitmdump for this variant and these extra options (started once)."""
-        key = (variant, options)
+    def redis(self) -> Redis:
+        """The run's redis-server (started on first use)."""
+        if self._redis is None:
+            print("  starting redis-server ...", file=sys.stderr)
+            self._redis = Redis()
+            self._redis.start()
+        return self._redis
+
+    def postgres(self) -> Postgres:
+        """The run's PostgreSQL cluster with one empty database (started on first use)."""
+        if self._postgres is None:
+            print("  starting PostgreSQL ...", file=sys.stderr)
+            self._postgres = Postgres()
+            self._postgres.start()
+        return self._postgres
+
+    def proxy(
+        self, variant: str, options: tuple[str, ...] = (), instance: int = 0, ledger: str = ""
+    ) -> Proxy:
+        """The running mitmdump for this variant and these extra options (started once);
+        `instance` numbers the processes of a fleet, `ledger` is a postgresql:// URL."""
+        key: tuple[object, ...] = (variant, options)
+        if instance or ledger:
+            key += (instance, ledger)
         if key not in self.proxies:
             proxy = Proxy(VARIANTS[variant], options, self.workdir, self.upstream.port)
+            proxy.instance, proxy.ledger = instance, ledger
             # Registered before start so that stop() reaps it even if starting fails.
             self.proxies[key] = proxy
             print(f"  starting mitmdump ({proxy.label}) ...", file=sys.stderr)
@@ -193,6 +229,32 @@ class Bench:
         result["proxy_cpu_s"] = cpu
         result["cpu_us_per_request"] = cpu / result["requests"] * 1e6 if result["requests"] else 0
         return result
+
+    def fleet_load(self, proxies: list[Proxy], connections: int, seconds: float) -> dict[str, Any]:
+        """`connections` spread as evenly as they go over the processes, one load client
+        per process (wrk: one wrk each), all started together; requests/s is the sum of
+        each client's, CPU per request the processes' CPU over all their requests."""
+        share = [connections // len(proxies) + (i < connections % len(proxies))
+                 for i in range(len(proxies))]  # fmt: skip
+        with ThreadPoolExecutor(len(proxies)) as pool:
+            runs = list(
+                pool.map(
+                    lambda pc: self.load(pc[0], pc[1], seconds), zip(proxies, share, strict=True)
+                )
+            )
+        requests = sum(r["requests"] for r in runs)
+        cpu = sum(r["proxy_cpu_s"] for r in runs)
+        return {
+            "processes": len(proxies),
+            "connections": share,
+            "requests": requests,
+            "rps": sum(r["rps"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "p50_us": max(r["p50_us"] for r in runs),  # the slowest process's median
+            "proxy_cpu_s": cpu,
+            "cpu_us_per_request": cpu / requests * 1e6 if requests else 0,
+            "per_process": runs,
+        }
 
     def streams(
         self,

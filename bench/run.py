@@ -5,7 +5,10 @@ llmgate's calls while a hostile upstream pours one never-ending 125 MiB SSE even
 through it against the same calls on the idle proxy (case `hostile`), and an OpenAI
 Chat caller whose route goes to an Anthropic-speaking upstream (translated) against the
 same caller on an openai route, buffered (`translation`) and streamed
-(`translation-stream`), in one run.
+(`translation-stream`), and the fleet cases: one quota window on Redis against no
+quota at one connection, SQLite beside it (`quota_redis`), and 1, 2 and 3 llmgate
+processes sharing one Redis and one PostgreSQL ledger against as many bare mitmdumps
+(`fleet`), in one run.
 
     ./run.sh bench                 full run (about 6 minutes), rewrites the results in BENCH.md
     ./run.sh bench --quick         short run; prints and saves raw JSON, BENCH.md untouched
@@ -13,6 +16,7 @@ same caller on an openai route, buffered (`translation`) and streamed
     ./run.sh bench --cases throughput,latency --reps 5
     ./run.sh bench --quick --cases hostile
     ./run.sh bench --no-write --cases translation,translation-stream
+    ./run.sh bench --no-write --cases quota_redis,fleet
 
 Set-up. `bench/upstream.py` is a fake OpenAI upstream (plain HTTP/1.1 on 127.0.0.1,
 keep-alive, answers at once) run as a subprocess; on `/v1/messages` it answers in
@@ -33,6 +37,13 @@ Lua script that sets the method, body, headers and the absolute URL as `wrk.path
 `done()` hook prints the exact counts and latency percentiles. Without wrk an asyncio
 raw-socket client does the same job (`--client python` forces it).
 
+The fleet cases start their own redis-server and PostgreSQL cluster (bench/servers.py:
+temporary directories, free ports on 127.0.0.1, PostgreSQL as `nobody` when run as
+root) and stop them at the end; redis-server and PostgreSQL's initdb/pg_ctl must be
+installed (./run.sh installs them for the tests). `fleet` runs 3 processes of each
+variant and loads 1, 2 or 3 of them at once, the connections split between them, one
+wrk per process.
+
 Noise. The machine has 2 cores and is shared, so each case runs its variants
 interleaved (bare, llmgate, then llmgate, bare, ...) `--reps` times and reports the
 median of the per-repetition figures; every repetition is kept in the raw JSON under
@@ -49,6 +60,7 @@ Modules (each one concern):
     bench/report.py   console summary, raw JSON, BENCH.md's results section
     bench/common.py   paths, request bodies, settings, statistics
     bench/upstream.py the fake upstream itself (its own process)
+    bench/servers.py  redis-server and PostgreSQL for the fleet cases
 
 Adding a case: write `def case_x(bench: Bench) -> CaseResult` in bench/cases.py and
 append a `Case` to `CASES` below; see the docstring of bench/cases.py.
@@ -86,6 +98,8 @@ CASES: list[Case] = [
     Case("hostile", cases.case_hostile),
     Case("translation", cases.case_translation),
     Case("translation-stream", cases.case_translation_stream),
+    Case("quota_redis", cases.case_quota_redis),
+    Case("fleet", cases.case_fleet),
 ]
 
 
