@@ -14,7 +14,7 @@ from addon.cli.ledger import open_ledger, resolve_id
 from addon.cli.output import Column, console, emit, fmt, iso, wants_rich, write, write_csv
 from addon.ledger.db import LedgerDB
 from addon.ledger.store import TRUNCATION_MARKER
-from addon.protocols import PROTOCOLS, StreamState
+from addon.protocols import PROTOCOLS
 from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
@@ -25,7 +25,7 @@ from addon.protocols.canonical import (
     ToolResultPart,
     ToolUsePart,
 )
-from addon.streaming import JsonArraySplitter, SseSplitter
+from addon.streaming.replay import read_stream
 
 FIELDS = [
     ("id", "id"),
@@ -205,16 +205,10 @@ def _reply(row: dict, payload: dict) -> tuple[CanonicalResponse | None, str | No
         if content_type.startswith("text/event-stream") or (
             row.get("stream") and row.get("protocol") == "gemini"
         ):
-            splitter = (
-                SseSplitter()
-                if content_type.startswith("text/event-stream")
-                else JsonArraySplitter()
-            )
-            state = StreamState()
-            events = [e for e, _ in [*splitter.feed(text.encode()), *splitter.finish()] if e]
-            for event in events:
-                protocol.feed_event(state, event)
-            note = "; ".join(filter(None, [f"reassembled from {len(events)} stream events", note]))
+            framing = "sse" if content_type.startswith("text/event-stream") else "json_array"
+            state = read_stream(protocol, text.encode(), framing)
+            events = f"reassembled from {state.events} stream events"
+            note = "; ".join(filter(None, [events, note]))
             return state.response(), note
         return protocol.parse_response(json.loads(text)), note
     except Exception as exc:

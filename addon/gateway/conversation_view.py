@@ -19,7 +19,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.contentviews import Contentview, Metadata
 
-from addon.protocols import PROTOCOLS, StreamState, WireProtocol
+from addon.protocols import PROTOCOLS, WireProtocol
 from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
@@ -32,7 +32,7 @@ from addon.protocols.canonical import (
     Usage,
 )
 from addon.protocols.detect import detect_protocol
-from addon.streaming import JsonArraySplitter, SseSplitter
+from addon.streaming.replay import read_stream
 
 VIEW_NAME = "LLM conversation"
 # Above every built-in view (JSON says 1, raw 0.1): an LLM call is read as one.
@@ -186,17 +186,6 @@ def _framing(protocol: WireProtocol, data: bytes, content_type: str) -> str | No
     if data.lstrip().startswith((b"data:", b"event:", b"id:", b":")):
         return "sse"
     return None
-
-
-def read_stream(protocol: WireProtocol, data: bytes, framing: str) -> StreamState:
-    """A whole streamed reply, read as llmgate's stream tap reads it."""
-    splitter = SseSplitter() if framing == "sse" else JsonArraySplitter()
-    state = StreamState()
-    for event, _raw in [*splitter.feed(data), *splitter.finish()]:
-        if event is not None:
-            protocol.feed_event(state, event)
-            state.events += 1
-    return state
 
 
 def _is_error_body(body: Any) -> bool:
