@@ -141,6 +141,20 @@ VARIANTS: dict[str, Variant] = {
                 b"x-llmgate-ratelimit-limit-cost-usd",
             ),
         ),
+        # `./run.sh bench --profile` (bench/hotspots.py): every feature at once, the two
+        # quota windows and both routes of the translation cases in one process, so one
+        # profile covers the same-protocol call and the translated one.
+        Variant(
+            "llmgate-profile",
+            "llmgate + 2 quota windows, an anthropic and an openai route",
+            addon=True,
+            policy_files=(("quota.yaml", QUOTA_YAML),),
+            expect_headers=(
+                b"x-llmgate-ratelimit-limit-requests",
+                b"x-llmgate-ratelimit-limit-cost-usd",
+            ),
+            routes=TRANSLATE_ROUTES_YAML,
+        ),
         # The fleet cases' variants: the window's store is chosen by the case (the
         # `llmgate_quota` option for Redis, `Proxy.ledger` for PostgreSQL), not here.
         Variant(

@@ -17,6 +17,8 @@ processes sharing one Redis and one PostgreSQL ledger against as many bare mitmd
     ./run.sh bench --quick --cases hostile
     ./run.sh bench --no-write --cases translation,translation-stream
     ./run.sh bench --no-write --cases quota_redis,fleet
+    ./run.sh bench --profile       py-spy flame graphs and llmgate's top-20 self time
+                                   (bench/hotspots.py; BENCH.md untouched)
 
 Set-up. `bench/upstream.py` is a fake OpenAI upstream (plain HTTP/1.1 on 127.0.0.1,
 keep-alive, answers at once) run as a subprocess; on `/v1/messages` it answers in
@@ -84,7 +86,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench import cases, report  # noqa: E402
+from bench import cases, hotspots, report  # noqa: E402
 from bench.common import BENCH_MD, MITMDUMP, BenchError, Settings  # noqa: E402
 from bench.harness import machine_busy_seconds, own_cpu_seconds  # noqa: E402
 from bench.measure import Bench, Case, CaseResult  # noqa: E402
@@ -123,8 +125,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile llmgate with py-spy under the throughput load instead (bench/hotspots.py)",
+    )
+    parser.add_argument(
+        "--wait-load",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="with --profile: wait up to this long for the load average to fall below 1",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_args(args)
+    if args.profile:
+        if not MITMDUMP.exists():
+            print(f"mitmdump not found at {MITMDUMP}: run ./run.sh bench", file=sys.stderr)
+            return 2
+        signal.signal(signal.SIGTERM, _terminate)
+        return hotspots.run(settings, args.duration, args.wait_load, args.keep)
 
     selected = CASES
     if args.cases:
