@@ -109,6 +109,22 @@ class Codec:
         raise NotImplementedError
 
 
+_LOGGED: set[tuple[str, str]] = set()
+
+
 def log_dropped(what: str, target: str) -> None:
-    """One log line for a field the target protocol cannot carry (never its value)."""
-    log.info("llmgate translation: %s cannot be carried to %s; dropped", what, target)
+    """A log line for a field the target protocol cannot carry (never its value).
+
+    Once per process and kind at INFO, then at DEBUG: the same route drops the
+    same field on every call, and a line per call cost ~2% of the event loop.
+    """
+    if (what, target) in _LOGGED or len(_LOGGED) > 4096:
+        log.debug("llmgate translation: %s cannot be carried to %s; dropped", what, target)
+        return
+    _LOGGED.add((what, target))
+    log.info(
+        "llmgate translation: %s cannot be carried to %s; dropped "
+        "(said once; every call at debug level)",
+        what,
+        target,
+    )

@@ -4,12 +4,11 @@ translation its reply will need."""
 from __future__ import annotations
 
 import json
-import logging
 
 from addon.call import Call, Rejection, Rewrite
 from addon.config import Route
 from addon.credentials import CREDENTIAL_HEADERS
-from addon.protocols.codec import CallerView
+from addon.protocols.codec import CallerView, log_dropped
 from addon.protocols.openai_responses.codec import untranslatable
 from addon.routes import upstream_for
 from addon.screening import redact_json
@@ -18,8 +17,6 @@ from addon.translate.reply import Translation
 
 # Headers that belong to the caller's protocol (versions, betas, organisations,
 # SDK client tags): meaningless, or misleading, to a provider of another one.
-log = logging.getLogger("llmgate")
-
 PROTOCOL_HEADER_PREFIXES = ("anthropic-", "openai-", "x-goog-", "content-type")
 
 
@@ -68,8 +65,8 @@ def translate_call(
     translation = Translation(
         call.protocol_name, protocol, view, dropped=[*dropped, *encoded.dropped]
     )
-    for what in translation.dropped:
-        log.info("llmgate translation: %s: %s could not be carried to %s", call.id, what, protocol)
+    for what in dropped:  # the codec logs what it drops itself
+        log_dropped(what, protocol)
     return rewrite, translation
 
 
