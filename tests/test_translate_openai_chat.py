@@ -433,7 +433,7 @@ def full_request() -> CanonicalRequest:
 
 
 def test_encoded_request_shape(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="llmgate"):
+    with caplog.at_level(logging.DEBUG, logger="llmgate"):
         encoded = CODEC.encode_request(full_request(), "gpt-5", stream=True, provider="openai")
     assert encoded.path == "/v1/chat/completions"
     assert encoded.headers == {"content-type": "application/json"}
