@@ -95,6 +95,8 @@ class Call:
     attempted: list[dict[str, Any]] = field(default_factory=list)
     # The caller's own body, before any edit or translation: the payload row keeps it.
     caller_body: bytes | None = None
+    # What the model answered, read once when the reply was whole (`pipeline.reply_content`).
+    reply_parts: list[Any] | None = None
     # The agent session and client the call came from (`addon.sessions`).
     session_id: str | None = None
     client: str | None = None

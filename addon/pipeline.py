@@ -139,9 +139,8 @@ def screen_request(
 def screen_reply(call: Call, body: bytes, scanner: Scanner, settings: SafetySettings) -> bool:
     """Scan a buffered reply; True when a `block` action means it must not be delivered."""
     assert call.protocol
-    try:
-        content = call.protocol.parse_response(json.loads(body)).content
-    except (ValueError, RecursionError, ProtocolError):
+    content = reply_content(call, 200, body)
+    if not content:
         return False
     locations = [("reply", text) for text in part_texts(content) if text]
     call.reply_screening = screen(scanner, settings, "response", locations)
@@ -153,16 +152,30 @@ def reply_findings(call: Call, scanner: Scanner, settings: SafetySettings) -> li
     if call.guard is not None:
         return call.guard.items
     if call.reply_screening is None and call.tap is not None and settings.enabled:
-        text = "".join(part_texts(call.tap.state.response().content))
+        text = "".join(part_texts(reply_content(call, None, b"")))
         call.reply_screening = screen(scanner, settings, "response", [("stream", text)])
     return call.reply_screening.items if call.reply_screening else []
 
 
 def reply_content(call: Call, http_status: int | None, body: bytes) -> list[ContentPart]:
-    """What the model answered, streamed or buffered, in canonical parts."""
+    """What the model answered, streamed or buffered, in canonical parts.
+
+    Read once per call and kept: screening, settling, the findings and the
+    tool-call rows all need it, and each read is a JSON parse or a rebuild of
+    the stream's state. Called only once the reply is whole. An error answer
+    has no content, whatever the upstream had said before llmgate refused it.
+    """
+    if call.tap is None and (http_status or 500) >= 400:
+        return []
+    if call.reply_parts is None:
+        call.reply_parts = _read_reply(call, body)
+    return call.reply_parts
+
+
+def _read_reply(call: Call, body: bytes) -> list[ContentPart]:
     if call.tap is not None:
         return call.tap.state.response().content
-    if not body or call.protocol is None or call.request is None or (http_status or 500) >= 400:
+    if not body or call.protocol is None or call.request is None:
         return []
     try:
         return call.protocol.parse_response(json.loads(body)).content
@@ -267,7 +280,7 @@ def settle(
     if call.tap is not None:
         state = call.tap.state
         usage, state_error = state.usage, state.error or call.tap.failure
-        output_texts = part_texts(state.response().content)
+        output_texts = part_texts(reply_content(call, http_status, b""))
         received = call.tap.bytes_received > 0
         if call.tap.first_token_at is not None:
             fields["ttft_ms"] = round((call.tap.first_token_at - call.started_at) * 1000, 3)
