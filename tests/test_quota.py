@@ -136,18 +136,15 @@ def test_token_budget_never_exceeded_with_reserves_settles_and_releases(
     limit = 20_000
     windows = [applied(60, "user:alice", max_input_tokens=limit), applied(3600, "group:dev")]
     violations: list[float] = []
-    reads = 0
     outcomes: list[str] = []  # list.append is atomic; a shared counter += is not
     stop = threading.Event()
     watching_started = threading.Event()
 
     def monitor() -> None:
-        nonlocal reads
         with backend.open() as s:
             while not stop.is_set():
                 # The callers' clock: on Redis, the server's would expire their reservations.
                 state = s.states(windows[:1], now=1000.0)[0]
-                reads += 1
                 watching_started.set()
                 if state.used.input_tokens + state.reserved.input_tokens > limit:
                     violations.append(state.used.input_tokens + state.reserved.input_tokens)
