@@ -320,7 +320,7 @@ def settle(
     if call.upstream_failure is not None:
         # The dispatcher answered for a broken upstream, or ended the stream.
         failure = call.upstream_failure
-        fields.update(status="failed", reason=failure.reason, error=failure.message)
+        fields.update(status=failure.outcome, reason=failure.reason, error=failure.message)
     elif call.tap is not None and call.tap.failure is not None:
         fields["reason"] = getattr(call.tap, "failure_reason", None) or "internal_error"
     elif fields["status"] == "failed" and http_status is not None and http_status >= 400:

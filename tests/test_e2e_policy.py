@@ -46,6 +46,9 @@ policies:
   - name: budget
     applies_to: {users: [budget]}
     quota_windows: [{window_seconds: 3600, scope: user, max_output_tokens: 250}]
+  - name: screened
+    applies_to: {users: [screened]}
+    quota_windows: [{window_seconds: 3600, scope: user, max_requests: 1}]
   - name: retry
     applies_to: {users: [retry]}
     quota_windows: [{window_seconds: 8, scope: user, max_requests: 2}]
@@ -100,6 +103,7 @@ def keys(gate: Proxy) -> dict[str, str]:
         "racer2": issue("racer2", "racers"),
         "budget": issue("budget"),
         "retry": issue("retry"),
+        "screened": issue("screened"),
         "settler": issue("settler"),
         "revoked": issue("mallory"),
     }
@@ -397,6 +401,28 @@ def test_settled_counters_equal_the_ledger_and_headers_inform(
     assert (quota["rows"], quota["unsettled"]) == (3, 0)
     assert {k: int(quota[k]) for k in want} == want
     assert quota["cost_nusd"] / 1e9 == pytest.approx(want_cost, rel=1e-6)
+
+
+def test_a_call_refused_by_screening_counts_in_no_window(
+    gate: Proxy, keys: dict[str, str], emulator: Emulator
+) -> None:
+    # The reserve is sent before the prompt is screened (it runs while the call is
+    # screened); a blocked call then releases it, so only the clean call counts.
+    client = oa(gate, keys["screened"])
+    leak = "AKIA" + "Q3EXAMPLE7RT2ZKD"  # an AWS key id, assembled so no file holds it
+    with pytest.raises(openai.BadRequestError) as blocked:
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": f"key id {leak}"}]
+        )
+    assert blocked.value.body["code"] == "safety_block"
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+    assert raw.headers["x-llmgate-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    assert len(emulator.hits) == 1
+    all_settled(gate, "screened")
+    quota = quota_totals(gate, "screened")
+    assert (quota["rows"], quota["requests"]) == (2, 1)  # the blocked call's row counts 0
 
 
 def test_cli_shows_quota_windows_and_the_ledger(

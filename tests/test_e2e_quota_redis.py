@@ -86,6 +86,13 @@ def test_a_redis_quota_fills_fails_closed_while_redis_is_down_and_recovers(
     tmp_path: Path, confdir: Path, emulator: Emulator, policies: Path, redis_server: RedisServer
 ) -> None:
     with proxy_on(redis_server.url, policies, tmp_path / "audit.db", confdir, emulator) as gate:
+        # Refused by screening while its reserve was in flight: released, so it takes
+        # nothing from the window the next calls fill.
+        leak = "AKIA" + "Q3EXAMPLE7RT2ZKD"  # an AWS key id, assembled so no file holds it
+        blocked = post(gate, CHAT, {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": f"key id {leak}"}]})  # fmt: skip
+        assert blocked.status_code == 400, blocked.text
+        assert blocked.json()["error"]["code"] == "safety_block"
         statuses = [chat(gate).status_code for _ in range(LIMIT)]
         assert statuses == [200] * LIMIT
         assert sum(redis_requests(redis_server.url)) == LIMIT  # used + reserved

@@ -55,6 +55,10 @@ def annotate(flow: http.HTTPFlow, call: Call, fields: dict[str, Any]) -> None:
         if isinstance(metadata, dict):
             metadata.update(notes)
         summary = _redacted(comment_for(notes), hidden)
+        if fields.get("status") == "denied" and flow.marked != DENIED_MARK:
+            # Denied by the dispatcher (a quota answer that came over the network).
+            flow.marked = DENIED_MARK
+            flow.comment = f"llmgate denied: {fields.get('reason')}: {fields.get('error')}"
         # A denial or a blocked reply already says why: the summary follows it.
         earlier = flow.comment if flow.marked == DENIED_MARK and flow.comment else ""
         flow.comment = f"{earlier} · {summary}" if earlier else summary

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import mitmproxy.flow
@@ -276,37 +276,64 @@ class Gateway:
             await self._send(flow, call)
             return
         raw = flow.request.get_content(strict=False) or b""
-        outcome = (
+        admitted = (
             pipeline.parse_call(call, raw)
             or self._attribute(call, fields, call.body)
             or pipeline.choose_route(call, self.config)
             or pipeline.check_policy(call, policy)
-            or self._screen_request(call, fields)
-            or planning.plan_attempts(call, policy, self.config, raw_path, raw, self.secrets)
         )
+        if isinstance(admitted, Rejection):
+            self._reject(flow, call, admitted)
+            return
+        # The quota check leaves now: a Redis store runs it while the call is screened,
+        # planned and handed to the dispatcher, which awaits its answer before the
+        # call leaves (a 429 from there is the same answer and the same row).
+        call.quota_windows = budget.bind_windows(call.user, call.groups, policy.quota_windows)
+        reserving = self.recorder.send_reserve(call) if call.quota_windows else None
+        try:
+            outcome = self._screen_request(call, fields) or planning.plan_attempts(
+                call, policy, self.config, raw_path, raw, self.secrets
+            )
+        except BaseException:
+            if reserving is not None:
+                await reserving
+            raise
+        admitted: Awaitable[Rejection | None] | None = None
+        if reserving is not None:
+            assert self.quota is not None
+            if isinstance(outcome, Rejection) or not self.quota.answers_later:
+                over_quota = await reserving
+                if isinstance(outcome, Rejection):
+                    self.recorder.release_quota(call)  # refused for another reason
+                elif over_quota is not None:
+                    outcome = over_quota
+            else:
+                admitted = self.recorder.answer_later(call, reserving)
         if isinstance(outcome, Rejection):
             self._reject(flow, call, outcome)
             return
-        call.quota_windows = budget.bind_windows(call.user, call.groups, policy.quota_windows)
-        if call.quota_windows:
-            denied = await self.recorder.reserve(call)
-            if denied is not None:
-                self._reject(flow, call, denied)
-                return
         self.masking.release(flow)
         caller_fields = flow.request.headers.fields
         self.apply_rewrite(flow, call, outcome)
-        await self._send(flow, call, caller_fields)
+        await self._send(flow, call, caller_fields, admitted)
 
-    async def _send(self, flow: http.HTTPFlow, call: Call, caller_fields: Fields = ()) -> None:
+    async def _send(
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        caller_fields: Fields = (),
+        admitted: Awaitable[Rejection | None] | None = None,
+    ) -> None:
         """The decided call goes to the dispatcher. With audit.on_failure refuse its
         row's commit runs meanwhile, and the dispatcher waits for it before anything
-        leaves (refusing with 503 audit_unavailable if it failed).
+        leaves (refusing with 503 audit_unavailable if it failed); so it does for a
+        quota answer still on its way (`admitted`).
 
         `caller_fields` are the caller's headers before the rewrite: fallbacks
         build their requests from them."""
         await self.handoff.ensure_started()
         ticket = self.handoff.take(flow, call, call.route, caller_fields)  # masked from here
+        ticket.admitted = admitted
         req = flow.request
         ticket.recorded = self.recorder.open_row_before_sending(
             call, req.host, req.headers.fields, req.get_content(strict=False) or b""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from addon import pipeline
@@ -17,7 +18,7 @@ from addon.ledger.payloads import write_half
 from addon.ledger.tool_calls import tool_call_rows
 from addon.quota import budget
 from addon.quota.backend import QuotaUnavailable
-from addon.quota.store import Demand, Exceeded
+from addon.quota.store import Demand, Exceeded, WindowState
 
 if TYPE_CHECKING:
     from addon.gateway.http_hooks import Gateway
@@ -25,19 +26,46 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmgate")
 
 
+async def _answered(rejection: Rejection) -> Rejection:
+    return rejection
+
+
+async def _unavailable(error: QuotaUnavailable) -> list[WindowState] | Exceeded:
+    raise error
+
+
 class CallRecorder:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def reserve(self, call: Call) -> Rejection | None:
+    def send_reserve(self, call: Call) -> Awaitable[Rejection | None]:
+        """Start reserving the call's quota now; await the answer: None if admitted."""
         demand = budget.quota_demand(
             call, self.gateway.pricer, self.gateway.config.quota.default_output_reservation
         )
         if isinstance(demand, Rejection):
-            return demand
+            return _answered(demand)
         assert self.gateway.quota is not None
         try:
-            result = await self.gateway.quota.reserve(call.id, call.quota_windows, demand)
+            sent = self.gateway.quota.send_reserve(call.id, call.quota_windows, demand)
+        except QuotaUnavailable as exc:
+            sent = _unavailable(exc)
+        return self._admitted(call, sent)
+
+    async def reserve(self, call: Call) -> Rejection | None:
+        return await self.send_reserve(call)
+
+    def answer_later(self, call: Call, reserving: Awaitable[Rejection | None]) -> asyncio.Task:
+        """A quota answer the dispatcher awaits right before the call leaves, so that its
+        round trip overlaps the hand-over. Should the call end first (its client gone),
+        the reservation it gets is released when the answer comes."""
+        return asyncio.ensure_future(reserving)
+
+    async def _admitted(
+        self, call: Call, sent: Awaitable[list[WindowState] | Exceeded]
+    ) -> Rejection | None:
+        try:
+            result = await sent
         except QuotaUnavailable as exc:
             if self.gateway.config.quota.on_unavailable == "allow":
                 # The operator's explicit choice: serve, unmetered. No reservation was
@@ -56,12 +84,14 @@ class CallRecorder:
         if isinstance(result, Exceeded):
             return budget.quota_rejection(result)
         call.quota_states = result
+        if call.closed:  # answered after its call ended (answer_later): nothing to count
+            self.release_quota(call)
         return None
 
-    def _quota_settle(self, call: Call, actual: Demand) -> None:
+    def _quota_settle(self, call: Call, actual: Demand, at_once: bool = False) -> None:
         if self.gateway.quota is None or not call.quota_states:
             return
-        self.gateway.quota.settle(call.id, actual)
+        self.gateway.quota.settle(call.id, actual, at_once)
 
     def record_refusal(self, call: Call, rejection: Rejection) -> None:
         """A refusal with no request to store (a message, a connection)."""
@@ -71,7 +101,7 @@ class CallRecorder:
     def release_quota(self, call: Call) -> None:
         """The call never went out: its reservation counts nothing, not even as a
         request (closing its row later settles nothing more)."""
-        self._quota_settle(call, Demand(0, 0, 0, 0.0))
+        self._quota_settle(call, Demand(0, 0, 0, 0.0), at_once=True)
         call.quota_states = []
 
     def open_row_before_sending(

@@ -13,11 +13,13 @@ reserve. The quota tables live in their own file beside the ledger, so the audit
 writer's batches never hold this lock.
 
 Redis (RedisQuotaWorker): every call is a network round trip, so it is awaited on
-the loop with redis.asyncio (measured in bench/quota_store.py: as cheap as a
-blocking call, and ~0.17 ms cheaper per call than a thread hand-off). Settles are
-batched the same way, one script per batch.
+the loop, over one pipelined connection (redis_pipe.py; measured in
+bench/quota_store.py, cheaper than a blocking call and than a thread hand-off).
+`send_reserve` writes the reserve at once, so the gateway screens and plans the
+call while Redis runs the script. Settles are batched the same way, one script
+per batch.
 
-Both raise `QuotaUnavailable` from `reserve` when their store cannot answer.
+Both raise `QuotaUnavailable` from the reserve's await when their store cannot answer.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -53,11 +56,21 @@ def quota_path(ledger: str | Path) -> Path:
 class Quota(Protocol):
     """What the gateway needs of a quota worker, whichever store is behind it."""
 
-    async def reserve(
-        self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
-    ) -> list[WindowState] | Exceeded: ...
+    # True when a reserve's answer comes over the network: the gateway then lets the
+    # dispatcher await it, so that the round trip overlaps the hand-over.
+    answers_later: bool
 
-    def settle(self, reservation_id: str, actual: Demand) -> None: ...
+    def send_reserve(
+        self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
+    ) -> Awaitable[list[WindowState] | Exceeded]:
+        """Start the reserve now (the caller works on while Redis runs it); its answer
+        when awaited. Raises `QuotaUnavailable` from the await."""
+        ...
+
+    def settle(self, reservation_id: str, actual: Demand, at_once: bool = False) -> None:
+        """Queued and sent with others a moment later, or `at_once` (a released
+        reservation must not hold budget for the next call)."""
+        ...
 
     def release_instances(self, instance_ids: list[str]) -> int: ...
 
@@ -97,7 +110,17 @@ def open_store(ledger: str | Path, config: GatewayConfig, url: str | None) -> Qu
     return QuotaStore(quota_path(ledger))
 
 
+async def _ready(result: list[WindowState] | Exceeded) -> list[WindowState] | Exceeded:
+    return result
+
+
+async def _raise(error: QuotaUnavailable) -> list[WindowState] | Exceeded:
+    raise error
+
+
 class QuotaWorker:
+    answers_later = False  # inline, unless SQLite is busy
+
     def __init__(self, path: str | Path) -> None:
         self._fast = QuotaStore(path, busy_timeout_ms=0)
         # An automatic checkpoint would run inside an inline commit and stall the
@@ -111,18 +134,30 @@ class QuotaWorker:
         self._drain_queued = False
         self._pending: list[tuple[str, Demand]] = []  # touched only on the event loop
 
+    def send_reserve(
+        self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
+    ) -> Awaitable[list[WindowState] | Exceeded]:
+        """Done inline, now, unless another process holds SQLite's lock: then on the
+        worker thread, which may wait for it."""
+        try:
+            result = self._fast.reserve(reservation_id, windows, demand)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                return _raise(QuotaUnavailable(f"sqlite quota store: {exc}"))
+            return self._reserve_on_thread(reservation_id, windows, demand)
+        except sqlite3.Error as exc:
+            return _raise(QuotaUnavailable(f"sqlite quota store: {exc}"))
+        self._wrote()
+        return _ready(result)
+
     async def reserve(
         self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
     ) -> list[WindowState] | Exceeded:
-        try:
-            result = self._fast.reserve(reservation_id, windows, demand)
-            self._wrote()
-            return result
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise QuotaUnavailable(f"sqlite quota store: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise QuotaUnavailable(f"sqlite quota store: {exc}") from exc
+        return await self.send_reserve(reservation_id, windows, demand)
+
+    async def _reserve_on_thread(
+        self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
+    ) -> list[WindowState] | Exceeded:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
@@ -135,10 +170,12 @@ class QuotaWorker:
         """Crash recovery at start-up; on the worker thread, which owns that connection."""
         return self._pool.submit(self._store.release_instances, instance_ids).result()
 
-    def settle(self, reservation_id: str, actual: Demand) -> None:
+    def settle(self, reservation_id: str, actual: Demand, at_once: bool = False) -> None:
         """Queue a settle; queued settles are applied together a moment later, in one commit."""
         self._pending.append((reservation_id, actual))
-        if len(self._pending) == 1:
+        if at_once:
+            self._flush()
+        elif len(self._pending) == 1:
             try:
                 asyncio.get_running_loop().call_later(SETTLE_DELAY, self._flush)
             except RuntimeError:  # no event loop (tests, shutdown): apply now
@@ -200,6 +237,8 @@ SETTLE_RETRY = 1.0
 
 
 class RedisQuotaWorker:
+    answers_later = True
+
     def __init__(self, url: str, ttl: float) -> None:
         self.url = url
         self.ttl = ttl
@@ -210,31 +249,41 @@ class RedisQuotaWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._failing_since: float | None = None
 
+    def send_reserve(
+        self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
+    ) -> Awaitable[list[WindowState] | Exceeded]:
+        return self._async.send_reserve(reservation_id, windows, demand)
+
     async def reserve(
         self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
     ) -> list[WindowState] | Exceeded:
-        return await self._async.reserve(reservation_id, windows, demand)
+        return await self.send_reserve(reservation_id, windows, demand)
 
-    def settle(self, reservation_id: str, actual: Demand) -> None:
+    def settle(self, reservation_id: str, actual: Demand, at_once: bool = False) -> None:
         """Queue a settle; queued settles go to Redis together a moment later, in one script."""
         self._pending.append((reservation_id, actual))
-        if len(self._pending) == 1:
-            try:
-                asyncio.get_running_loop().call_later(SETTLE_DELAY, self._flush)
-            except RuntimeError:  # no event loop (tests, shutdown): apply now
-                self._flush_now()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (tests, shutdown): apply now
+            self._flush_now()
+            return
+        if at_once:
+            self._flush()
+        elif len(self._pending) == 1:
+            loop.call_later(SETTLE_DELAY, self._flush)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         if batch:
-            task = asyncio.ensure_future(self._settle(batch))
+            # Written now, so that this process's next reserve is behind it on the wire.
+            task = asyncio.ensure_future(self._settle(batch, self._async.send_settle(batch)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, batch: list[tuple[str, Demand]]) -> None:
+    async def _settle(self, batch: list[tuple[str, Demand]], sent: Awaitable[None]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await self._async.settle_many(batch)
+            await sent
         except QuotaUnavailable as exc:
             now = loop.time()
             if self._failing_since is None:

@@ -37,7 +37,7 @@ from yarl import URL
 
 from addon.call import Call, describe_exception
 from addon.upstream.attempts import RETRY_STATUSES, attempt_row
-from addon.upstream.failures import AUDIT_UNAVAILABLE, UpstreamFailure, classify
+from addon.upstream.failures import AUDIT_UNAVAILABLE, UpstreamFailure, classify, refused
 from addon.upstream.tickets import (
     DISPATCH_HEADER,
     FILLED_IN,
@@ -205,6 +205,8 @@ class Dispatcher:
 
     async def _exchange(self, request: web.BaseRequest, ticket: Ticket) -> web.StreamResponse:
         call = ticket.call
+        if ticket.admitted is not None and (refusal := await ticket.admitted) is not None:
+            return self.failed(call, refused(refusal))
         if ticket.recorded is not None and not await ticket.recorded:
             return self.failed(call, AUDIT_UNAVAILABLE)
         for number, leg in enumerate(ticket.legs):

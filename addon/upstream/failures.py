@@ -13,6 +13,8 @@ from typing import Literal
 
 import aiohttp
 
+from addon.call import Rejection
+
 Phase = Literal["connect", "first_byte", "body"]
 
 
@@ -22,6 +24,21 @@ class UpstreamFailure:
     reason: str  # the ledger's `reason`
     message: str  # the ledger's `error`, and the caller's error message
     sent: bool = True  # False: nothing left llmgate, so the call counts against no quota
+    outcome: str = "failed"  # the row's status: denied for a quota the dispatcher refused
+    headers: tuple[tuple[str, str], ...] = ()  # for the caller, e.g. retry-after
+
+
+def refused(rejection: Rejection) -> UpstreamFailure:
+    """A refusal decided while the call was already with the dispatcher (a quota whose
+    answer came over the network): answered the same, and nothing left llmgate."""
+    return UpstreamFailure(
+        rejection.status,
+        rejection.kind,
+        rejection.message,
+        sent=False,
+        outcome=rejection.outcome,
+        headers=tuple(rejection.headers.items()),
+    )
 
 
 AUDIT_UNAVAILABLE = UpstreamFailure(

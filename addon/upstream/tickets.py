@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from addon.call import Attempt, Call
+from addon.call import Attempt, Call, Rejection
 from addon.streaming import MAX_EVENT_BYTES
 from addon.upstream.failures import UpstreamFailure
 
@@ -58,6 +58,8 @@ class Ticket:
     # With audit.on_failure refuse: the commit of the call's row, awaited before
     # anything leaves (it runs while mitmproxy brings the flow over).
     recorded: Awaitable[bool] | None = field(default=None)
+    # A quota answer still on its way (Redis): None admits, a Rejection is the answer.
+    admitted: Awaitable[Rejection | None] | None = field(default=None)
 
 
 def error_reply(call: Call, failure: UpstreamFailure) -> web.Response:
@@ -70,6 +72,7 @@ def error_reply(call: Call, failure: UpstreamFailure) -> web.Response:
     }
     if failure.status == 503:
         headers["retry-after"] = "1"
+    headers.update(failure.headers)
     return web.Response(status=failure.status, body=body, headers=headers)
 
 
