@@ -27,7 +27,7 @@ from addon.credentials import (
     replace_in_fields,
     strip_credential_params,
 )
-from addon.gateway import flow_notes
+from addon.gateway import call_log, flow_notes
 from addon.gateway.admission import bad_target, claimed_names, misdirected, too_large
 from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
@@ -98,6 +98,7 @@ class Gateway:
             ctx.master.addons.remove(previous)  # the script was reloaded
         ctx.master.addons.add(lifter)
         flow_notes.register_view()  # the "LLM conversation" contentview
+        call_log.spare_the_legacy_event()
         loader.add_option(
             "llmgate_policies",
             str,
