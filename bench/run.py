@@ -86,7 +86,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench import cases, hotspots, report  # noqa: E402
+from bench import cases, hotspots, memory, report  # noqa: E402
 from bench.common import BENCH_MD, MITMDUMP, BenchError, Settings  # noqa: E402
 from bench.harness import machine_busy_seconds, own_cpu_seconds  # noqa: E402
 from bench.measure import Bench, Case, CaseResult  # noqa: E402
@@ -102,6 +102,7 @@ CASES: list[Case] = [
     Case("translation-stream", cases.case_translation_stream),
     Case("quota_redis", cases.case_quota_redis),
     Case("fleet", cases.case_fleet),
+    Case("memory", memory.case_memory, full_only=True),
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from mitmproxy.log import LegacyLogEvents
 
-from addon.gateway.call_log import log_call_line, spare_the_legacy_event
+from addon.gateway.call_log import log_call_line, spare_the_legacy_event, wanted
 
 
 class _Loop:
@@ -60,4 +60,25 @@ def test_a_call_line_skips_the_add_log_event_and_reaches_the_other_handlers() ->
     finally:
         root.removeHandler(legacy)
         root.removeHandler(kept)
+        root.setLevel(level)
+
+
+def test_no_call_line_is_built_when_nothing_would_show_it() -> None:
+    """`mitmdump -q`: the terminal log shows errors only; the line is skipped."""
+    legacy = LegacyLogEvents(_Master())  # type: ignore[arg-type]
+    quiet, shown = _Kept(), _Kept()
+    quiet.setLevel(logging.ERROR)
+    root = logging.getLogger()
+    saved_handlers, level = root.handlers[:], root.level
+    root.handlers = [legacy, quiet]
+    root.setLevel(logging.DEBUG)
+    log = logging.getLogger("llmgate.test-call-log-wanted")
+    try:
+        assert not wanted(log)
+        root.addHandler(shown)  # mitmdump without -q, or mitmweb's event log
+        assert wanted(log)
+        root.setLevel(logging.WARNING)
+        assert not wanted(log)
+    finally:
+        root.handlers = saved_handlers
         root.setLevel(level)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from addon import pipeline
 from addon.call import Call, Rejection
 from addon.credentials import Fields
-from addon.gateway.call_log import log_call_line
+from addon.gateway import call_log
 from addon.ledger.payloads import write_half
 from addon.ledger.tool_calls import tool_call_rows
 from addon.quota import budget
@@ -161,8 +161,8 @@ class CallRecorder:
         )
         if tool_calls:
             self.gateway.audit.insert_many("tool_calls", tool_calls)
-        if log.isEnabledFor(logging.INFO):  # the line is not free to build
-            log_call_line(log, pipeline.summary_line(call, fields))
+        if call_log.wanted(log):  # the line is not free to build
+            call_log.log_call_line(log, pipeline.summary_line(call, fields))
         write_half(
             self.gateway.audit,
             "response",
