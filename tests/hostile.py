@@ -321,6 +321,7 @@ class Listener:
     host: str
     port: int = 0
     connections: int = 0
+    closed: int = 0  # connections the other side closed
     received: bytearray = field(default_factory=bytearray)
     _sock: socket.socket | None = None
     _thread: threading.Thread | None = None
@@ -350,6 +351,8 @@ class Listener:
             while data := conn.recv(65536):
                 with self._lock:
                     self.received += data
+            with self._lock:
+                self.closed += 1
 
     def __exit__(self, *exc: object) -> None:
         if self._sock is not None:

@@ -53,6 +53,26 @@ def plain_http_upstream() -> Iterator[int]:
     server.server_close()
 
 
+class _AlwaysStreams(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(65536)
+        self.request.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            b'data: {"choices": [{"delta": {"content": "unscreened"}}]}\n\n'
+        )
+
+
+@pytest.fixture(scope="module")
+def streaming_upstream() -> Iterator[int]:
+    """Answers every call, buffered ones too, with an SSE stream."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _AlwaysStreams)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def faulty(
     tmp_path_factory: pytest.TempPathFactory,
@@ -60,6 +80,7 @@ def faulty(
     emulator_server: Emulator,
     silent_upstream: Listener,
     plain_http_upstream: int,
+    streaming_upstream: int,
 ) -> Iterator[Proxy]:
     closed_port = free_port()  # nothing listens there
     emu = emulator_server.url
@@ -81,6 +102,12 @@ def faulty(
               - {{id: silent, model_pattern: "claude-silent*", provider: anthropic,
                  endpoint: "http://127.0.0.1:{silent_upstream.port}",
                  api_key_secret: UPSTREAM_ANTHROPIC_KEY, first_byte_timeout_s: 1}}
+              - {{id: sse, model_pattern: "gpt-sse-*", provider: openai,
+                 endpoint: "http://127.0.0.1:{streaming_upstream}",
+                 api_key_secret: UPSTREAM_OPENAI_KEY}}
+              - {{id: slow, model_pattern: "claude-slow*", provider: anthropic,
+                 endpoint: "http://127.0.0.1:{silent_upstream.port}",
+                 api_key_secret: UPSTREAM_ANTHROPIC_KEY, first_byte_timeout_s: 60}}
               - {{id: impatient, model_pattern: "gpt-impatient*", provider: openai,
                  endpoint: "{emu}", api_key_secret: UPSTREAM_OPENAI_KEY, idle_timeout_s: 0.5}}
               - {{id: openai, model_pattern: "gpt-*", provider: openai,
@@ -166,6 +193,38 @@ def test_an_upstream_silent_past_first_byte_timeout_is_a_504(
         504,
         "first_byte_timeout",
     )
+
+
+def test_a_buffered_call_answered_with_a_stream_is_refused(faulty: Proxy) -> None:
+    """A buffered call's reply is screened whole; a stream in its place is not passed on."""
+    response = chat(faulty, "gpt-sse-x")
+    body = assert_error_format("openai", response, 502, "upstream_protocol_error")
+    assert "answered a buffered call with a stream" in body["error"]["message"]
+    assert b"unscreened" not in response.content
+    row = faulty.row(response.headers[REQUEST_ID])
+    assert (row["status"], row["http_status"]) == ("failed", 502)
+
+
+def test_a_buffered_call_its_client_abandons_is_cancelled_and_cut_upstream(
+    faulty: Proxy, silent_upstream: Listener
+) -> None:
+    """Exchanged from the request hook (no listener hop): when the client leaves, the
+    upstream exchange is cut at once, not left waiting for its first byte (60 s)."""
+    closed = silent_upstream.closed
+    body = {"model": "claude-slow", "max_tokens": 10, "messages": HELLO}
+    headers = {"x-api-key": CALLER_KEY, "anthropic-version": "2023-06-01"}
+    with faulty.http_client(timeout=1.5) as client, pytest.raises(httpx2.TimeoutException):
+        client.post("https://api.anthropic.com/v1/messages", json=body, headers=headers)
+    deadline = time.monotonic() + 10
+    while silent_upstream.closed == closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert silent_upstream.closed == closed + 1, "the upstream exchange was left running"
+    row = faulty.query("select * from requests where model = 'claude-slow'")[-1]
+    deadline = time.monotonic() + 10
+    while row["status"] == "pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        row = faulty.query("select * from requests where model = 'claude-slow'")[-1]
+    assert row["status"] == "cancelled", row
 
 
 def test_a_buffered_reply_reset_midway_is_a_502_and_the_row_says_502(

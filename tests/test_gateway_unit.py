@@ -36,19 +36,22 @@ def configured_gateway(tmp_path: Path) -> Iterator[tuple[Gateway, taddons.contex
         yield gateway, tctx
 
 
-def llm_flow(model: str) -> tflow.HTTPFlow:
+def llm_flow(model: str, stream: bool = False) -> tflow.HTTPFlow:
     flow = tflow.tflow()
     flow.request.scheme, flow.request.host, flow.request.port = "https", "api.openai.com", 443
     flow.request.method, flow.request.path = "POST", "/v1/chat/completions"
     flow.request.headers["host"] = "api.openai.com"
-    flow.request.content = json.dumps({"model": model, "messages": []}).encode()
+    body = {"model": model, "messages": [], "stream": stream}
+    flow.request.content = json.dumps(body).encode()
     return flow
 
 
 def test_denied_flow_is_marked_with_the_reason_as_comment(tmp_path: Path) -> None:
     with configured_gateway(tmp_path) as (gateway, tctx):
         assert any("api\\.openai\\.com" in host for host in tctx.options.allow_hosts)
-        denied, allowed = llm_flow("gpt-4-32k"), llm_flow("gpt-4o")
+        # Streamed: a buffered call would be exchanged in the hook (with no upstream
+        # here, a 502); a streamed one is handed to the dispatcher's listener.
+        denied, allowed = llm_flow("gpt-4-32k"), llm_flow("gpt-4o", stream=True)
         asyncio.run(gateway.request(denied))
         asyncio.run(gateway.request(allowed))
         assert denied.response is not None and denied.response.status_code == 403
@@ -118,9 +121,9 @@ def test_an_exception_on_the_reply_replaces_it_with_a_500(
     from addon.gateway import replies
 
     with configured_gateway(tmp_path) as (gateway, _):
-        flow = llm_flow("gpt-4o")
+        flow = llm_flow("gpt-4o", stream=True)
         asyncio.run(gateway.request(flow))
-        assert flow.response is None  # decided and sent
+        assert flow.response is None  # decided and handed to the listener
         flow.response = tflow.tresp(content=b'{"secret-reply": true}')
 
         def broken(*args: object, **kwargs: object) -> None:

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from addon.protocols import StreamEvent, StreamState
+from addon.protocols import codec as codec_module
 from addon.protocols.canonical import (
     CanonicalRequest,
     CanonicalResponse,
@@ -433,7 +434,8 @@ def full_request() -> CanonicalRequest:
 
 
 def test_encoded_request_shape(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="llmgate"):
+    codec_module._LOGGED.clear()  # said once per process: this test must hear it
+    with caplog.at_level(logging.INFO, logger="llmgate"):
         encoded = CODEC.encode_request(full_request(), "gpt-5", stream=True, provider="openai")
     assert encoded.path == "/v1/chat/completions"
     assert encoded.headers == {"content-type": "application/json"}

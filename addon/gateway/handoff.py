@@ -13,7 +13,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from aiohttp import web
 from mitmproxy import ctx, http
+from mitmproxy.connection import ConnectionState
 
 from addon.call import Call
 from addon.config import Route
@@ -55,6 +57,32 @@ def _upstream_headers(fields: Fields) -> list[tuple[str, str]]:
 
 def _timeouts(route: Route) -> Timeouts:
     return Timeouts(route.connect_timeout_s, route.first_byte_timeout_s, route.idle_timeout_s)
+
+
+# How often a client is checked while its buffered call is exchanged in the hook.
+CLIENT_CHECK_S = 0.25
+
+
+class _ClientWatch:
+    """Cancels `exchange` once the flow's client has closed its side."""
+
+    def __init__(self, flow: http.HTTPFlow, exchange: asyncio.Future[object]) -> None:
+        self._flow = flow
+        self._exchange = exchange
+        self.cut = False
+        self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK_S, self._check)
+
+    def _check(self) -> None:
+        if self._exchange.done():
+            return
+        if not self._flow.client_conn.state & ConnectionState.CAN_READ:
+            self.cut = True
+            self._exchange.cancel()
+            return
+        self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK_S, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 class HandOff:
@@ -137,6 +165,29 @@ class HandOff:
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.dispatcher.port
         req.headers[DISPATCH_HEADER] = call.dispatch_token
         self.gateway.connections.allow(flow)
+
+    async def exchange(self, flow: http.HTTPFlow, call: Call, ticket: Ticket) -> bool:
+        """A buffered call, sent and answered from the request hook: the flow gets the
+        whole reply, and mitmproxy never opens a connection for it (the hop to the
+        listener cost ~0.2 ms of CPU and ~0.5 ms of latency per call).
+
+        mitmproxy holds back a client's disconnect while a hook runs, so the client
+        is watched meanwhile: if it leaves, the exchange is cut (the upstream
+        connection closed, as the listener's would be) and False returned."""
+        exchange = asyncio.ensure_future(self.dispatcher.exchange(ticket))
+        watch = _ClientWatch(flow, exchange)
+        try:
+            reply = await exchange
+        except asyncio.CancelledError:
+            if not watch.cut:
+                raise
+            return False
+        finally:
+            watch.stop()
+        body = reply.body if isinstance(reply, web.Response) else b""
+        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+        flow.response = http.Response.make(reply.status, body or b"", fields)
+        return True
 
     def restore(self, flow: http.HTTPFlow, call: Call) -> None:
         """The request left: the flow shows where it really went, and the reply as sent."""

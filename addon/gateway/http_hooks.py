@@ -62,6 +62,11 @@ def _pricing_path(policies: Path) -> Path:
     return (policies if policies.is_dir() else policies.parent) / "pricing.yaml"
 
 
+def buffered_reply(call: Call) -> bool:
+    """An LLM call whose reply is read whole: exchanged without the listener hop."""
+    return call.request is not None and not call.stream and call.protocol_name != "other"
+
+
 class Gateway:
     name = "llmgate"
 
@@ -339,7 +344,11 @@ class Gateway:
         ticket.recorded = self.recorder.open_row_before_sending(
             call, req.host, req.headers.fields, req.get_content(strict=False) or b""
         )
-        self.handoff.send(flow, call, ticket)
+        if buffered_reply(call):
+            if not await self.handoff.exchange(flow, call, ticket):
+                self.replies.abandoned(flow, call)
+        else:
+            self.handoff.send(flow, call, ticket)
 
     def forwarding(self, flow: http.HTTPFlow, call: Call) -> None:
         """The flow, as it now stands, is the decided call mitmproxy is about to send."""

@@ -37,6 +37,9 @@ def answer(call: Call, rejection: Rejection) -> http.Response:
     )
 
 
+CLIENT_LEFT = "client disconnected before the reply"
+
+
 class HttpReplies:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -178,8 +181,19 @@ class HttpReplies:
         except Exception as exc:  # noqa: BLE001
             self._failed_after_send(flow, call, exc, replace=False)
 
-    def _settle_error(self, flow: http.HTTPFlow, call: Call) -> None:
-        message = flow.error.msg if flow.error else "unknown error"
+    def abandoned(self, flow: http.HTTPFlow, call: Call) -> None:
+        """The client left while its buffered call was exchanged in the request hook:
+        the row closes as cancelled, and the flow is killed, so that mitmproxy sends it
+        nowhere."""
+        self.gateway.mask_sent(flow, call)
+        self.gateway.handoff.restore(flow, call)
+        self._settle_error(flow, call, CLIENT_LEFT)
+        if flow.killable:
+            flow.kill()
+
+    def _settle_error(self, flow: http.HTTPFlow, call: Call, message: str | None = None) -> None:
+        if message is None:
+            message = flow.error.msg if flow.error else "unknown error"
         fields = pipeline.settle(
             call,
             http_status=flow.response.status_code if flow.response else None,

@@ -115,16 +115,15 @@ _LOGGED: set[tuple[str, str]] = set()
 def log_dropped(what: str, target: str) -> None:
     """A log line for a field the target protocol cannot carry (never its value).
 
-    Once per process and kind at INFO, then at DEBUG: the same route drops the
-    same field on every call, and a line per call cost ~2% of the event loop.
+    Once per process and kind: the same route drops the same field on every call,
+    and a line per call, even at DEBUG (mitmproxy's handlers take every level),
+    cost ~2% of the event loop. What one call lost is `EncodedRequest.dropped`.
     """
     if (what, target) in _LOGGED or len(_LOGGED) > 4096:
-        log.debug("llmgate translation: %s cannot be carried to %s; dropped", what, target)
         return
     _LOGGED.add((what, target))
     log.info(
-        "llmgate translation: %s cannot be carried to %s; dropped "
-        "(said once; every call at debug level)",
+        "llmgate translation: %s cannot be carried to %s; dropped (said once per process)",
         what,
         target,
     )

@@ -203,7 +203,26 @@ class Dispatcher:
         finally:
             self.in_flight -= 1
 
-    async def _exchange(self, request: web.BaseRequest, ticket: Ticket) -> web.StreamResponse:
+    async def exchange(self, ticket: Ticket) -> web.StreamResponse:
+        """A buffered call exchanged from the gateway's own hook, with no listener hop:
+        its whole reply (or llmgate's error answer). A reply the upstream streams
+        anyway is refused (502): a buffered call's reply is screened whole."""
+        self.in_flight += 1
+        try:
+            return await self._exchange(None, ticket)
+        except Exception as exc:  # noqa: BLE001 - an internal error is a 500, never a hang
+            log.error("llmgate dispatcher failed: %s", describe_exception(exc))
+            failure = UpstreamFailure(
+                500, "internal_error", "llmgate failed while sending this call upstream"
+            )
+            ticket.call.upstream_failure = failure
+            return error_reply(ticket.call, failure)
+        finally:
+            self.in_flight -= 1
+
+    async def _exchange(
+        self, request: web.BaseRequest | None, ticket: Ticket
+    ) -> web.StreamResponse:
         call = ticket.call
         if ticket.admitted is not None and (refusal := await ticket.admitted) is not None:
             return self.failed(call, refused(refusal))
@@ -274,17 +293,26 @@ class Dispatcher:
             ticket.call.attempted.append(row)
 
     async def _reply(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, ticket: Ticket, leg: Leg
+        self,
+        request: web.BaseRequest | None,
+        upstream: aiohttp.ClientResponse,
+        ticket: Ticket,
+        leg: Leg,
     ) -> web.StreamResponse:
         call = ticket.call
         translation = leg.attempt.translation if leg.attempt is not None else None
+        streams = translation is not None and call.stream and upstream.status < 400
+        framing = stream_framing(call, upstream.status, upstream.headers.get("content-type", ""))
+        if request is None and (streams or (translation is None and framing is not None)):
+            return self.failed(call, _streamed_anyway(leg.route))
         if translation is not None:
-            if call.stream and upstream.status < 400:
+            if streams:
+                assert request is not None
                 return await translated_stream(request, upstream, ticket, leg, translation)
             return await translated_buffered(upstream, ticket, leg, translation)
-        framing = stream_framing(call, upstream.status, upstream.headers.get("content-type", ""))
         if framing is None:
             return await self._buffered(upstream, ticket, leg)
+        assert request is not None and framing is not None
         return await self._streamed(request, upstream, ticket, leg, framing)
 
     def failed(self, call: Call, failure: UpstreamFailure) -> web.Response:
@@ -339,6 +367,14 @@ class Dispatcher:
                 return reply
         await reply.write_eof()
         return reply
+
+
+def _streamed_anyway(route: str) -> UpstreamFailure:
+    return UpstreamFailure(
+        502,
+        "upstream_protocol_error",
+        f"the upstream of route '{route}' answered a buffered call with a stream",
+    )
 
 
 def _copy_headers(upstream: aiohttp.ClientResponse, reply: web.StreamResponse) -> None:
