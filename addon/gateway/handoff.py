@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -61,6 +63,13 @@ def _timeouts(route: Route) -> Timeouts:
 
 # How often a client is checked while its buffered call is exchanged in the hook.
 CLIENT_CHECK_S = 0.25
+
+
+def _reason(status: int) -> bytes:
+    return HTTPStatus(status).phrase.encode() if status in _KNOWN_STATUSES else b""
+
+
+_KNOWN_STATUSES = frozenset(s.value for s in HTTPStatus)
 
 
 class _ClientWatch:
@@ -184,22 +193,40 @@ class HandOff:
             return False
         finally:
             watch.stop()
-        body = reply.body if isinstance(reply, web.Response) else b""
-        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
-        flow.response = http.Response.make(reply.status, body or b"", fields)
+        body = (reply.body if isinstance(reply, web.Response) else b"") or b""
+        assert isinstance(body, bytes)
+        # What the listener's server would have filled in is not added here, so the
+        # header naming it is dropped rather than obeyed (see restore).
+        fields = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in reply.headers.items()
+            if k != FILLED_IN_HEADER
+        ]
+        fields.append((b"content-length", str(len(body)).encode()))
+        now = time.time()
+        # Response.make would parse these headers again and re-encode the body.
+        flow.response = http.Response(
+            b"HTTP/1.1", reply.status, _reason(reply.status), http.Headers(fields), body,
+            None, now, now,
+        )  # fmt: skip
         return True
 
     def restore(self, flow: http.HTTPFlow, call: Call) -> None:
         """The request left: the flow shows where it really went, and the reply as sent."""
+        # Only a call handed to the listener carries its token and the listener's
+        # filled-in headers (each look-up in mitmproxy's headers scans them all).
+        via_listener = call.dispatch_token is not None
         self.dispatcher.forget(call.dispatch_token)
         call.dispatch_token = None
         if call.upstream_target is None:
             return
         req = flow.request
-        req.headers.pop(DISPATCH_HEADER, None)
-        req.scheme, req.host, req.port = call.upstream_target
+        if via_listener:
+            req.headers.pop(DISPATCH_HEADER, None)
+        if (req.scheme, req.host, req.port) != call.upstream_target:
+            req.scheme, req.host, req.port = call.upstream_target
         call.upstream_target = None
         response = flow.response
-        if response is not None and FILLED_IN_HEADER in response.headers:
+        if via_listener and response is not None and FILLED_IN_HEADER in response.headers:
             for name in response.headers.pop(FILLED_IN_HEADER).split(","):
                 response.headers.pop(name, None)
