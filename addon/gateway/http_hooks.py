@@ -282,14 +282,14 @@ class Gateway:
             await self._send(flow, call)
             return
         raw = flow.request.get_content(strict=False) or b""
-        admitted = (
+        refused = (
             pipeline.parse_call(call, raw)
             or self._attribute(call, fields, call.body)
             or pipeline.choose_route(call, self.config)
             or pipeline.check_policy(call, policy)
         )
-        if isinstance(admitted, Rejection):
-            self._reject(flow, call, admitted)
+        if isinstance(refused, Rejection):
+            self._reject(flow, call, refused)
             return
         # The quota check leaves now: a Redis store runs it while the call is screened,
         # planned and handed to the dispatcher, which awaits its answer before the

@@ -224,7 +224,13 @@ class Dispatcher:
         self, request: web.BaseRequest | None, ticket: Ticket
     ) -> web.StreamResponse:
         call = ticket.call
-        if ticket.admitted is not None and (refusal := await ticket.admitted) is not None:
+        # Shielded: a caller that leaves while the answer is on its way must not cancel
+        # it, or a reservation Redis made would count until its TTL; answered, it is
+        # released (CallRecorder._admitted sees the call closed).
+        if (
+            ticket.admitted is not None
+            and (refusal := await asyncio.shield(ticket.admitted)) is not None
+        ):
             return self.failed(call, refused(refusal))
         if ticket.recorded is not None and not await ticket.recorded:
             return self.failed(call, AUDIT_UNAVAILABLE)
