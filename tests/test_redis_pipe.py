@@ -66,9 +66,15 @@ def test_the_urls_database_and_password_are_used(redis_server: RedisServer) -> N
             pipe = RedisPipe(f"redis://:s3cret-pw@{host}/7")
             await pipe.call("SET", "pipe:db", "seven")
             pipe.close()
+            admin = redis.Redis(port=redis_server.port, password="s3cret-pw")
+            await asyncio.sleep(0.2)  # the pipe closed above has left the server's list
+            before = len(admin.client_list())
             wrong = RedisPipe(f"redis://:wrong@{host}/7")
             with pytest.raises(QuotaUnavailable, match="WRONGPASS|invalid"):
                 await wrong.call("PING")
+            await asyncio.sleep(0.2)
+            assert len(admin.client_list()) == before  # the refused connection was closed
+            admin.close()
             wrong.close()
 
         asyncio.run(run())

@@ -152,8 +152,12 @@ class RedisPipe:
                     _, wire = await loop.create_connection(
                         lambda: _Wire(self._timeout), self._host, self._port, ssl=self._ssl
                     )
-                for reply in await asyncio.gather(*(wire.send(h) for h in self._hello)):
-                    checked(reply)
+                try:
+                    for reply in await asyncio.gather(*(wire.send(h) for h in self._hello)):
+                        checked(reply)
+                except BaseException:
+                    wire.close()  # refused (a wrong password): not kept, not leaked
+                    raise
         except (OSError, TimeoutError) as exc:
             raise QuotaUnavailable(f"redis quota store: cannot connect: {exc}") from exc
         self._wire = wire
