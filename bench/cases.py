@@ -311,6 +311,21 @@ def case_quota(bench: Bench) -> CaseResult:
     )
 
 
+def case_audit(bench: Bench) -> CaseResult:
+    return variant_overhead(
+        bench,
+        "audit",
+        "Strict audit: the opening row committed before the call leaves "
+        "(audit.on_failure refuse, the default) against queued (serve), buffered chat completion",
+        ("llmgate-serve", "llmgate"),
+        notes=(
+            "llmgate-serve is the llmgate variant plus `audit: {on_failure: serve}`: the "
+            "call's opening row is queued for the writer thread instead of committed (and "
+            "awaited) before the call goes upstream; everything else is the same",
+        ),
+    )
+
+
 SAFETY_TARGET_MS = 10.0  # issue 14 (was 20 ms)
 # bare first: the three are interleaved, and bare gives the overhead llmgate adds at all.
 SAFETY_VARIANTS = ("bare", "llmgate-nosafety", "llmgate")

@@ -88,6 +88,11 @@ SAFETY_OFF_YAML = """\
 safety: {enabled: false}
 """
 
+# The `audit` case: the opening row queued, not committed before the call leaves.
+AUDIT_SERVE_YAML = """\
+audit: {on_failure: serve}
+"""
+
 
 # The hostile case's runaway stream is one SSE event of 125 MiB; the default cap (8 MiB)
 # would end it early (tests/test_e2e_hostile_upstream.py covers that), and the case
@@ -117,6 +122,12 @@ VARIANTS: dict[str, Variant] = {
             "llmgate, safety off",
             addon=True,
             policy_files=(("safety.yaml", SAFETY_OFF_YAML),),
+        ),
+        Variant(
+            "llmgate-serve",
+            "llmgate, audit.on_failure serve",
+            addon=True,
+            policy_files=(("audit.yaml", AUDIT_SERVE_YAML),),
         ),
         Variant(
             "llmgate-bigevents",

@@ -96,6 +96,7 @@ CASES: list[Case] = [
     Case("latency", cases.case_latency),
     Case("streaming", cases.case_streaming),
     Case("quota", cases.case_quota),
+    Case("audit", cases.case_audit),
     Case("safety", cases.case_safety),
     Case("hostile", cases.case_hostile),
     Case("translation", cases.case_translation),
