@@ -115,7 +115,9 @@ class CallRecorder:
             self.open_row(call, upstream_host, headers, body)
             return None
         row = call.open_row() | {"upstream_host": upstream_host}
-        committed = asyncio.ensure_future(self.gateway.audit.insert_durably("requests", row))
+        committed = None
+        if not self.gateway.audit.insert_now("requests", row):
+            committed = asyncio.ensure_future(self.gateway.audit.insert_durably("requests", row))
         self._write_request_half(call, headers, body)
         return committed
 
