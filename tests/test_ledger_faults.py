@@ -266,6 +266,11 @@ def test_insert_now_declines_what_it_cannot_do_without_a_wait(
     finally:
         writer.close()
     assert rows(db, "select id from requests order by id") == [("d1",), ("free",)]
+    durable = AuditWriter(tmp_path / "fsync.db", synchronous="full")
+    try:  # its commits wait for an fsync: never on the event loop
+        assert durable.insert_now("requests", {"id": "f", "status": "pending"}) is False
+    finally:
+        durable.close()
     monkeypatch.setenv("LLMGATE_TEST_FAULTS", "ledger_disk_full")
     full = AuditWriter(tmp_path / "full.db")
     try:

@@ -123,7 +123,8 @@ class AuditWriter:
         """Commit `row` now, on the calling thread, when that costs no wait: a SQLite
         ledger whose lock is free, and no durable insert of the caller's pending (those
         share the writer's group commit). False: nothing was written; the caller uses
-        `insert_durably`.
+        `insert_durably`. With `synchronous: full` it always declines: that commit
+        waits for an fsync.
 
         Why: at one connection, handing the row to the writer thread and waiting for
         its commit was most of the 0.55 ms strict audit added (bench case `audit`):
@@ -132,6 +133,8 @@ class AuditWriter:
         """
         if self._dialect != "sqlite" or self._durable_pending or self._closing:
             return False
+        if self._synchronous == "full":
+            return False  # an fsync per commit belongs on the writer's thread, not the loop
         try:
             op = self._prepare("insert", table, row, None)
         except Exception:  # noqa: BLE001 - the writer's path reduces, counts and logs it
