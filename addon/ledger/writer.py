@@ -159,6 +159,9 @@ class AuditWriter:
                 raise
             self._inline.execute("COMMIT")
         except sqlite3.Error:
+            if self._inline is not None and self._inline.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # left open, it would refuse all
+                    self._inline.execute("ROLLBACK")
             return False  # busy, or failing: the writer's path decides and counts
         self._stats.count(written=1)
         return True
