@@ -392,3 +392,19 @@ def test_the_comment_says_who_what_and_how_much() -> None:
     assert flow_notes.comment_for(failed).endswith(
         "team-default · 12/7 tok · $0.000123 · failed: upstream_error"
     )
+
+
+def test_a_call_the_dispatcher_denied_is_marked_like_any_denial() -> None:
+    """A quota answer that came over the network is a 429 from the dispatcher, after
+    the gateway's hook: the flow is marked and its comment says why all the same."""
+    from addon.call import Call
+
+    flow = tflow.tflow(resp=True)
+    call = Call("r-1", 0.0, "openai_chat", "api.openai.com", "/v1/chat/completions", "alice")
+    fields = {"status": "denied", "reason": "quota_exceeded", "error": "window full; retry in 9s"}
+    flow_notes.annotate(flow, call, fields)
+    assert flow.marked == flow_notes.DENIED_MARK
+    assert flow.comment.startswith("llmgate denied: quota_exceeded: window full; retry in 9s · ")
+    served = tflow.tflow(resp=True)
+    flow_notes.annotate(served, call, {"status": "completed"})
+    assert served.marked != flow_notes.DENIED_MARK
