@@ -6,6 +6,7 @@ command that installs it (./run.sh and .ci/run install it with apt-get).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import socket
@@ -201,14 +202,21 @@ class RedisBackend(QuotaBackend):
 _databases = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+@contextlib.contextmanager
+def running_server() -> Iterator[RedisServer]:
+    """A started redis-server in a temporary directory, removed afterwards."""
     server = RedisServer()  # fails (never skips) without redis-server
     server.start()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -43,7 +43,7 @@ from tests.emulator import HEADER_CHUNKS, HEADER_PAUSE_MS, Emulator
 from tests.hostile import REQUEST_ID, assert_error_format
 from tests.postgres_server import ledger_rows, shared_server
 from tests.proxy import ROOT, Proxy
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, running_server
 from tests.test_e2e_ledger_faults import start_streams, wait_for
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -70,12 +70,8 @@ HEADERS = {
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """Each test its own Redis (one stops and restarts it)."""
-    server = RedisServer()
-    server.start()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 def fleet_policies(directory: Path, emulator: Emulator, max_requests: int, extra: str = "") -> Path:

@@ -22,7 +22,7 @@ from tests.conftest import CALLER_KEY, UPSTREAM_KEYS, emulator_policy
 from tests.emulator import Emulator
 from tests.hostile import assert_refused
 from tests.proxy import Proxy
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, running_server
 
 CHAT = "https://api.openai.com/v1/chat/completions"
 MESSAGES = "https://api.anthropic.com/v1/messages"
@@ -40,12 +40,8 @@ POLICY = f"""\
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """Its own server: the test stops and restarts it."""
-    server = RedisServer()
-    server.start()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

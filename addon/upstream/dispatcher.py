@@ -190,26 +190,18 @@ class Dispatcher:
             # Not a call llmgate decided (or one already sent): nothing goes upstream.
             return web.Response(status=403, text="llmgate: no such decided call\n")
         await request.release()  # what goes upstream is the ticket's body
+        return await self.exchange(ticket, request)
+
+    async def exchange(
+        self, ticket: Ticket, request: web.BaseRequest | None = None
+    ) -> web.StreamResponse:
+        """The ticket's exchange, streamed to the listener's `request`, or without one
+        (a buffered call exchanged from the gateway's own hook, with no listener hop)
+        its whole reply: a reply the upstream streams anyway is then refused (502), as
+        a buffered call's reply is screened whole. Any internal error is llmgate's 500."""
         self.in_flight += 1
         try:
             return await self._exchange(request, ticket)
-        except Exception as exc:  # noqa: BLE001 - an internal error is a 500, never a hang
-            log.error("llmgate dispatcher failed: %s", describe_exception(exc))
-            failure = UpstreamFailure(
-                500, "internal_error", "llmgate failed while sending this call upstream"
-            )
-            ticket.call.upstream_failure = failure
-            return error_reply(ticket.call, failure)
-        finally:
-            self.in_flight -= 1
-
-    async def exchange(self, ticket: Ticket) -> web.StreamResponse:
-        """A buffered call exchanged from the gateway's own hook, with no listener hop:
-        its whole reply (or llmgate's error answer). A reply the upstream streams
-        anyway is refused (502): a buffered call's reply is screened whole."""
-        self.in_flight += 1
-        try:
-            return await self._exchange(None, ticket)
         except Exception as exc:  # noqa: BLE001 - an internal error is a 500, never a hang
             log.error("llmgate dispatcher failed: %s", describe_exception(exc))
             failure = UpstreamFailure(
