@@ -21,8 +21,8 @@ from addon.quota.store import AppliedWindow, WindowState
 from addon.routes import Upstream
 
 if TYPE_CHECKING:
-    from addon.screening import Screening
-    from addon.stream_guard import StreamGuard
+    from addon.safety.screening import Screening
+    from addon.safety.stream_guard import StreamGuard
     from addon.streaming import StreamTap
     from addon.translate.reply import Translation
     from addon.upstream.failures import UpstreamFailure

@@ -25,10 +25,10 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from addon.safety_config import DEFAULT_REQUEST_ACTIONS as DEFAULT_REQUEST_ACTIONS
-from addon.safety_config import DEFAULT_RESPONSE_ACTIONS as DEFAULT_RESPONSE_ACTIONS
-from addon.safety_config import SafetyAction as SafetyAction
-from addon.safety_config import SafetySettings
+from addon.safety.settings import DEFAULT_REQUEST_ACTIONS as DEFAULT_REQUEST_ACTIONS
+from addon.safety.settings import DEFAULT_RESPONSE_ACTIONS as DEFAULT_RESPONSE_ACTIONS
+from addon.safety.settings import SafetyAction as SafetyAction
+from addon.safety.settings import SafetySettings
 from addon.schema import ConfigError, Loc, Problem, problems_error
 from addon.schema import Strict as _Strict
 

@@ -25,8 +25,8 @@ from addon.policy import Denial, EffectivePolicy, check_model, check_size
 from addon.protocols import PROTOCOLS, strictjson
 from addon.protocols.canonical import ContentPart, ProtocolError, Usage, part_texts
 from addon.routes import match_route
-from addon.safety import Scanner
-from addon.screening import Located, request_locations, screen
+from addon.safety.scanner import Scanner
+from addon.safety.screening import Located, request_locations, screen
 
 log = logging.getLogger("llmgate")
 

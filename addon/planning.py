@@ -21,7 +21,7 @@ from addon.credentials import (
 from addon.policy import Denial, EffectivePolicy, check_model, check_unparsed
 from addon.protocols import PROTOCOLS, WireProtocol
 from addon.routes import serves, upstream_for, upstream_protocol
-from addon.screening import redact_json
+from addon.safety.screening import redact_json
 from addon.translate.plan import translate_call
 
 log = logging.getLogger("llmgate")

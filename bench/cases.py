@@ -349,7 +349,7 @@ class ScanTimer:
     """
 
     def __init__(self, text: str) -> None:
-        from addon.safety import Scanner  # the bench process needs it for this case only
+        from addon.safety.scanner import Scanner  # the bench process needs it for this case only
 
         self.text = text
         self.scanner = Scanner()  # what llmgate builds from the default policy

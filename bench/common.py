@@ -82,7 +82,7 @@ def code_prompt(limit: int = CODE_PROMPT_BYTES) -> CodePrompt:
     """
     import mitmproxy  # imported here: only this case needs it in the bench process
 
-    from addon.safety import Scanner
+    from addon.safety.scanner import Scanner
 
     scanner = Scanner()
     root = Path(mitmproxy.__file__).resolve().parent

@@ -4,7 +4,7 @@ look-alike negatives that no detector may fire on.
 Every secret here is fake: generated from a fixed seed with the right shape (prefixes,
 lengths, alphabets, Luhn/mod-97 check digits, a decodable JWT header), never pasted from
 anywhere. Emails at reserved documentation domains (example.com, .test, ...) are
-negatives on purpose: addon/safety.py does not report them (see its docstring).
+negatives on purpose: addon/safety/detectors.py does not report them (see its docstring).
 A positive may name further detectors that legitimately fire on the same text (an AWS
 key id next to its secret).
 """

@@ -2,7 +2,7 @@
 
 test_safety builds its SCANNER once, at import. Under mutmut (tools/mutate) that
 import happens before a mutant is switched on, so no mutant of the detector table
-(_builtin_passes, _phrase_passes, _custom_pass, Scanner.__init__) ever reaches the
+(builtin_passes, phrase_passes, custom_pass, Scanner.__init__) ever reaches the
 corpus test. Building the scanner here lets the corpus judge them too; the other
 tests pin edges the corpus does not reach (see MUTATION.md)."""
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from addon.safety import Finding, Scanner, StreamRedactor, redact, value_hmac
+from addon.safety.scanner import Finding, Scanner, redact, value_hmac
+from addon.safety.stream_redactor import StreamRedactor
 from tests.safety_corpus import CUSTOM_PATTERNS, NEGATIVES, POSITIVES
 
 PEM = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----"

@@ -17,7 +17,7 @@ import pytest
 from addon.keys import KeyStore
 from addon.ledger.writer import AuditWriter
 from addon.quota.worker import QuotaWorker, quota_path
-from addon.screening import load_hmac_key
+from addon.safety.screening import load_hmac_key
 
 
 def mode(path: Path) -> int:

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addon.safety import Action, Finding, Scanner, StreamRedactor, redact, value_hmac
+from addon.safety.scanner import Action, Finding, Scanner, redact, value_hmac
+from addon.safety.stream_redactor import StreamRedactor
 from tests.safety_corpus import CUSTOM_PATTERNS, NEGATIVES, POSITIVES, aws_id, key, pem
 
 SCANNER = Scanner(CUSTOM_PATTERNS)
@@ -68,7 +69,7 @@ def test_corpus_precision_and_recall_per_detector() -> None:
 
 def test_corpus_is_big_enough_and_covers_every_detector() -> None:
     assert len(POSITIVES) >= 70 and len(NEGATIVES) >= 70
-    from addon.safety import CATEGORIES
+    from addon.safety.detectors import CATEGORIES
 
     covered = Counter(name for _, name, *_ in POSITIVES)
     for names in CATEGORIES.values():

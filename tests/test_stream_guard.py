@@ -6,8 +6,8 @@ import json
 
 from addon.config import SafetySettings
 from addon.protocols import PROTOCOLS
-from addon.safety import Scanner
-from addon.stream_guard import StreamGuard
+from addon.safety.scanner import Scanner
+from addon.safety.stream_guard import StreamGuard
 from addon.streaming import SseSplitter, StreamTap
 
 

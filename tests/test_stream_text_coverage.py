@@ -16,8 +16,8 @@ import pytest
 
 from addon.config import SafetySettings
 from addon.protocols import PROTOCOLS, StreamEvent, StreamState
-from addon.safety import Scanner
-from addon.stream_guard import StreamGuard
+from addon.safety.scanner import Scanner
+from addon.safety.stream_guard import StreamGuard
 from addon.streaming import SseSplitter
 from tests.test_streaming import STREAMS, stream_body
 

@@ -31,7 +31,7 @@ from addon.policy import effective_policy
 from addon.quota.budget import bind_windows
 from addon.quota.worker import open_store, quota_target
 from addon.routes import served_callers
-from addon.screening import build_scanner
+from addon.safety.screening import build_scanner
 
 console = Console()
 err_console = Console(stderr=True)

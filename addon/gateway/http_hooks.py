@@ -49,7 +49,7 @@ from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol, error_protocol
 from addon.quota import budget
 from addon.quota.worker import Quota, open_quota, quota_target
-from addon.screening import build_scanner, load_hmac_key, redact_json
+from addon.safety.screening import build_scanner, load_hmac_key, redact_json
 from addon.sessions import SESSION_HEADER, attribute
 
 _PROJECT_POLICIES = Path(__file__).resolve().parents[2] / "policies"  # addon/gateway/ -> root

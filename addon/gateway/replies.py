@@ -16,8 +16,8 @@ from mitmproxy import http
 from addon import pipeline
 from addon.call import Call, Rejection, describe_exception
 from addon.quota import budget
-from addon.screening import redact_json
-from addon.stream_guard import StreamGuard
+from addon.safety.screening import redact_json
+from addon.safety.stream_guard import StreamGuard
 from addon.streaming import StreamTap
 
 if TYPE_CHECKING:

@@ -30,9 +30,9 @@ from addon.credentials import Fields, is_masked_header
 from addon.policy import EffectivePolicy
 from addon.protocols import PROTOCOLS
 from addon.quota import budget
-from addon.screening import redact_json
+from addon.safety.screening import redact_json
+from addon.safety.stream_guard import StreamGuard
 from addon.sessions import attribute
-from addon.stream_guard import StreamGuard
 from addon.streaming import StreamTap
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Literal
 from addon.credentials import replace_found, storable_headers
 from addon.ledger.store import cap_body, json_text
 from addon.ledger.writer import AuditWriter
-from addon.screening import Located, finding_rows, redact_json
+from addon.safety.screening import Located, finding_rows, redact_json
 
 
 def write_half(

@@ -22,7 +22,7 @@ from addon.protocols.canonical import (
     ToolResultPart,
     ToolUsePart,
 )
-from addon.safety import Scanner, redact
+from addon.safety.scanner import Scanner, redact
 
 ARGUMENTS_CAP = 4096
 EXCERPT_CAP = 500

@@ -19,7 +19,7 @@ from addon.streaming.splitters import (
 )
 
 if TYPE_CHECKING:
-    from addon.stream_guard import StreamGuard
+    from addon.safety.stream_guard import StreamGuard
 
 # Decoded bytes per zlib call: a small compressed chunk may inflate to gigabytes,
 # and the splitter's cap must get a say before all of it is in memory.

@@ -11,7 +11,7 @@ from addon.credentials import CREDENTIAL_HEADERS
 from addon.protocols.codec import CallerView, log_dropped
 from addon.protocols.openai_responses.codec import untranslatable
 from addon.routes import upstream_for
-from addon.screening import redact_json
+from addon.safety.screening import redact_json
 from addon.translate.registry import codec
 from addon.translate.reply import Translation
 

@@ -99,7 +99,11 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         name="safety",
-        files=("addon/safety.py",),
+        files=(
+            "addon/safety/detectors.py",
+            "addon/safety/scanner.py",
+            "addon/safety/stream_redactor.py",
+        ),
         tests=("tests/test_safety.py", "tests/test_stream_guard.py", "tests/test_kill_safety.py"),
     ),
 )

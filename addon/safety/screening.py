@@ -21,7 +21,7 @@ from addon.config import SafetyAction, SafetySettings
 from addon.private_files import FILE_MODE, private_dir, tighten
 from addon.protocols import jsonedit
 from addon.protocols.canonical import CanonicalRequest, part_texts
-from addon.safety import Finding, Scanner, value_hmac
+from addon.safety.scanner import Finding, Scanner, value_hmac
 
 TOKEN = "[REDACTED:{category}]"
 

@@ -1,10 +1,8 @@
-"""Scanners for secrets, PII and prompt injection in text that passes the gateway.
+"""The detectors: one regex pass per pattern family, and the check that decides a match.
 
-`Scanner.scan` finds `Finding`s (category, detector, span) in a text, `StreamRedactor` in
-a streamed text with a bounded delay; `redact` and `Finding.masked` make them safe to
-forward or store. Detectors: `CATEGORIES`. Emails at reserved documentation domains
-(example.com/.org/.net, .test, .example, .invalid, .localhost) are not reported: they
-never name a person, and code samples in prompts are full of them.
+Detectors: `CATEGORIES`. Emails at reserved documentation domains (example.com/.org/.net,
+.test, .example, .invalid, .localhost) are not reported: they never name a person, and
+code samples in prompts are full of them.
 
 Why not detect-secrets (Yelp, 1.5.0, read before writing this): it scans line by line
 and yields matched values, not offsets, so it can neither redact in place nor follow a
@@ -20,29 +18,20 @@ pattern that starts with a class tries every position, ~10x slower). So each pat
 starts with a rare character (`k` of `sk-`, `J` of `eyJ`; a look-around checks the rest),
 and digit-shaped PII runs on a same-length mask (digits -> 0, letters -> A/a) where
 `000-00-0000` is a literal; the real digits are checked after (Luhn, IIN, mod-97, SSN
-ranges). Non-ASCII text is scanned through an ASCII copy ("?" per other character).
+ranges).
 
-Streaming: each pattern has a `reach`, the longest text that can begin one of its
-matches without matching yet. A raw match (valid or not) that ends at the window's end
-may still grow, so it is held from its start; text more than `holdback = max(reach)`
-from the end is final and is released. An open private-key block is such a growing
-match: it is held until its END line or `finish()`.
+Each pass has a `reach`, the longest text that can begin one of its matches without
+matching yet: the stream redactor holds that much back.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import re
 import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Literal, NamedTuple
-
-Action = Literal["log", "redact", "block"]
 
 CATEGORIES = {
     "secrets": (
@@ -53,86 +42,31 @@ CATEGORIES = {
     "pii": ("email", "credit_card", "iban", "us_ssn", "phone"),
     "jailbreak": ("jailbreak_phrase",),
 }  # fmt: skip
-_CATEGORY = {name: cat for cat, names in CATEGORIES.items() for name in names}
-_RANK = {name: i for i, name in enumerate(_CATEGORY)}  # a tie goes to the earlier name
-_CAT_RANK = {"secrets": 0, "pii": 1, "custom": 2, "jailbreak": 3}
+CATEGORY_OF = {name: cat for cat, names in CATEGORIES.items() for name in names}
 _ALNUM = frozenset(string.ascii_letters + string.digits)
 _TOKEN = _ALNUM | {"_", "-"}
-_B64 = _ALNUM | {"/", "+", "="}
-_BACK = 192  # how far before the released edge a match may begin (a label, a key id)
-_PAIR_GAP = 100  # an unlabelled AWS secret counts only this close to a key id
 _CUSTOM_REACH_CAP = 256
-_MASK = bytes.maketrans(
-    (string.digits + string.ascii_uppercase + string.ascii_lowercase).encode(),
-    b"0" * 10 + b"A" * 26 + b"a" * 26,
-)
+
+
+Hit = tuple[str, int, int, bool]  # detector, start, end, valid
+Fn = Callable[[str, re.Match[str], int], Hit | None]  # (text, match, match start - back)
 
 
 @dataclass(frozen=True)
-class Finding:
-    category: str
-    detector: str
-    start: int
-    end: int
-    value: str
-
-    def masked(self) -> str:
-        """An excerpt safe to store: never more than 9 characters of the value."""
-        if self.detector == "private_key":
-            return "-----…----"  # an unterminated block's tail is key material
-        value = self.value
-        if len(value) >= 12:
-            return f"{value[:5]}…{value[-4:]}"
-        return f"…{value[-2:]}" if len(value) >= 6 else "…"
-
-
-_Hit = tuple[str, int, int, bool]  # detector, start, end, valid
-_Fn = Callable[[str, re.Match[str], int], _Hit | None]  # (text, match, match start - back)
-
-
-@dataclass(frozen=True)
-class _Pass:
+class Pass:
     regex: re.Pattern[str]
-    fn: _Fn
+    fn: Fn
     reach: int
     view: str = "ascii"  # which _Views attribute the regex runs on
     back: int = 0  # the match starts this far into what it finds (after a rare first char)
     custom: bool = False
 
 
-class _Cand(NamedTuple):
-    start: int
-    end: int
-    name: str
-    category: str
-    ok: bool
-
-
-class _Views:
-    """Same-length views of one text; each pass runs on one of them."""
-
-    def __init__(self, text: str) -> None:
-        self.text, self._bytes = text, text.encode("ascii", "replace")
-        self.ascii = text if text.isascii() else self._bytes.decode()
-
-    @cached_property
-    def lower(self) -> str:
-        return self.ascii.lower()
-
-    @cached_property
-    def mask(self) -> str:
-        return self._bytes.translate(_MASK).decode()
-
-    @cached_property
-    def ulower(self) -> str:  # U+0130 lowercases to two characters: keep the offsets
-        return "".join(c if len(c.lower()) != 1 else c.lower() for c in self.text)
-
-
-def _before(text: str, i: int) -> str:
+def char_before(text: str, i: int) -> str:
     return text[i - 1] if i > 0 else " "
 
 
-def _random_looking(value: str) -> bool:
+def random_looking(value: str) -> bool:
     """Generated keys mix cases and digits; kebab-case words and hex digests do not."""
     return all(any(f(c) for c in value) for f in (str.isdigit, str.isupper, str.islower))
 
@@ -145,29 +79,33 @@ _TOK, _ALN, _ALN_, _SLACK, _B64RUN, _DIGITS, _JWT_TAIL = (
 _MAX = 200
 # detector: (the token's alphabet, min and max length, shape check, chars before a "k" pass)
 _TOKENS: dict[str, tuple[re.Pattern[str], int, int, Callable[[str], bool] | None, str]] = {
-    "anthropic_key": (_TOK, 40, _MAX, _random_looking, "s"),
-    "openai_key": (_TOK, 23, _MAX, _random_looking, "s"),
+    "anthropic_key": (_TOK, 40, _MAX, random_looking, "s"),
+    "openai_key": (_TOK, 23, _MAX, random_looking, "s"),
     "stripe_live_key": (_ALN, 24, _MAX, None, "sr"),
     "google_api_key": (_TOK, 39, 39, None, ""),
     "aws_access_key_id": (_ALN, 20, 20, None, ""),
-    "github_token": (_ALN_, 40, _MAX, _random_looking, ""),
+    "github_token": (_ALN_, 40, _MAX, random_looking, ""),
     "slack_token": (_SLACK, 20, _MAX, lambda v: any(c.isdigit() for c in v), ""),
 }
 
 
-def _token(text: str, m: re.Match[str], s: int) -> _Hit | None:
+def _token(text: str, m: re.Match[str], s: int) -> Hit | None:
     """A token ends where its alphabet ends: the match is extended over the whole run.
     None (not merely invalid) when more text cannot make it valid, so it is not held."""
     name = m.lastgroup or ""
     tail, lo, hi, shape, lead = _TOKENS[name]
     e = tail.match(text, m.end()).end()  # type: ignore[union-attr]
-    if (lead and _before(text, m.start()) not in lead) or _before(text, s) in _TOKEN or e - s > hi:
+    if (
+        (lead and char_before(text, m.start()) not in lead)
+        or char_before(text, s) in _TOKEN
+        or e - s > hi
+    ):
         return None
     return name, s, e, e - s >= lo and (shape is None or shape(text[s:e]))
 
 
-def _jwt(text: str, m: re.Match[str], s: int) -> _Hit | None:
-    if _before(text, s) in _TOKEN:
+def _jwt(text: str, m: re.Match[str], s: int) -> Hit | None:
+    if char_before(text, s) in _TOKEN:
         return None
     tail = _JWT_TAIL.match(text, m.end())
     e, sig = tail.end(), tail.group(1) or ""  # type: ignore[union-attr]
@@ -179,10 +117,10 @@ def _jwt(text: str, m: re.Match[str], s: int) -> _Hit | None:
     return ("jwt", s, e, len(sig) >= 16) if alg else None
 
 
-def _aws_label(text: str, m: re.Match[str], s: int) -> _Hit:
+def _aws_label(text: str, m: re.Match[str], s: int) -> Hit:
     s, e = m.span(1)
     ext = _B64RUN.match(text, e).end()  # type: ignore[union-attr]
-    return "aws_secret_access_key", s, ext, ext == e and _random_looking(text[s:e])
+    return "aws_secret_access_key", s, ext, ext == e and random_looking(text[s:e])
 
 
 def _words(text: str) -> frozenset[str]:
@@ -204,7 +142,7 @@ def _placeholder(value: str) -> bool:
     )
 
 
-def _password(text: str, m: re.Match[str], s: int) -> _Hit:
+def _password(text: str, m: re.Match[str], s: int) -> Hit:
     quoted = m.group(2) is not None
     s, e = m.span(2 if quoted else 3)
     value = text[s:e]
@@ -226,7 +164,7 @@ _DB_SCHEMES = _words(
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,20}$")
 
 
-def _connection(text: str, m: re.Match[str], s: int) -> _Hit:  # the match starts at "://"
+def _connection(text: str, m: re.Match[str], s: int) -> Hit:  # the match starts at "://"
     scheme = _SCHEME.search(text, max(0, s - 24), s)
     password = m.group(2)
     ok = scheme is not None and scheme.group().lower() in _DB_SCHEMES
@@ -241,8 +179,8 @@ _RESERVED = (".example.com", ".example.org", ".example.net", ".example", ".test"
              ".localhost", ".local")  # fmt: skip
 
 
-def _email(text: str, m: re.Match[str], at: int) -> _Hit | None:  # the match starts at "@"
-    if _before(text, at) not in _ALNUM | set("._%+-"):  # decorators, npm scopes, @mentions
+def _email(text: str, m: re.Match[str], at: int) -> Hit | None:  # the match starts at "@"
+    if char_before(text, at) not in _ALNUM | set("._%+-"):  # decorators, npm scopes, @mentions
         return None
     s = at - _LOCAL_REV.match(text[max(0, at - 64) : at][::-1]).end()  # type: ignore[union-attr]
     while s < at and text[s] == ".":
@@ -282,9 +220,11 @@ def _ends_ok(text: str, e: int) -> bool:
     return after[:1] not in _ALNUM and not (after[:1] in "-.," and after[1:].isdigit())
 
 
-def _digits(text: str, m: re.Match[str], s: int) -> _Hit | None:  # on the mask
+def _digits(text: str, m: re.Match[str], s: int) -> Hit | None:  # on the mask
     paren = m.group("paren") is not None  # "(415) 555-2671": the pass starts after "("
-    if _before(text, s - paren) in _NOT_BEFORE_NUMBER or (paren and _before(text, s) != "("):
+    if char_before(text, s - paren) in _NOT_BEFORE_NUMBER or (
+        paren and char_before(text, s) != "("
+    ):
         return None
     if m.group("card") is not None:
         e = _DIGITS.match(text, m.end()).end()  # type: ignore[union-attr]
@@ -302,8 +242,8 @@ def _digits(text: str, m: re.Match[str], s: int) -> _Hit | None:  # on the mask
     return "phone", s - paren, e, nanp and _ends_ok(text, e)
 
 
-def _phone_plus(text: str, m: re.Match[str], s: int) -> _Hit | None:
-    if _before(text, s) in _ALNUM | {"+"} or text[s + 1] == "0":  # "x+1…", "++", "+05:30"
+def _phone_plus(text: str, m: re.Match[str], s: int) -> Hit | None:
+    if char_before(text, s) in _ALNUM | {"+"} or text[s + 1] == "0":  # "x+1…", "++", "+05:30"
         return None
     value = m.group()
     while value.count("0") > 15:  # trailing groups belong to the next number (this is the mask)
@@ -326,9 +266,9 @@ _IBAN_LENGTHS = {
 }  # fmt: skip
 
 
-def _iban(text: str, m: re.Match[str], s: int) -> _Hit | None:
+def _iban(text: str, m: re.Match[str], s: int) -> Hit | None:
     length, e, chars = _IBAN_LENGTHS.get(text[s : s + 2], 0), s, []
-    if not length or _before(text, s) in _ALNUM:
+    if not length or char_before(text, s) in _ALNUM:
         return None
     while e < m.end() and len(chars) < length:  # the match may run on into the next word
         if text[e] != " ":
@@ -340,19 +280,19 @@ def _iban(text: str, m: re.Match[str], s: int) -> _Hit | None:
     return "iban", s, e, ok and text[e : e + 1] not in _ALNUM
 
 
-def _whole(name: str) -> _Fn:
+def _whole(name: str) -> Fn:
     return lambda text, m, s: (name, s, m.end(), m.end() > s)
 
 
-def _phrase(text: str, m: re.Match[str], s: int) -> _Hit | None:  # whole words only
-    if _before(text, s) in _ALNUM:
+def _phrase(text: str, m: re.Match[str], s: int) -> Hit | None:  # whole words only
+    if char_before(text, s) in _ALNUM:
         return None
     return "jailbreak_phrase", s, m.end(), text[m.end() : m.end() + 1] not in _ALNUM
 
 
-def _builtin_passes() -> list[_Pass]:
-    def p(regex: str, fn: _Fn, reach: int, view: str = "ascii", back: int = 0) -> _Pass:
-        return _Pass(re.compile(regex, re.ASCII), fn, reach, view, back)
+def builtin_passes() -> list[Pass]:
+    def p(regex: str, fn: Fn, reach: int, view: str = "ascii", back: int = 0) -> Pass:
+        return Pass(re.compile(regex, re.ASCII), fn, reach, view, back)
 
     tok = "[A-Za-z0-9_-]"
     return [
@@ -396,7 +336,7 @@ _WS = 8  # whitespace between a phrase's words: any kind, up to this many charac
 _RARITY = "zqxjkvbpygfwmucldrhsnioate"  # English letters, rarest first
 
 
-def _phrase_passes(phrases: Iterable[str]) -> list[_Pass]:
+def phrase_passes(phrases: Iterable[str]) -> list[Pass]:
     """One pass per first word, anchored at its rarest letter; its phrases in one regex."""
     groups: dict[str, list[list[str]]] = {}
     for phrase in phrases:
@@ -415,11 +355,11 @@ def _phrase_passes(phrases: Iterable[str]) -> list[_Pass]:
         regex = f"{head}{re.escape(first[j + 1 :])}(?:{tails})"
         reach = max(len(first) + sum(map(len, r)) + _WS * len(r) for r in rests)
         view = "lower" if all(w.isascii() for r in [[first], *rests] for w in r) else "ulower"
-        passes.append(_Pass(re.compile(regex), _phrase, reach, view, j))
+        passes.append(Pass(re.compile(regex), _phrase, reach, view, j))
     return passes
 
 
-def _custom_pass(name: str, pattern: str) -> _Pass:
+def custom_pass(name: str, pattern: str) -> Pass:
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -433,170 +373,4 @@ def _custom_pass(name: str, pattern: str) -> _Pass:
         reach = min(int(_parser.parse(pattern).getwidth()[1]), _CUSTOM_REACH_CAP)
     except Exception:
         reach = _CUSTOM_REACH_CAP
-    return _Pass(re.compile(fast), _whole(name), reach, "text", custom=True)
-
-
-_B64_40 = re.compile(r"[A-Za-z0-9/+]{40}")
-_HEX = re.compile(r"[0-9a-fA-F]+")
-
-
-class Scanner:
-    def __init__(
-        self,
-        custom_patterns: Iterable[tuple[str, str]] = (),
-        jailbreak_phrases: list[str] | None = None,
-    ) -> None:
-        phrases = DEFAULT_JAILBREAK_PHRASES if jailbreak_phrases is None else jailbreak_phrases
-        self._passes = _builtin_passes() + _phrase_passes(phrases)
-        self._passes += [_custom_pass(name, pattern) for name, pattern in custom_patterns]
-        paired = 40 + _PAIR_GAP + 20 + 1  # an AWS secret waiting for its key id
-        self.holdback: int = max(paired, *(p.reach for p in self._passes))
-
-    def scan(self, text: str) -> list[Finding]:
-        """Non-overlapping findings sorted by start."""
-        found = self._resolve(self._candidates(text))
-        return [Finding(c, n, s, e, text[s:e]) for s, e, n, c, _ in found]
-
-    def _candidates(self, text: str, pos: int = 0) -> list[_Cand]:
-        """Raw matches that start at or after `pos`: the valid ones, and the invalid ones
-        that reach the end (they may still become valid as a stream grows)."""
-        views, start, n = _Views(text), max(0, pos - _BACK), len(text)
-        out: list[_Cand] = []
-        key_ids: list[tuple[int, int]] = []
-        for p in self._passes:
-            src, i = getattr(views, p.view), start
-            # i past the end: a pattern that matches the empty string (a custom `x*`)
-            # would otherwise match at the end again and again, for ever.
-            while i <= len(src) and (m := p.regex.search(src, i)) is not None:
-                hit = p.fn(text, m, m.start() - p.back)
-                i = m.start() + 1  # a rejected match may hide a real one inside it
-                if hit is None:
-                    continue
-                name, s, e, ok = hit
-                if ok:
-                    i = max(i, e)
-                    if name == "aws_access_key_id":
-                        key_ids.append((s, e))
-                if s >= pos and (ok or e + 1 >= n):
-                    out.append(_Cand(s, e, name, "custom" if p.custom else _CATEGORY[name], ok))
-        for s, e in key_ids:  # a bare 40-character base64 value is a secret only near a key id
-            for m in _B64_40.finditer(text, max(0, s - _PAIR_GAP - 40), e + _PAIR_GAP + 40):
-                a, b, value = m.start(), m.end(), m.group()
-                edged = _before(text, a) not in _B64 and text[b : b + 1] not in _B64
-                if a >= pos and edged and _random_looking(value) and not _HEX.fullmatch(value):
-                    out.append(_Cand(a, b, "aws_secret_access_key", "secrets", True))
-        return out
-
-    @staticmethod
-    def _resolve(cands: list[_Cand]) -> list[_Cand]:
-        """Merge overlapping valid matches into one span named by the most specific: a
-        private key over anything inside it, secrets over PII, then the longer match,
-        then the detector listed first in CATEGORIES."""
-        good = sorted({c for c in cands if c.ok}, key=lambda c: (c.start, -c.end))
-        out: list[_Cand] = []
-        group: list[_Cand] = []
-        end = -1
-        for c in [*good, None]:
-            if group and (c is None or c.start >= end):
-                best = max(group, key=lambda g: (
-                    g.name == "private_key", -_CAT_RANK[g.category], g.end - g.start,
-                    -_RANK.get(g.name, len(_RANK)),
-                ))  # fmt: skip
-                out.append(best._replace(start=group[0].start, end=end))
-                group = []
-            if c is not None:
-                end = max(end, c.end) if group else c.end
-                group.append(c)
-        return out
-
-
-def redact(text: str, findings: list[Finding]) -> str:
-    """Replace each finding's span with "[REDACTED:<category>]"."""
-    out: list[str] = []
-    prev = 0
-    for f in sorted(findings, key=lambda f: f.start):
-        if f.end > prev:
-            out += [text[prev : max(f.start, prev)], f"[REDACTED:{f.category}]"]
-            prev = f.end
-    return "".join(out) + text[prev:]
-
-
-def value_hmac(key: bytes, value: str) -> str:
-    return hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-
-
-_KEY_END = re.compile(r"-----END [A-Z ]{0,20}PRIVATE KEY(?: BLOCK)?-----")
-
-
-class StreamRedactor:
-    """Sliding window over a streamed text. push() returns the text that is safe to release
-    now, already redacted per the actions; text that could still be the start of a secret is
-    held back (at most `holdback` chars, except inside an open private-key block, which is
-    held/redacted until its END line or the end of the stream). One redactor per stream;
-    an action of None releases the finding unchanged, like "log"."""
-
-    def __init__(self, scanner: Scanner, actions: Callable[[Finding], Action | None]) -> None:
-        self.scanner = scanner
-        self.actions = actions
-        self.findings: list[Finding] = []
-        self.blocked: Finding | None = None
-        self._ctx = ""  # released raw text, for what looks behind (labels, key ids, local parts)
-        self._buf = ""  # held raw text
-        self._base = 0  # stream offset of _buf[0]
-        self._key_open = False  # _buf starts with a private-key block that has no END yet
-        self._key_seen = 0
-        self._done = False
-
-    def push(self, text: str) -> str:
-        if self.blocked is not None or self._done or not text:
-            return ""
-        self._buf += text
-        # A growing key block is not rescanned until an END line arrives.
-        if self._key_open and not _KEY_END.search(self._buf, max(0, self._key_seen - 64)):
-            self._key_seen = len(self._buf)
-            return ""
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        if self.blocked is not None or self._done:
-            return ""
-        self._done = True
-        return self._release(final=True)
-
-    def _release(self, final: bool) -> str:
-        text, pos = self._ctx + self._buf, len(self._ctx)
-        n = len(text)
-        cands = self.scanner._candidates(text, pos)
-        found = self.scanner._resolve(cands)
-        cut = n
-        if not final:
-            cut = max(pos, n - self.scanner.holdback)
-            for c in cands:
-                if c.end + 1 >= n:  # may still grow: hold it whole
-                    cut = min(cut, c.start)
-            for f in found:
-                if f.start < cut < f.end:  # a closed key block goes out at its END line
-                    cut = f.end if f.name == "private_key" and f.end + 1 < n else f.start
-        out: list[str] = []
-        prev = pos
-        for s, e, name, category, _ in found:
-            if s >= cut:
-                break
-            finding = Finding(category, name, self._base + s - pos, self._base + e - pos, text[s:e])
-            self.findings.append(finding)
-            action = self.actions(finding)
-            if action == "block":
-                self.blocked = finding
-                self._ctx = self._buf = ""
-                return "".join(out) + text[prev:s]
-            redacted = action == "redact"
-            out += [text[prev:s], f"[REDACTED:{category}]"] if redacted else [text[prev:e]]
-            prev = e
-        out.append(text[prev:cut])
-        self._base += cut - pos
-        self._ctx, self._buf = text[max(0, cut - _BACK) : cut], text[cut:]
-        self._key_open = not final and any(
-            c.name == "private_key" and c.start == cut and c.end == n for c in cands
-        )
-        self._key_seen = len(self._buf)
-        return "".join(out)
+    return Pass(re.compile(fast), _whole(name), reach, "text", custom=True)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from addon.safety import CATEGORIES
+from addon.safety.detectors import CATEGORIES
 from addon.schema import Problem, Strict, problems_error
 
 SafetyAction = Literal["log", "redact", "block"]

@@ -14,8 +14,9 @@ import json
 
 from addon.config import SafetyAction, SafetySettings
 from addon.protocols.base import StreamEvent, WireProtocol
-from addon.safety import Finding, Scanner, StreamRedactor
-from addon.screening import TOKEN, Located
+from addon.safety.scanner import Finding, Scanner
+from addon.safety.screening import TOKEN, Located
+from addon.safety.stream_redactor import StreamRedactor
 from addon.streaming import render_sse
 
 
