@@ -344,7 +344,9 @@ def phrase_passes(phrases: Iterable[str]) -> list[Pass]:
         if not words:
             raise ValueError("jailbreak phrase is empty")
         groups.setdefault(words[0], []).append(words[1:])
-    passes, ws = [], f"\\s{{1,{_WS}}}"
+    # \x1c-\x1f are in Python's \s (these patterns are Unicode) and not in Hyperscan's:
+    # naming them keeps the prefilter's version of the pattern a superset.
+    passes, ws = [], f"[\\s\\x1c-\\x1f]{{1,{_WS}}}"
     for first, rests in groups.items():
         alts = sorted((ws.join(map(re.escape, r)) for r in rests), key=len, reverse=True)
         j = min(range(len(first)), key=lambda i: _RARITY.find(first[i]))

@@ -26,6 +26,7 @@ from addon.safety.detectors import (
     phrase_passes,
     random_looking,
 )
+from addon.safety.prefilter import Prefilter
 
 Action = Literal["log", "redact", "block"]
 
@@ -67,19 +68,34 @@ class _Cand(NamedTuple):
 
 
 class _Views:
-    """Same-length views of one text; each pass runs on one of them."""
+    """Same-length views of one text; each pass runs on one of them. The ASCII ones
+    start as bytes, which is what the prefilter scans; a pass decodes the view it runs on."""
 
     def __init__(self, text: str) -> None:
-        self.text, self._bytes = text, text.encode("ascii", "replace")
-        self.ascii = text if text.isascii() else self._bytes.decode()
+        self.text, self.ascii_bytes = text, text.encode("ascii", "replace")
+
+    def as_bytes(self, view: str) -> bytes:
+        return getattr(self, f"{view}_bytes")  # type: ignore[no-any-return]
+
+    @cached_property
+    def ascii(self) -> str:
+        return self.text if self.text.isascii() else self.ascii_bytes.decode()
+
+    @cached_property
+    def lower_bytes(self) -> bytes:
+        return self.ascii_bytes.lower()
 
     @cached_property
     def lower(self) -> str:
-        return self.ascii.lower()
+        return self.lower_bytes.decode()
+
+    @cached_property
+    def mask_bytes(self) -> bytes:
+        return self.ascii_bytes.translate(_MASK)
 
     @cached_property
     def mask(self) -> str:
-        return self._bytes.translate(_MASK).decode()
+        return self.mask_bytes.decode()
 
     @cached_property
     def ulower(self) -> str:  # U+0130 lowercases to two characters: keep the offsets
@@ -95,12 +111,14 @@ class Scanner:
         self,
         custom_patterns: Iterable[tuple[str, str]] = (),
         jailbreak_phrases: list[str] | None = None,
+        prefilter: bool = True,  # False: every pass scans every text (the bench and tests)
     ) -> None:
         phrases = DEFAULT_JAILBREAK_PHRASES if jailbreak_phrases is None else jailbreak_phrases
         self._passes = builtin_passes() + phrase_passes(phrases)
         self._passes += [custom_pass(name, pattern) for name, pattern in custom_patterns]
         paired = 40 + _PAIR_GAP + 20 + 1  # an AWS secret waiting for its key id
         self.holdback: int = max(paired, *(p.reach for p in self._passes))
+        self.prefilter = Prefilter(self._passes, enabled=prefilter)
 
     def scan(self, text: str) -> list[Finding]:
         """Non-overlapping findings sorted by start."""
@@ -113,7 +131,10 @@ class Scanner:
         views, start, n = _Views(text), max(0, pos - BACK), len(text)
         out: list[_Cand] = []
         key_ids: list[tuple[int, int]] = []
-        for p in self._passes:
+        live = self.prefilter.live(views)
+        for k, p in enumerate(self._passes):
+            if live is not None and k not in live:
+                continue
             src, i = getattr(views, p.view), start
             # i past the end: a pattern that matches the empty string (a custom `x*`)
             # would otherwise match at the end again and again, for ever.
