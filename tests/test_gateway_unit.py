@@ -144,6 +144,6 @@ def test_an_exception_on_the_reply_replaces_it_with_a_500(
 
 def test_the_default_policies_are_the_shipped_directory() -> None:
     # ./run.sh exports LLMGATE_POLICIES, which would hide a wrong default here.
-    from addon.gateway import http_hooks
+    from addon.gateway import options
 
-    assert (http_hooks._PROJECT_POLICIES / "default.yaml").is_file()
+    assert (options._PROJECT_POLICIES / "default.yaml").is_file()

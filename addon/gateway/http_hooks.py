@@ -1,25 +1,23 @@
 """The mitmproxy addon: thin hooks that hand each LLM call to `addon.pipeline`.
 
-This is the only module that knows about flows. Options are parsed and checked
-in `configure`; every hook starts with mitmproxy's guard idiom, because another
-addon (or llmgate itself) may already have answered the flow.
+With its child addons in this package, the only code that knows about flows.
+Options are declared and applied by `options` (from `load` and `configure`);
+every hook starts with mitmproxy's guard idiom, because another addon (or llmgate
+itself) may already have answered the flow.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Sequence
-from pathlib import Path
 
 import mitmproxy.flow
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 
 from addon import pipeline, planning
 from addon.call import Call, Rejection, Rewrite, describe_exception, new_request_id
-from addon.checks import config_warnings
-from addon.config import ConfigError, GatewayConfig, load_config
+from addon.config import GatewayConfig
 from addon.credentials import (
     Fields,
     SecretStore,
@@ -27,7 +25,7 @@ from addon.credentials import (
     replace_in_fields,
     strip_credential_params,
 )
-from addon.gateway import call_log, flow_notes
+from addon.gateway import call_log, flow_notes, options
 from addon.gateway.admission import bad_target, claimed_names, misdirected, too_large
 from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
@@ -40,26 +38,17 @@ from addon.gateway.websocket_hooks import WebSocketCalls, is_responses_websocket
 from addon.hosts import HostSet
 from addon.identity import Identifier
 from addon.keys import KeyStore
-from addon.ledger.db import ledger_location, local_state_path
 from addon.ledger.pricing import Pricer, load_pricing
-from addon.ledger.store import default_db_path
 from addon.ledger.writer import AuditWriter
 from addon.policy import effective_policy
 from addon.protocols import PROTOCOLS
 from addon.protocols.detect import detect_protocol, error_protocol
 from addon.quota import budget
-from addon.quota.worker import Quota, open_quota, quota_target
-from addon.safety.screening import build_scanner, load_hmac_key, redact_json
+from addon.quota.worker import Quota
+from addon.safety.screening import build_scanner, redact_json
 from addon.sessions import SESSION_HEADER, attribute
 
-_PROJECT_POLICIES = Path(__file__).resolve().parents[2] / "policies"  # addon/gateway/ -> root
-
-
 log = logging.getLogger("llmgate")
-
-
-def _pricing_path(policies: Path) -> Path:
-    return (policies if policies.is_dir() else policies.parent) / "pricing.yaml"
 
 
 def buffered_reply(call: Call) -> bool:
@@ -104,94 +93,10 @@ class Gateway:
         ctx.master.addons.add(lifter)
         flow_notes.register_view()  # the "LLM conversation" contentview
         call_log.spare_the_legacy_event()
-        loader.add_option(
-            "llmgate_policies",
-            str,
-            os.environ.get("LLMGATE_POLICIES", str(_PROJECT_POLICIES)),
-            "Policy file or directory (routes, policies). Env: LLMGATE_POLICIES.",
-        )
-        loader.add_option(
-            "llmgate_db",
-            str,
-            os.environ.get("LLMGATE_DB", default_db_path()),
-            "The audit ledger: a SQLite file path or a postgresql:// URL. Env: LLMGATE_DB.",
-        )
-        loader.add_option(
-            "llmgate_quota",
-            str,
-            os.environ.get("LLMGATE_QUOTA", ""),
-            "redis://host:port/db where quotas are counted, shared by many llmgate "
-            "processes; wins over the policy's quota.store. Empty: the policy's, else "
-            "SQLite beside the ledger. Env: LLMGATE_QUOTA.",
-        )
-        loader.add_option(
-            "llmgate_secrets",
-            str,
-            os.environ.get("LLMGATE_SECRETS", ""),
-            "File of NAME=value secrets for routes' api_key_secret. Env: LLMGATE_SECRETS.",
-        )
-        loader.add_option(
-            "llmgate_websocket",
-            bool,
-            os.environ.get("LLMGATE_WEBSOCKET", "true").lower() not in ("0", "false", "no"),
-            "Accept the Responses API over WebSocket on LLM hosts, each message a call. "
-            "False refuses the upgrade (426) and Codex falls back to HTTPS. "
-            "Env: LLMGATE_WEBSOCKET.",
-        )
+        options.declare(loader)
 
     def configure(self, updated: set[str]) -> None:
-        if "llmgate_policies" in updated:
-            policies = Path(ctx.options.llmgate_policies).expanduser()
-            try:
-                self.config = load_config(policies)
-                self.pricer = Pricer(load_pricing(_pricing_path(policies)))
-            except ConfigError as exc:
-                raise exceptions.OptionsError(str(exc)) from None
-            self._header_verdicts.clear()
-            try:
-                self.scanner = build_scanner(self.config.safety)
-            except ValueError as exc:
-                raise exceptions.OptionsError(f"{policies}: safety: {exc}") from None
-            self.hosts = HostSet(
-                self.config.intercepted_hosts(),
-                resolve=[*self.config.intercept_hosts, *(r.host for r in self.config.routes)],
-            )
-            # Only LLM hosts are decrypted; everything else stays an opaque tunnel.
-            updates: dict[str, object] = {
-                "allow_hosts": self.hosts.allow_patterns(),
-                "connection_strategy": "lazy",
-            }
-            if self.config.identity.proxy_auth:
-                if "proxyauth" not in ctx.options:
-                    raise exceptions.OptionsError("identity.proxy_auth needs mitmproxy's proxyauth")
-                updates["proxyauth"] = self.config.identity.proxy_auth
-            # Outside mitmdump/mitmweb (tests, embedding) some core options may be absent.
-            ctx.options.update(**{k: v for k, v in updates.items() if k in ctx.options})
-        if "llmgate_secrets" in updated:
-            try:
-                self.secrets = SecretStore(ctx.options.llmgate_secrets or None)
-            except ValueError as exc:
-                raise exceptions.OptionsError(str(exc)) from None
-        if "llmgate_db" in updated:
-            self._close_stores()
-            # A SQLite path or a postgresql:// URL; the quota file and the HMAC key
-            # stay on this machine (beside the SQLite file, or in the state directory).
-            db = ledger_location(ctx.options.llmgate_db)
-            local = local_state_path(db)
-            self.audit = AuditWriter(db, synchronous=self.config.audit.synchronous)
-            target = quota_target(ctx.options.llmgate_quota, self.config)
-            self.quota = open_quota(local, self.config, target)  # Redis, or SQLite beside
-            if target:  # the host only: a URL may carry a password
-                log.info("llmgate: quotas on redis at %s", target.split("@")[-1])
-            self.keys = KeyStore(db)
-            self.hmac_key = load_hmac_key(local.with_name(local.name + ".hmac-key"))
-            self.lifecycle.opened(db)
-        if {"llmgate_policies", "llmgate_db"} & updated:
-            self.identifier = Identifier(self.config.identity, self.keys)
-        if {"llmgate_policies", "llmgate_secrets"} & updated:
-            # What `llmgate check` warns about, said where the operator is looking.
-            for warning in config_warnings(self.config, self.pricer.table, self.secrets):
-                log.warning("llmgate: %s", warning)
+        options.configure(self, updated)
 
     def _close_stores(self) -> None:
         self.lifecycle.closed()
