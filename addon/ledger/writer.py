@@ -1,7 +1,7 @@
 """The ledger's background writer.
 
-The event loop never touches the database: hooks enqueue small operations and one
-writer thread applies them in batches, one transaction per batch (on SQLite one
+The event loop does not wait for the database: hooks enqueue small operations and
+one writer thread applies them in batches, one transaction per batch (on SQLite one
 `executemany` per statement shape; on PostgreSQL the same through psycopg 3, which
 pipelines each group in one round trip). `close()` drains the queue, so every row
 reaches the ledger on shutdown. A PostgreSQL connection that broke (the server
@@ -18,7 +18,11 @@ again. `health()` reports the counts.
 
 `insert_durably` is for rows that must be on disk before the call goes on: the
 writer commits as soon as it sees one (group commit, with whatever else is
-queued) instead of after the linger.
+queued) instead of after the linger. `insert_now` commits such a row on the
+caller's thread instead, only when that cannot wait (a free SQLite lock, no fsync).
+
+One class for one thread's state (queue, batch, connections, counts, faults), so it
+runs past the ~400-line mark rather than hand its internals to a second module.
 
 Test-only: LLMGATE_TEST_FAULTS, read when a writer is made, is a comma-separated
 list of faults to inject:
