@@ -4,6 +4,7 @@ compares the gated scanner with one that runs every pass over every text."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 
@@ -13,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from addon.safety.prefilter import prefilter_pattern
-from addon.safety.scanner import Scanner, _Views
+from addon.safety.scanner import PREFILTER_MIN_CHARS, Scanner, _Views
 from addon.safety.stream_redactor import StreamRedactor
 from tests.safety_corpus import CUSTOM_PATTERNS, NEGATIVES, POSITIVES
 
-GATED = Scanner(CUSTOM_PATTERNS)
+GATED = Scanner(CUSTOM_PATTERNS, prefilter_from=0)  # every text through the gate
 FULL = Scanner(CUSTOM_PATTERNS, prefilter=False)
 FRAGMENTS = [p[0] for p in POSITIVES] + list(NEGATIVES)
 
@@ -87,7 +88,7 @@ def test_the_literal_prefix_idiom_is_written_out_for_hyperscan() -> None:
 
 
 def test_a_failing_hyperscan_scan_runs_every_pass() -> None:
-    scanner = Scanner()
+    scanner = Scanner(prefilter_from=0)
     text = "card 4111 1111 1111 1111, mail jane.doe@acme-corp.com"
     want = Scanner(prefilter=False).scan(text)
     # A real Hyperscan error: scratch space allocated for another database.
@@ -98,8 +99,26 @@ def test_a_failing_hyperscan_scan_runs_every_pass() -> None:
     assert scanner.scan(text) == want and len(want) == 2
 
 
+def test_short_texts_skip_the_prefilter_and_long_ones_use_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seen through a real Hyperscan error (scratch space of another database): only
+    a text of PREFILTER_MIN_CHARS or more reaches Hyperscan, and both find the same."""
+    scanner = Scanner()
+    other = hyperscan.Database()
+    other.compile(expressions=[b"abc"])
+    scanner.prefilter._scratch.spaces = {"ascii": hyperscan.Scratch(other)}
+    short = "mail jane.doe@acme-corp.com"
+    long = short + " " * (PREFILTER_MIN_CHARS - len(short))
+    with caplog.at_level(logging.WARNING, logger="addon.safety.prefilter"):
+        assert [f.detector for f in scanner.scan(short)] == ["email"]
+        assert not caplog.records
+        assert [f.detector for f in scanner.scan(long)] == ["email"]
+        assert "every detector ran" in caplog.text
+
+
 def test_threads_scan_at_once_each_with_its_own_scratch() -> None:
-    scanner = Scanner(CUSTOM_PATTERNS)
+    scanner = Scanner(CUSTOM_PATTERNS, prefilter_from=0)
     texts = FRAGMENTS * 3
     want = [FULL.scan(t) for t in texts]
     got: dict[int, list[object]] = {}
