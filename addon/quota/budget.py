@@ -81,11 +81,12 @@ def ratelimit_headers(states: list[WindowState], now: float) -> dict[str, str]:
     still reach the caller unchanged.
     """
     headers: dict[str, str] = {}
+    left = [(state, state.remaining()) for state in states]  # once per window, not per kind
     for kind, limit_name in _LIMITS.items():
         tightest = None
-        for state in states:
+        for state, remainders in left:
             limit = getattr(state.window, limit_name)
-            remaining = state.remaining().get(limit_name)
+            remaining = remainders.get(limit_name)
             if limit is None or remaining is None:
                 continue
             if tightest is None or remaining < tightest[1]:
