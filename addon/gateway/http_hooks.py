@@ -71,7 +71,7 @@ class Gateway:
         self.hmac_key = b""
         self.calls: dict[str, Call] = {}
         self.masking = FlowMasking()
-        self._header_verdicts: dict[bytes, bool] = {}
+        self.header_verdicts: dict[bytes, bool] = {}
         self.request_id_header = REQUEST_ID_HEADER
         self.recorder = CallRecorder(self)
         self.replies = HttpReplies(self)
@@ -98,7 +98,7 @@ class Gateway:
     def configure(self, updated: set[str]) -> None:
         options.configure(self, updated)
 
-    def _close_stores(self) -> None:
+    def close_stores(self) -> None:
         self.lifecycle.closed()
         for store in (self.audit, self.quota, self.keys):
             if store is not None:
@@ -111,7 +111,7 @@ class Gateway:
         try:
             await self.lifecycle.drain(self.config.audit.drain_seconds)
         finally:
-            self._close_stores()
+            self.close_stores()
             flow_notes.unregister_view()
 
     # --- request -----------------------------------------------------------------
@@ -302,12 +302,12 @@ class Gateway:
         """
         if not self.config.safety.enabled:
             return False
-        found = self._header_verdicts.get(value)
+        found = self.header_verdicts.get(value)
         if found is None:
-            if len(self._header_verdicts) > 4096:
-                self._header_verdicts.clear()
+            if len(self.header_verdicts) > 4096:
+                self.header_verdicts.clear()
             found = bool(self.scanner.scan(value.decode("latin-1")))
-            self._header_verdicts[value] = found
+            self.header_verdicts[value] = found
         return found
 
     @staticmethod

@@ -84,7 +84,7 @@ def configure(gateway: Gateway, updated: set[str]) -> None:
             gateway.pricer = Pricer(load_pricing(_pricing_path(policies)))
         except ConfigError as exc:
             raise exceptions.OptionsError(str(exc)) from None
-        gateway._header_verdicts.clear()
+        gateway.header_verdicts.clear()
         try:
             gateway.scanner = build_scanner(gateway.config.safety)
         except ValueError as exc:
@@ -110,7 +110,7 @@ def configure(gateway: Gateway, updated: set[str]) -> None:
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
     if "llmgate_db" in updated:
-        gateway._close_stores()
+        gateway.close_stores()
         # A SQLite path or a postgresql:// URL; the quota file and the HMAC key
         # stay on this machine (beside the SQLite file, or in the state directory).
         db = ledger_location(ctx.options.llmgate_db)

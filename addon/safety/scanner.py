@@ -3,7 +3,8 @@
 
 Every pass of `detectors` runs on one same-length view of the text (`_Views`). Non-ASCII
 text is scanned through an ASCII copy ("?" per other character), so that every view keeps
-the text's offsets.
+the text's offsets. On a text of PREFILTER_MIN_CHARS or more, `prefilter` first says
+which passes can match at all, and only those run.
 """
 
 from __future__ import annotations
