@@ -199,3 +199,13 @@ def test_a_custom_pattern_runs_on_the_text_itself() -> None:
     scanner = Scanner([("cafe", r"café-[0-9]{3}"), ("ticket", r"\bACME-[0-9]{4}\b")])
     assert found("order café-123 ok", scanner) == [("cafe", "café-123")]
     assert found("see ACME-1234 and xACME-1234", scanner) == [("ticket", "ACME-1234")]
+
+
+def test_a_finding_that_ends_exactly_at_the_release_edge_goes_out_at_once() -> None:
+    """The edge is `holdback` characters before the end: a finding ending right there
+    is whole, so it is released (redacted) now, not held for the next push."""
+    scanner = Scanner()
+    email = "mail jane.doe@acme-corp.com"
+    text = email + " " * scanner.holdback
+    redactor = StreamRedactor(scanner, lambda f: "redact")
+    assert redactor.push(text) == "mail [REDACTED:pii]"
