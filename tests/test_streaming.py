@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 
 import pytest
@@ -63,6 +64,40 @@ def test_parse_sse_block_joins_data_lines_and_reads_the_name() -> None:
     event = parse_sse_block(b'event: delta\r\ndata: {"a":\ndata: 1}\r\n: comment')
     assert event == StreamEvent(data='{"a":\n1}', event="delta")
     assert parse_sse_block(b": keep-alive") is None
+
+
+def _sse_block_by_the_spec(block: bytes) -> StreamEvent | None:
+    """The WHATWG reading, line by line, written plainly: what parse_sse_block must equal."""
+    name, data = None, []
+    for line in re.split(r"\r\n|\r|\n", block.decode("utf-8", errors="replace")):
+        if not line or line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    return StreamEvent(data="\n".join(data), event=name) if data else None
+
+
+_sse_piece = st.sampled_from(
+    [b"data", b"event", b"id", b":", b": ", b" ", b"  ", b"\r", b"\n", b"\r\n", b"x", b"{}",
+     "\u00e9".encode(), b"\xff", b"\xe2\x82"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_sse_piece, max_size=30))
+def test_parse_sse_block_reads_any_block_as_the_spec_does(pieces: list[bytes]) -> None:
+    block = b"".join(pieces)
+    assert parse_sse_block(block) == _sse_block_by_the_spec(block)
+
+
+def test_a_huge_single_line_event_is_read_whole() -> None:
+    """A runaway upstream's one endless data line (bench case `hostile`: 125 MiB)."""
+    value = "x" * (4 << 20)
+    assert parse_sse_block(f"data: {value}".encode()) == StreamEvent(data=value)
 
 
 @pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
