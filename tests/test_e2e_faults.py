@@ -42,15 +42,20 @@ class _PlainHttpOnly(socketserver.BaseRequestHandler):
         self.request.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
 
 
-@pytest.fixture(scope="module")
-def plain_http_upstream() -> Iterator[int]:
-    """Where a TLS handshake fails: the server answers a ClientHello in plain HTTP."""
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _PlainHttpOnly)
+def _serving(handler: type[socketserver.BaseRequestHandler]) -> Iterator[int]:
+    """A raw TCP upstream on a free port, each connection answered by `handler`."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def plain_http_upstream() -> Iterator[int]:
+    """Where a TLS handshake fails: the server answers a ClientHello in plain HTTP."""
+    yield from _serving(_PlainHttpOnly)
 
 
 class _AlwaysStreams(socketserver.BaseRequestHandler):
@@ -65,12 +70,7 @@ class _AlwaysStreams(socketserver.BaseRequestHandler):
 @pytest.fixture(scope="module")
 def streaming_upstream() -> Iterator[int]:
     """Answers every call, buffered ones too, with an SSE stream."""
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _AlwaysStreams)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    yield from _serving(_AlwaysStreams)
 
 
 @pytest.fixture(scope="module")
