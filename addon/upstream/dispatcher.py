@@ -5,10 +5,10 @@ itself, with an HTML 502 that names the internal address and carries no request
 id, and it has no read timeout at all. So the gateway points each decided HTTP
 call at this loopback listener instead, and files the decided request here as a
 single-use `Ticket` under an unguessable token (the flow carries only the
-token). The dispatcher sends the ticket's request upstream with aiohttp (pooled,
-C parser; DESIGN.md measured httpx at twice the cost and less than half the
-throughput), streams the reply back to mitmproxy as it arrives, and answers
-every fault in the caller's own wire format:
+token). The dispatcher sends the ticket's request upstream with its own pooled
+HTTP/1.1 client (`addon.upstream.client`: llhttp's C parser on asyncio's transports;
+aiohttp's client cost four times as much per call), streams the reply back to
+mitmproxy as it arrives, and answers every fault in the caller's own wire format:
 
 - unreachable, DNS, TLS: 502; connect or first-byte timeout: 504;
 - a buffered reply is read whole before it is answered, so a reset or a stall
@@ -29,14 +29,13 @@ import logging
 import os
 import ssl
 import time
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from addon.call import Call, describe_exception
 from addon.upstream.attempts import RETRY_STATUSES, attempt_row
+from addon.upstream.client import ConnectTimeout, UpstreamClient, UpstreamReply
 from addon.upstream.failures import AUDIT_UNAVAILABLE, UpstreamFailure, classify, refused
 from addon.upstream.tickets import (
     DISPATCH_HEADER,
@@ -50,9 +49,6 @@ from addon.upstream.tickets import (
     read_all,
 )
 from addon.upstream.translated import translated_buffered, translated_stream
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("llmgate")
 
@@ -73,7 +69,6 @@ _HOP_BY_HOP = frozenset(
         DISPATCH_HEADER,
     }
 )
-_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 def stream_framing(call: Call, status: int, content_type: str) -> str | None:
@@ -132,7 +127,7 @@ class TokenPool:
 class Dispatcher:
     def __init__(self) -> None:
         self._tickets: dict[str, Ticket] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._listener: asyncio.Server | None = None
         self._server: web.Server | None = None
         self.port = 0
@@ -144,19 +139,9 @@ class Dispatcher:
         return self._listener is not None
 
     async def start(self, ssl_context: ssl.SSLContext) -> None:
-        connector = aiohttp.TCPConnector(
-            ssl=ssl_context, limit=0, ttl_dns_cache=10, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            # HTTPS_PROXY in llmgate's own environment would send calls through itself.
-            trust_env=False,
-            # One session serves every caller: no cookie may pass between them.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None),
-            skip_auto_headers=_AUTO_HEADERS,
-        )
+        # No proxy from the environment (llmgate's own HTTPS_PROXY would loop), no
+        # cookies (one client serves every caller), no added headers, no decoding.
+        self._client = UpstreamClient(ssl_context)
         self._server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(self._server, "127.0.0.1", 0)
@@ -169,9 +154,9 @@ class Dispatcher:
         if self._server is not None:
             await self._server.shutdown(0.1)
             self._server = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     def file(self, ticket: Ticket) -> str:
         """Keep a decided request until mitmproxy brings its flow; returns its token."""
@@ -251,28 +236,20 @@ class Dispatcher:
                 upstream.close()
         raise AssertionError("a ticket has at least one leg")
 
-    async def _open(self, ticket: Ticket, leg: Leg) -> aiohttp.ClientResponse | UpstreamFailure:
+    async def _open(self, ticket: Ticket, leg: Leg) -> UpstreamReply | UpstreamFailure:
         """Send the request and wait for the reply's headers, under the leg's timeouts."""
-        assert self._session is not None
+        assert self._client is not None
         limits = leg.timeouts
         body = leg.body if leg.body or ticket.method not in ("GET", "HEAD") else None
         deadline = asyncio.timeout(limits.connect + limits.first_byte)
         try:
             async with deadline:
-                return await self._session.request(
-                    ticket.method,
-                    URL(leg.url, encoded=True),
-                    headers=leg.headers,
-                    data=body,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, connect=limits.connect, sock_connect=limits.connect
-                    ),
+                return await self._client.request(
+                    ticket.method, leg.url, leg.headers, body, limits.connect
                 )
         except Exception as exc:  # noqa: BLE001 - every fault is answered, none escapes
-            # aiohttp may turn the deadline's cancellation into an error of its own.
             fault = TimeoutError() if deadline.expired() else exc
-            connecting = isinstance(fault, aiohttp.ConnectionTimeoutError)
+            connecting = isinstance(fault, ConnectTimeout)
             seconds = limits.connect if connecting else limits.first_byte
             return classify(fault, leg.route, "first_byte", seconds)
 
@@ -293,7 +270,7 @@ class Dispatcher:
     async def _reply(
         self,
         request: web.BaseRequest | None,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamReply,
         ticket: Ticket,
         leg: Leg,
     ) -> web.StreamResponse:
@@ -317,7 +294,7 @@ class Dispatcher:
         return answer_failure(call, failure)
 
     async def _buffered(
-        self, upstream: aiohttp.ClientResponse, ticket: Ticket, leg: Leg
+        self, upstream: UpstreamReply, ticket: Ticket, leg: Leg
     ) -> web.StreamResponse:
         """Read the whole reply first: a fault midway is then still a clean answer."""
         try:
@@ -331,7 +308,7 @@ class Dispatcher:
     async def _streamed(
         self,
         request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamReply,
         ticket: Ticket,
         leg: Leg,
         framing: str,
@@ -346,7 +323,7 @@ class Dispatcher:
         idle = leg.timeouts.idle
         try:
             async with asyncio.timeout(idle) as quiet:
-                async for chunk in upstream.content.iter_any():
+                async for chunk in upstream.chunks():
                     await reply.write(chunk)
                     sent_any = True
                     if call.tap is not None and call.tap.failure is not None:
@@ -375,7 +352,7 @@ def _streamed_anyway(route: str) -> UpstreamFailure:
     )
 
 
-def _copy_headers(upstream: aiohttp.ClientResponse, reply: web.StreamResponse) -> None:
+def _copy_headers(upstream: UpstreamReply, reply: web.StreamResponse) -> None:
     for name, value in upstream.raw_headers:
         text = name.decode("latin-1")
         if text.lower() not in _HOP_BY_HOP:

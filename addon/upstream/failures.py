@@ -11,9 +11,15 @@ import ssl
 from dataclasses import dataclass
 from typing import Literal
 
-import aiohttp
-
 from addon.call import Rejection
+from addon.upstream.client import (
+    ConnectFailed,
+    ConnectTimeout,
+    HostNotFound,
+    InvalidRequest,
+    MalformedReply,
+    UpstreamTLSError,
+)
 
 Phase = Literal["connect", "first_byte", "body"]
 
@@ -67,23 +73,30 @@ def timed_out(route: str, phase: Phase, seconds: float) -> UpstreamFailure:
 
 def classify(exc: BaseException, route: str, phase: Phase, seconds: float) -> UpstreamFailure:
     """An exception of the upstream exchange, as the caller and the ledger see it."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimeout):
         return timed_out(route, "connect", seconds)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return timed_out(route, phase, seconds)
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, HostNotFound):
         return _unreachable(route, "its host name did not resolve", "upstream_dns_failure")
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+    if isinstance(exc, UpstreamTLSError | ssl.SSLError):
         return _unreachable(route, "the TLS handshake failed", "upstream_tls_error")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return _unreachable(route, "the connection was refused or failed", "upstream_unreachable")
+    if isinstance(exc, InvalidRequest):
+        return UpstreamFailure(
+            400,
+            "invalid_request_error",
+            f"llmgate cannot send this request upstream as HTTP/1.1 ({exc}); fix the request",
+            sent=False,
+        )
     if phase == "body":
         return UpstreamFailure(
             502,
             "upstream_reset",
             f"the upstream of route '{route}' broke off its reply midway; retry the call",
         )
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, MalformedReply):
         return UpstreamFailure(
             502,
             "upstream_protocol_error",

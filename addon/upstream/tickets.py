@@ -9,7 +9,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from addon.call import Attempt, Call, Rejection
@@ -18,6 +17,7 @@ from addon.upstream.failures import UpstreamFailure
 
 if TYPE_CHECKING:
     from addon.protocols import WireProtocol
+    from addon.upstream.client import UpstreamReply
 
 DISPATCH_HEADER = "x-llmgate-dispatch"
 # aiohttp's server fills in Date, Server and Content-Type when the reply has none;
@@ -88,11 +88,13 @@ def answer_failure(call: Call, failure: UpstreamFailure) -> web.Response:
     return error_reply(call, failure)
 
 
-async def read_all(upstream: aiohttp.ClientResponse, idle: float) -> bytes:
+async def read_all(upstream: UpstreamReply, idle: float) -> bytes:
+    if upstream.complete:
+        return await upstream.read()  # it all came with the head: nothing to wait for
     loop = asyncio.get_running_loop()
     parts: list[bytes] = []
     async with asyncio.timeout(idle) as quiet:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.chunks():
             parts.append(chunk)
             quiet.reschedule(loop.time() + idle)
     return b"".join(parts)

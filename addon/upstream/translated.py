@@ -12,6 +12,7 @@ from aiohttp import web
 from addon.call import describe_exception
 from addon.streaming import EventTooLarge
 from addon.translate.reply import Translation
+from addon.upstream.client import UpstreamError, UpstreamReply
 from addon.upstream.failures import UpstreamFailure, classify
 from addon.upstream.tickets import FILLED_IN_HEADER, Leg, Ticket, answer_failure, read_all
 
@@ -19,10 +20,10 @@ log = logging.getLogger("llmgate")
 
 # The upstream's rate-limit hints stay meaningful in any protocol.
 _KEPT_HEADERS = ("retry-after", "retry-after-ms")
-_NETWORK_FAULTS = (aiohttp.ClientError, OSError, TimeoutError)
+_NETWORK_FAULTS = (UpstreamError, OSError, TimeoutError)
 
 
-def _headers(upstream: aiohttp.ClientResponse, content_type: str) -> dict[str, str]:
+def _headers(upstream: UpstreamReply, content_type: str) -> dict[str, str]:
     headers = {"content-type": content_type, FILLED_IN_HEADER: "Date,Server"}
     for name in _KEPT_HEADERS:
         if name in upstream.headers:
@@ -46,7 +47,7 @@ def _untranslatable(leg: Leg, translation: Translation, exc: BaseException) -> U
 
 
 async def translated_buffered(
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamReply,
     ticket: Ticket,
     leg: Leg,
     translation: Translation,
@@ -78,7 +79,7 @@ async def translated_buffered(
 
 async def translated_stream(
     request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamReply,
     ticket: Ticket,
     leg: Leg,
     translation: Translation,
@@ -97,7 +98,7 @@ async def translated_stream(
     idle = leg.timeouts.idle
     try:
         async with asyncio.timeout(idle) as quiet:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 out = stream.feed(chunk)
                 if out:
                     await reply.write(out)
