@@ -73,6 +73,27 @@ def streaming_upstream() -> Iterator[int]:
     yield from _serving(_AlwaysStreams)
 
 
+class _Garbled(socketserver.BaseRequestHandler):
+    """Answers with bytes that are not HTTP, or with a head that never ends."""
+
+    def handle(self) -> None:
+        request = self.request.recv(65536)
+        if b"endless-head" not in request:
+            self.request.sendall(b"HELLO THIS IS NOT HTTP\r\n\r\n")
+            return
+        self.request.sendall(b"HTTP/1.1 200 OK\r\nX-Flood: ")
+        try:
+            while True:  # until llmgate hangs up
+                self.request.sendall(b"a" * 65536)
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def garbled_upstream() -> Iterator[int]:
+    yield from _serving(_Garbled)
+
+
 @pytest.fixture(scope="module")
 def faulty(
     tmp_path_factory: pytest.TempPathFactory,
@@ -81,6 +102,7 @@ def faulty(
     silent_upstream: Listener,
     plain_http_upstream: int,
     streaming_upstream: int,
+    garbled_upstream: int,
 ) -> Iterator[Proxy]:
     closed_port = free_port()  # nothing listens there
     emu = emulator_server.url
@@ -104,6 +126,9 @@ def faulty(
                  api_key_secret: UPSTREAM_ANTHROPIC_KEY, first_byte_timeout_s: 1}}
               - {{id: sse, model_pattern: "gpt-sse-*", provider: openai,
                  endpoint: "http://127.0.0.1:{streaming_upstream}",
+                 api_key_secret: UPSTREAM_OPENAI_KEY}}
+              - {{id: garbled, model_pattern: "gpt-garbled-*", provider: openai,
+                 endpoint: "http://127.0.0.1:{garbled_upstream}",
                  api_key_secret: UPSTREAM_OPENAI_KEY}}
               - {{id: slow, model_pattern: "claude-slow*", provider: anthropic,
                  endpoint: "http://127.0.0.1:{silent_upstream.port}",
@@ -203,6 +228,22 @@ def test_a_buffered_call_answered_with_a_stream_is_refused(faulty: Proxy) -> Non
     assert b"unscreened" not in response.content
     row = faulty.row(response.headers[REQUEST_ID])
     assert (row["status"], row["http_status"]) == ("failed", 502)
+
+
+@pytest.mark.parametrize("model", ["gpt-garbled-x", "gpt-garbled-endless-head"])
+def test_a_reply_that_is_not_http_or_never_ends_its_head_is_a_502(
+    faulty: Proxy, model: str
+) -> None:
+    response = chat(faulty, model)
+    body = assert_error_format("openai", response, 502, "upstream_protocol_error")
+    assert "route 'garbled' answered with a malformed HTTP reply" in body["error"]["message"]
+    assert_no_internal_address(response)
+    row = faulty.row(response.headers[REQUEST_ID])
+    assert (row["status"], row["http_status"], row["reason"]) == (
+        "failed",
+        502,
+        "upstream_protocol_error",
+    )
 
 
 def test_a_buffered_call_its_client_abandons_is_cancelled_and_cut_upstream(

@@ -233,6 +233,33 @@ def test_a_malformed_reply_is_a_protocol_error(reply: bytes) -> None:
     run(main())
 
 
+@pytest.mark.parametrize(
+    ("start", "flood"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Flood: ", b"a" * 4096),
+        (b"HTTP/1.1 200 OK\r\n", b"X-Many: a\r\n" * 400),
+        (b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 200),
+    ],
+    ids=["one-endless-header", "endless-headers", "endless-interim-replies"],
+)
+def test_a_head_that_never_ends_is_refused_with_bounded_memory(start: bytes, flood: bytes) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, s: Server) -> None:
+        await s.read_request(reader)
+        writer.write(start)
+        while True:  # until the client hangs up
+            writer.write(flood)
+            await writer.drain()
+
+    async def main() -> None:
+        client = plain_client()
+        async with Server(script) as s:
+            with pytest.raises(MalformedReply, match="head ran past"):
+                await client.request("POST", s.url, [], b"{}", 5)
+        await client.close()
+
+    run(main())
+
+
 def test_a_head_reply_has_no_body_whatever_its_length_says() -> None:
     async def main() -> None:
         client = plain_client()

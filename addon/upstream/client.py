@@ -42,6 +42,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 IDLE_S = 15.0
 # At most this many idle connections per upstream are kept.
 MAX_IDLE = 64
+# A reply head (status line, headers, interim replies) longer than this is refused:
+# llhttp keeps no limit of its own, and httptools gathers a header in memory.
+MAX_HEAD_BYTES = 64 << 10
 # Body bytes received but not yet taken by the reader, past which reading pauses.
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
@@ -241,12 +244,14 @@ class _Connection(asyncio.Protocol):
         self._sized = False  # the reply's end is known before the connection closes
         self._reusable = False
         self._paused = False
+        self._head_bytes = 0  # received while the head is still incomplete
 
     def send(self, data: bytes, head_only: bool) -> asyncio.Future[UpstreamReply]:
         assert self.transport is not None and self._reply is None
         self._reply = UpstreamReply(self)
         self._head = asyncio.get_running_loop().create_future()
         self._head_only = head_only
+        self._head_bytes = 0
         self.transport.write(data)
         return self._head
 
@@ -274,10 +279,16 @@ class _Connection(asyncio.Protocol):
         if self._reply is None:
             self.abort()  # bytes nobody asked for: this connection is not to be trusted
             return
+        if self._head is not None and self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(MalformedReply(f"the reply's head ran past {MAX_HEAD_BYTES} bytes"))
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(MalformedReply(f"malformed HTTP reply: {exc}"))
+            return
+        if self._head is not None:
+            self._head_bytes += len(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
