@@ -73,25 +73,27 @@ _KNOWN_STATUSES = frozenset(s.value for s in HTTPStatus)
 
 
 class _ClientWatch:
-    """Cancels `exchange` once the flow's client has closed its side."""
+    """Cancels `task` (the hook's own) once the flow's client has closed its side."""
 
-    def __init__(self, flow: http.HTTPFlow, exchange: asyncio.Future[object]) -> None:
+    def __init__(self, flow: http.HTTPFlow, task: asyncio.Task[object]) -> None:
         self._flow = flow
-        self._exchange = exchange
+        self._task = task
         self.cut = False
-        self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK_S, self._check)
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            CLIENT_CHECK_S, self._check
+        )
 
     def _check(self) -> None:
-        if self._exchange.done():
-            return
         if not self._flow.client_conn.state & ConnectionState.CAN_READ:
             self.cut = True
-            self._exchange.cancel()
+            self._task.cancel()
             return
         self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK_S, self._check)
 
     def stop(self) -> None:
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None  # no cycle through the timer's callback
 
 
 class HandOff:
@@ -183,13 +185,17 @@ class HandOff:
         mitmproxy holds back a client's disconnect while a hook runs, so the client
         is watched meanwhile: if it leaves, the exchange is cut (the upstream
         connection closed, as the listener's would be) and False returned."""
-        exchange = asyncio.ensure_future(self.dispatcher.exchange(ticket))
-        watch = _ClientWatch(flow, exchange)
+        # Awaited in the hook's own task, which the watch cancels: a task of its own
+        # would cost an object and a turn of the loop per call.
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _ClientWatch(flow, task)
         try:
-            reply = await exchange
+            reply = await self.dispatcher.exchange(ticket)
         except asyncio.CancelledError:
             if not watch.cut:
                 raise
+            task.uncancel()  # the cancel was the watch's, and it is handled here
             return False
         finally:
             watch.stop()
