@@ -130,6 +130,55 @@ def case_throughput(bench: Bench) -> CaseResult:
     )
 
 
+FLOOR_VARIANTS = ("bare", "hook-reply", "llmgate")
+
+
+def case_floor(bench: Bench) -> CaseResult:
+    """How much of llmgate's cost any addon that answers from its request hook pays:
+    bare mitmdump, mitmdump whose request hook answers at once (bench/hook_reply.py, no
+    upstream), and llmgate, interleaved at `--connections`."""
+    n = bench.s.connections
+    reps = bench.interleaved(
+        lambda v: bench.load(bench.proxy(v), n, bench.s.throughput_s), FLOOR_VARIANTS
+    )
+    rps = per_rep(reps, "rps")
+    cpu = per_rep(reps, "cpu_us_per_request")
+    budget = cpu["bare"] / 0.85
+    return CaseResult(
+        "floor",
+        f"Floor: mitmproxy's own cost of a call answered from the request hook, {n} connections",
+        [
+            Row(
+                f"requests/s (bare mitmdump: {rps['bare']:.0f})",
+                f"{rps['hook-reply']:.0f}",
+                f"{rps['llmgate']:.0f}",
+                f"llmgate/floor {rps['llmgate'] / rps['hook-reply']:.3f}; "
+                f"vs bare: floor {rps['hook-reply'] / rps['bare']:.3f}, "
+                f"llmgate {rps['llmgate'] / rps['bare']:.3f}",
+            ),
+            Row(
+                f"proxy CPU per request (bare mitmdump: {cpu['bare']:.0f} µs)",
+                f"{cpu['hook-reply']:.0f} µs",
+                f"{cpu['llmgate']:.0f} µs",
+                f"llmgate's own work {cpu['llmgate'] - cpu['hook-reply']:+.0f} µs",
+            ),
+            Row(
+                "llmgate's budget at 0.85 of bare (bare's CPU / 0.85, less the floor)",
+                "",
+                f"{budget - cpu['hook-reply']:.0f} µs",
+                f"spent: {cpu['llmgate'] - cpu['hook-reply']:.0f} µs",
+            ),
+        ],
+        reps,
+        [
+            f"requests/s per repetition: {spread(reps, 'rps', '{:.0f}')}",
+            f"proxy CPU µs per request per repetition: "
+            f"{spread(reps, 'cpu_us_per_request', '{:.0f}')}",
+        ],
+        variants=("hook-reply", "llmgate"),
+    )
+
+
 def case_latency(bench: Bench) -> CaseResult:
     reps = bench.interleaved(lambda v: bench.load(bench.proxy(v), 1, bench.s.latency_s))
     p50 = per_rep(reps, "p50_us")

@@ -110,12 +110,20 @@ class Variant:
     policy_files: tuple[tuple[str, str], ...] = ()  # extra policy files: (file name, YAML)
     expect_headers: tuple[bytes, ...] = ()  # the check call's reply must carry these
     routes: str = ROUTE_YAML  # the route table (bench.yaml), formatted with upstream_port
+    script: Path | None = None  # another `-s` script instead (a variant with addon=False)
 
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("bare", "bare mitmdump"),
+        # The `floor` case: mitmdump answering every call from its request hook, with
+        # no upstream (bench/hook_reply.py).
+        Variant(
+            "hook-reply",
+            "mitmdump, a request hook that answers",
+            script=Path(__file__).resolve().parent / "hook_reply.py",
+        ),
         Variant("llmgate", "llmgate", addon=True),
         Variant(
             "llmgate-nosafety",
@@ -324,6 +332,8 @@ class Proxy:
         ]  # fmt: skip
         for option in self.options:
             args += ["--set", option]
+        if self.variant.script is not None:
+            args += ["-s", str(self.variant.script)]
         if self.variant.addon:
             slug = self.log_path.stem
             policies = self.workdir / f"{slug}-policies"

@@ -94,6 +94,7 @@ from bench.measure import Bench, Case, CaseResult  # noqa: E402
 CASES: list[Case] = [
     Case("throughput", cases.case_throughput),
     Case("latency", cases.case_latency),
+    Case("floor", cases.case_floor),
     Case("streaming", cases.case_streaming),
     Case("quota", cases.case_quota),
     Case("audit", cases.case_audit),

@@ -303,7 +303,7 @@ def test_a_request_that_would_change_meaning_on_the_wire_is_refused(
     with pytest.raises(InvalidRequest) as caught:
         encode_request(method, parse_url(url), headers, b"{}")
     failure = classify(caught.value, "r", "first_byte", 1)
-    assert (failure.status, failure.reason, failure.sent) == (400, "invalid_request_error", False)
+    assert (failure.status, failure.reason, failure.sent) == (400, "unsendable_request", False)
     assert "\r" not in failure.message and "pw" not in failure.message
 
 

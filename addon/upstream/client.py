@@ -198,7 +198,8 @@ class UpstreamReply:
             if self._parts:
                 data = self._parts.popleft()
                 self._pending -= len(data)
-                if self._pending < LOW_WATER:
+                if self._pending < LOW_WATER and not self.complete:
+                    # Once whole, the connection may carry another reply: not ours to resume.
                     self._connection.resume()
                 yield data
             elif self._error is not None:
@@ -405,7 +406,9 @@ class UpstreamClient:
         now = time.monotonic()
         while idle:
             connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < IDLE_S:
+            transport = connection.transport
+            fresh = now - connection.idle_since < IDLE_S
+            if fresh and not connection.closed and transport and not transport.is_closing():
                 return connection
             connection.abort()
         return None

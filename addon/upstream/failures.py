@@ -86,7 +86,7 @@ def classify(exc: BaseException, route: str, phase: Phase, seconds: float) -> Up
     if isinstance(exc, InvalidRequest):
         return UpstreamFailure(
             400,
-            "invalid_request_error",
+            "unsendable_request",
             f"llmgate cannot send this request upstream as HTTP/1.1 ({exc}); fix the request",
             sent=False,
         )
