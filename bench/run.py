@@ -8,7 +8,8 @@ same caller on an openai route, buffered (`translation`) and streamed
 (`translation-stream`), and the fleet cases: one quota window on Redis against no
 quota at one connection, SQLite beside it (`quota_redis`), and 1, 2 and 3 llmgate
 processes sharing one Redis and one PostgreSQL ledger against as many bare mitmdumps
-(`fleet`), in one run.
+(`fleet`), and mitmproxy's own floor for a call answered from the request hook
+(`floor`: bare, `bench/hook_reply.py`, llmgate), in one run.
 
     ./run.sh bench                 full run (about 6 minutes), rewrites the results in BENCH.md
     ./run.sh bench --quick         short run; prints and saves raw JSON, BENCH.md untouched
