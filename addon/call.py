@@ -97,6 +97,9 @@ class Call:
     caller_body: bytes | None = None
     # What the model answered, read once when the reply was whole (`pipeline.reply_content`).
     reply_parts: list[Any] | None = None
+    # The buffered reply as read for `reply_parts`, and its JSON: settling reads the
+    # usage from the same body and need not parse it again.
+    reply_json: tuple[bytes, Any] | None = None
     # The agent session and client the call came from (`addon.sessions`).
     session_id: str | None = None
     client: str | None = None

@@ -178,9 +178,19 @@ def _read_reply(call: Call, body: bytes) -> list[ContentPart]:
     if not body or call.protocol is None or call.request is None:
         return []
     try:
-        return call.protocol.parse_response(json.loads(body)).content
+        value = json.loads(body)
+        call.reply_json = (body, value)
+        return call.protocol.parse_response(value).content
     except (ValueError, RecursionError, ProtocolError):
         return []
+
+
+def _reply_json(call: Call, body: bytes) -> Any:
+    """`body` parsed, once per call: screening may have parsed this very body already."""
+    read = call.reply_json
+    if read is not None and (read[0] is body or read[0] == body):
+        return read[1]
+    return json.loads(body)
 
 
 def stored_values(call: Call) -> dict[str, str]:
@@ -287,7 +297,7 @@ def settle(
     elif response_body and call.protocol and http_status and http_status < 400:
         received = True
         try:
-            body = json.loads(response_body)
+            body = _reply_json(call, response_body)
             usage = call.protocol.read_usage(body)
             if usage is None:
                 # Only an estimate needs the reply's text.
