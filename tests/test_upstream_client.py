@@ -1,5 +1,6 @@
-"""The dispatcher's HTTP/1.1 client (`addon.upstream.client`) against real sockets: a
-scripted asyncio server for framing, pooling and faults, and the emulator for TLS.
+"""The dispatcher's HTTP/1.1 client (`addon.upstream.client`, `addon.upstream.http1`)
+against real sockets: a scripted asyncio server for framing, pooling and faults, and
+the emulator for TLS.
 The end-to-end suites (test_e2e_faults, test_e2e_streams, ...) drive the same client
 through mitmproxy; these pin down what they cannot reach."""
 
@@ -15,20 +16,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from addon.upstream import client as upstream_client
-from addon.upstream.client import (
+from addon.upstream import http1
+from addon.upstream.client import UpstreamClient
+from addon.upstream.failures import classify
+from addon.upstream.http1 import (
     ConnectFailed,
     Disconnected,
     HostNotFound,
     InvalidRequest,
     MalformedReply,
-    UpstreamClient,
     UpstreamError,
     UpstreamTLSError,
     encode_request,
     parse_url,
 )
-from addon.upstream.failures import classify
 from tests.emulator import Emulator
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -351,7 +352,7 @@ def test_a_slow_reader_pauses_a_fast_upstream() -> None:
             reply = await client.request("POST", s.url, [], b"{}", 5)
             await asyncio.sleep(0.5)  # the upstream could send it all in this time
             held = reply._pending
-            assert held <= upstream_client.HIGH_WATER + (1 << 18), held
+            assert held <= http1.HIGH_WATER + (1 << 18), held
             assert len(await reply.read()) == size
         await client.close()
 

@@ -5,8 +5,9 @@ answers from the upstream, aiohttp's client cost ~240 µs of the event loop per 
 against ~60 µs for a plain exchange on a pooled connection (bench: a static reply in
 the hook, the hook with aiohttp, with h11, with a raw client; BENCH.md, issue 14).
 Its cost is in its layers (tracing, cookies, yarl, timers, a StreamReader per reply),
-not in its parser, so this module keeps the C parser and drops the layers: the
-dispatcher needs one request, one reply and a pool, nothing else.
+not in its parser, so the client keeps the C parser and drops the layers: the
+dispatcher needs one request, one reply and a pool, nothing else. This module is
+the pool; `addon.upstream.http1` is one connection's wire.
 
 What it does, and what it refuses:
 - one keep-alive pool per (scheme, host, port); a connection goes back only after a
@@ -29,349 +30,24 @@ import asyncio
 import socket
 import ssl
 import time
-from collections import deque
-from collections.abc import AsyncIterator
-from functools import lru_cache
-from typing import NamedTuple
 
-import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from addon.upstream.http1 import (
+    ConnectFailed,
+    Connection,
+    ConnectTimeout,
+    HostNotFound,
+    Origin,
+    UpstreamReply,
+    UpstreamTLSError,
+    encode_request,
+    parse_url,
+)
 
 # A pooled connection idle this long is closed rather than reused (aiohttp's default
 # keep-alive time; upstreams commonly close theirs after 5-75 s).
 IDLE_S = 15.0
 # At most this many idle connections per upstream are kept.
 MAX_IDLE = 64
-# A reply head (status line, headers, interim replies) longer than this is refused:
-# llhttp keeps no limit of its own, and httptools gathers a header in memory.
-MAX_HEAD_BYTES = 64 << 10
-# Body bytes received but not yet taken by the reader, past which reading pauses.
-HIGH_WATER = 1 << 20
-LOW_WATER = 1 << 18
-
-_BAD_IN_VALUE = frozenset("\r\n\0")
-_BAD_IN_NAME = _BAD_IN_VALUE | frozenset(" \t:")
-_BAD_IN_TARGET = frozenset(chr(c) for c in range(0x21)) | {"\x7f"}
-
-
-class UpstreamError(Exception):
-    """Any fault of an upstream exchange."""
-
-
-class ConnectTimeout(UpstreamError, TimeoutError):
-    """The connection (TCP and TLS) was not made within the connect timeout."""
-
-
-class HostNotFound(UpstreamError):
-    """The upstream's host name did not resolve."""
-
-
-class ConnectFailed(UpstreamError):
-    """The connection was refused or failed before it was made."""
-
-
-class UpstreamTLSError(UpstreamError):
-    """The TLS handshake failed (an untrusted certificate among other causes)."""
-
-
-class Disconnected(UpstreamError):
-    """The upstream closed the connection before its reply was whole. Not a
-    `ConnectionResetError`: the dispatcher reads those as the caller's side gone."""
-
-
-class MalformedReply(UpstreamError):
-    """The upstream's bytes are not an HTTP/1.1 reply."""
-
-
-class InvalidRequest(UpstreamError):
-    """The request cannot be sent as HTTP/1.1 without changing what it means."""
-
-
-class Origin(NamedTuple):
-    scheme: str
-    host: str
-    port: int
-    authority: str  # the Host header
-    target: str  # path and query, as sent on the request line
-
-
-@lru_cache(maxsize=512)
-def parse_url(url: str) -> Origin:
-    """`url` (absolute, already encoded) as an origin and a request target."""
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in ("http", "https"):
-        raise InvalidRequest("the upstream URL is not http(s)")
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    authority, target = rest[:cut], rest[cut:] or "/"
-    if target.startswith("?"):
-        target = "/" + target
-    if "@" in authority:
-        raise InvalidRequest("the upstream URL holds credentials")
-    host, port_text = authority, ""
-    if authority.startswith("["):
-        end = authority.find("]")
-        host, after = authority[1:end], authority[end + 1 :]
-        if end < 0 or (after and not after.startswith(":")):
-            raise InvalidRequest("the upstream URL has a bad host")
-        port_text = after[1:]
-    elif ":" in authority:
-        host, _, port_text = authority.rpartition(":")
-    default = 443 if scheme == "https" else 80
-    try:
-        port = int(port_text) if port_text else default
-    except ValueError:
-        raise InvalidRequest("the upstream URL has a bad port") from None
-    if not host or not 0 < port < 65536 or not _BAD_IN_TARGET.isdisjoint(authority):
-        raise InvalidRequest("the upstream URL has a bad host")
-    if not _BAD_IN_TARGET.isdisjoint(target):
-        raise InvalidRequest("the request target holds a space or a control character")
-    return Origin(scheme, host.lower(), port, authority, target)
-
-
-def encode_request(
-    method: str, origin: Origin, headers: list[tuple[str, str]], body: bytes | None
-) -> bytes:
-    if not (method.isascii() and method.isalpha()):
-        raise InvalidRequest("the method is not a token")
-    lines = [f"{method} {origin.target} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
-    for name, value in headers:
-        if not (name and _BAD_IN_NAME.isdisjoint(name) and _BAD_IN_VALUE.isdisjoint(value)):
-            raise InvalidRequest("a header holds CR, LF or NUL, or a bad name")
-        lines.append(f"{name}: {value}\r\n")
-    if body is not None:
-        lines.append(f"Content-Length: {len(body)}\r\n")
-    lines.append("\r\n")
-    head = "".join(lines).encode("utf-8")
-    return head + body if body else head
-
-
-class UpstreamReply:
-    """One reply: its head at once, its body as it arrives (`chunks`, `read`)."""
-
-    def __init__(self, connection: _Connection) -> None:
-        self._connection = connection
-        self.status = 0
-        self.reason = ""
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self._headers: CIMultiDictProxy[str] | None = None
-        self._parts: deque[bytes] = deque()
-        self._pending = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self.complete = False
-        self._error: UpstreamError | None = None
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        if self._headers is None:
-            self._headers = CIMultiDictProxy(
-                CIMultiDict(
-                    (n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
-                    for n, v in self.raw_headers
-                )
-            )
-        return self._headers
-
-    # --- fed by the connection ---
-    def _feed(self, data: bytes) -> None:
-        self._parts.append(data)
-        self._pending += len(data)
-        if self._pending > HIGH_WATER:
-            self._connection.pause()
-        self._wake()
-
-    def _end(self, error: UpstreamError | None) -> None:
-        if error is None:
-            self.complete = True
-        elif not self.complete:
-            self._error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    # --- for the dispatcher ---
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body's bytes as they come; raises the fault that cut it short."""
-        while True:
-            if self._parts:
-                data = self._parts.popleft()
-                self._pending -= len(data)
-                if self._pending < LOW_WATER and not self.complete:
-                    # Once whole, the connection may carry another reply: not ours to resume.
-                    self._connection.resume()
-                yield data
-            elif self._error is not None:
-                raise self._error
-            elif self.complete:
-                return
-            else:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-
-    async def read(self) -> bytes:
-        if not self.complete:
-            return b"".join([chunk async for chunk in self.chunks()])
-        data = b"".join(self._parts)
-        self._parts.clear()
-        self._pending = 0
-        return data
-
-    def close(self) -> None:
-        """Done with this reply: a connection still carrying it is closed, not reused."""
-        if not self.complete:
-            self._connection.abort()
-
-    release = close
-
-
-class _Connection(asyncio.Protocol):
-    """One upstream connection and its parser; at most one reply at a time."""
-
-    def __init__(self, pool: UpstreamClient, key: tuple[str, str, int]) -> None:
-        self._pool = pool
-        self.key = key
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self._reply: UpstreamReply | None = None
-        self._head: asyncio.Future[UpstreamReply] | None = None
-        self._head_only = False  # a HEAD request: the reply has no body whatever it says
-        self._sized = False  # the reply's end is known before the connection closes
-        self._reusable = False
-        self._paused = False
-        self._head_bytes = 0  # received while the head is still incomplete
-
-    def send(self, data: bytes, head_only: bool) -> asyncio.Future[UpstreamReply]:
-        assert self.transport is not None and self._reply is None
-        self._reply = UpstreamReply(self)
-        self._head = asyncio.get_running_loop().create_future()
-        self._head_only = head_only
-        self._head_bytes = 0
-        self.transport.write(data)
-        return self._head
-
-    def pause(self) -> None:
-        if not self._paused and self.transport is not None and not self.closed:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self._paused and self.transport is not None and not self.closed:
-            self._paused = False
-            self.transport.resume_reading()
-
-    def abort(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    # --- asyncio.Protocol ---
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if self._reply is None:
-            self.abort()  # bytes nobody asked for: this connection is not to be trusted
-            return
-        if self._head is not None and self._head_bytes > MAX_HEAD_BYTES:
-            self._fail(MalformedReply(f"the reply's head ran past {MAX_HEAD_BYTES} bytes"))
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(MalformedReply(f"malformed HTTP reply: {exc}"))
-            return
-        if self._head is not None:
-            self._head_bytes += len(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._pool.forget(self)
-        reply = self._reply
-        if reply is None:
-            return
-        if self._head is not None:
-            self._fail(Disconnected("the upstream closed the connection before it replied"))
-        elif not self._sized:
-            self._finish()  # a body that runs to the close has ended
-        else:
-            self._fail(Disconnected("the upstream closed the connection midway through"))
-
-    def _fail(self, error: UpstreamError) -> None:
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(error)
-        self._head = None
-        if self._reply is not None:
-            self._reply._end(error)
-            self._reply = None
-        self.abort()
-
-    def _finish(self) -> None:
-        reply, self._reply = self._reply, None
-        assert reply is not None
-        reply._end(None)
-        if self._reusable and not self.closed:
-            self.resume()
-            self._pool.put_back(self)
-        elif not self.closed:
-            self.abort()
-
-    # --- httptools callbacks (an exception here surfaces as HttpParserCallbackError) ---
-    def _current(self) -> UpstreamReply:
-        if self._reply is None:  # a second reply in the same bytes, to no request
-            raise MalformedReply("the upstream sent a reply nobody asked for")
-        return self._reply
-
-    def on_status(self, status: bytes) -> None:
-        self._current().reason += status.decode("latin-1")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._current().raw_headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        reply = self._current()
-        reply.status = status = self._parser.get_status_code()
-        if 100 <= status < 200:
-            return  # an interim reply: its message completes at once, the real one follows
-        self._sized = self._head_only or status in (204, 304) or _framed(reply.raw_headers)
-        self._reusable = self._parser.should_keep_alive() and not self._head_only
-        head, self._head = self._head, None
-        if head is not None and not head.done():
-            head.set_result(reply)
-        if self._head_only:
-            self._finish()
-
-    def on_body(self, body: bytes) -> None:
-        if self._reply is not None:
-            self._reply._feed(body)
-
-    def on_message_complete(self) -> None:
-        reply = self._reply
-        if reply is None:
-            return
-        if self._head is not None:  # an interim (1xx) reply ended: wait for the real one
-            reply.reason, reply.raw_headers = "", []
-            return
-        self._finish()
-
-
-def _framed(raw_headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the body's end is in the reply itself (a length, or chunked coding last)
-    rather than at the connection's close."""
-    for name, value in raw_headers:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            return True
-        if lowered == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
-            return True
-    return False
 
 
 class UpstreamClient:
@@ -379,8 +55,8 @@ class UpstreamClient:
 
     def __init__(self, ssl_context: ssl.SSLContext) -> None:
         self._ssl = ssl_context
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._all: set[_Connection] = set()
+        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
+        self._all: set[Connection] = set()
 
     async def request(
         self,
@@ -401,7 +77,7 @@ class UpstreamClient:
             connection.abort()  # a timeout or a cancel mid-reply: never reused
             raise
 
-    def _reuse(self, origin: Origin) -> _Connection | None:
+    def _reuse(self, origin: Origin) -> Connection | None:
         idle = self._idle.get((origin.scheme, origin.host, origin.port))
         now = time.monotonic()
         while idle:
@@ -413,9 +89,9 @@ class UpstreamClient:
             connection.abort()
         return None
 
-    async def _connect(self, origin: Origin, timeout: float) -> _Connection:
+    async def _connect(self, origin: Origin, timeout: float) -> Connection:
         key = (origin.scheme, origin.host, origin.port)
-        connection = _Connection(self, key)
+        connection = Connection(key, self.put_back, self.forget)
         secure = origin.scheme == "https"
         loop = asyncio.get_running_loop()
         try:
@@ -439,7 +115,7 @@ class UpstreamClient:
         self._all.add(connection)
         return connection
 
-    def put_back(self, connection: _Connection) -> None:
+    def put_back(self, connection: Connection) -> None:
         idle = self._idle.setdefault(connection.key, [])
         if len(idle) >= MAX_IDLE:
             connection.abort()
@@ -447,7 +123,7 @@ class UpstreamClient:
         connection.idle_since = time.monotonic()
         idle.append(connection)
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: Connection) -> None:
         self._all.discard(connection)
         idle = self._idle.get(connection.key)
         if idle and connection in idle:

@@ -35,8 +35,9 @@ from aiohttp import web
 
 from addon.call import Call, describe_exception
 from addon.upstream.attempts import RETRY_STATUSES, attempt_row
-from addon.upstream.client import ConnectTimeout, UpstreamClient, UpstreamReply
+from addon.upstream.client import UpstreamClient
 from addon.upstream.failures import AUDIT_UNAVAILABLE, UpstreamFailure, classify, refused
+from addon.upstream.http1 import ConnectTimeout, UpstreamReply
 from addon.upstream.tickets import (
     DISPATCH_HEADER,
     FILLED_IN,

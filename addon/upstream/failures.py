@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from addon.call import Rejection
-from addon.upstream.client import (
+from addon.upstream.http1 import (
     ConnectFailed,
     ConnectTimeout,
     HostNotFound,

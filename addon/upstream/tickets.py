@@ -17,7 +17,7 @@ from addon.upstream.failures import UpstreamFailure
 
 if TYPE_CHECKING:
     from addon.protocols import WireProtocol
-    from addon.upstream.client import UpstreamReply
+    from addon.upstream.http1 import UpstreamReply
 
 DISPATCH_HEADER = "x-llmgate-dispatch"
 # aiohttp's server fills in Date, Server and Content-Type when the reply has none;

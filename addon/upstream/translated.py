@@ -12,8 +12,8 @@ from aiohttp import web
 from addon.call import describe_exception
 from addon.streaming import EventTooLarge
 from addon.translate.reply import Translation
-from addon.upstream.client import UpstreamError, UpstreamReply
 from addon.upstream.failures import UpstreamFailure, classify
+from addon.upstream.http1 import UpstreamError, UpstreamReply
 from addon.upstream.tickets import FILLED_IN_HEADER, Leg, Ticket, answer_failure, read_all
 
 log = logging.getLogger("llmgate")
