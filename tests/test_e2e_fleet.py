@@ -343,8 +343,18 @@ def test_redis_restarted_every_process_fails_closed_then_serves_again(
         assert_error_format(wire, response, 503, "quota_unavailable")
     assert len(emulator.hits) == 3  # nothing went upstream during the gap
     redis_server.start()  # empty (no persistence)
-    assert [r.status_code for _, r in call_all(spread)] == [200] * 3
-    assert len(emulator.hits) == 6
+    # Each process serves again once its client has reconnected, which under a loaded
+    # machine may take a call or two; until then it still fails closed.
+    waiting, deadline = list(spread), time.monotonic() + 15
+    while waiting and time.monotonic() < deadline:
+        answers = call_all(waiting)
+        for wire, response in answers:
+            if response.status_code != 200:
+                assert_error_format(wire, response, 503, "quota_unavailable")
+        waiting = [s for s, (_, r) in zip(waiting, answers, strict=True) if r.status_code != 200]
+        time.sleep(0.2 if waiting else 0)
+    assert not waiting, f"{len(waiting)} process(es) never served again after Redis came back"
+    assert len(emulator.hits) == 6  # each served exactly once after the restart
     for gate in gates:
         assert "quota store unavailable" in gate.log()
     state = wait_for(lambda: (s := fleet.window(1000)).reserved.requests == 0 and s, what="settles")
