@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import certifi
@@ -100,6 +101,17 @@ def plain_client() -> UpstreamClient:
     return UpstreamClient(ssl.create_default_context(cafile=certifi.where()))
 
 
+@asynccontextmanager
+async def serving(script: Script) -> AsyncIterator[tuple[UpstreamClient, Server]]:
+    """A server running `script` and a client, both closed at the end."""
+    client = plain_client()
+    try:
+        async with Server(script) as server:
+            yield client, server
+    finally:
+        await client.close()
+
+
 async def call(
     client: UpstreamClient, url: str, body: bytes | None = b"{}", method: str = "POST"
 ) -> tuple[int, bytes]:
@@ -109,8 +121,7 @@ async def call(
 
 def test_a_sized_reply_is_read_and_its_connection_reused() -> None:
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(OK)) as s:
+        async with serving(answer_each(OK)) as (client, s):
             for _ in range(3):
                 assert await call(client, s.url) == (200, b"{}")
             assert s.connections == 1
@@ -118,7 +129,6 @@ def test_a_sized_reply_is_read_and_its_connection_reused() -> None:
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
                 b"Authorization: Bearer sk-test\r\nContent-Length: 2\r\n\r\n" % s.port
             )
-        await client.close()
 
     run(main())
 
@@ -134,8 +144,7 @@ def test_a_chunked_reply_streams_before_it_ends() -> None:
         writer.write(OK)
 
     async def main() -> None:
-        client = plain_client()
-        async with Server(script) as s:
+        async with serving(script) as (client, s):
             reply = await client.request("POST", s.url, [], b"{}", 5)
             chunks = reply.chunks()
             assert await anext(chunks) == b"hello"  # the rest is still held back
@@ -143,41 +152,29 @@ def test_a_chunked_reply_streams_before_it_ends() -> None:
             assert b"".join([c async for c in chunks]) == b" world"
             assert await call(client, s.url) == (200, b"{}")
             assert s.connections == 1
-        await client.close()
 
     run(main())
 
 
 @pytest.mark.parametrize(
-    "reply",
+    ("reply", "body", "server_closes"),
     [
-        b"HTTP/1.0 200 OK\r\n\r\nto the close",
-        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the close",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nto the close",
+        (b"HTTP/1.0 200 OK\r\n\r\nto the close", b"to the close", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the close", b"to the close", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nto the close", b"to the close", True),
+        # The server would keep it open: the client must obey the header itself.
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", b"{}", False),
     ],
+    ids=["http-1.0", "close-delimited", "non-chunked-coding", "sized-with-connection-close"],
 )
-def test_a_reply_that_runs_to_the_close_ends_there_and_is_not_reused(reply: bytes) -> None:
+def test_a_reply_that_ends_its_connection_is_read_whole_and_not_reused(
+    reply: bytes, body: bytes, server_closes: bool
+) -> None:
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(reply, close=True)) as s:
-            assert await call(client, s.url) == (200, b"to the close")
-            assert await call(client, s.url) == (200, b"to the close")
-            assert s.connections == 2
-        await client.close()
-
-    run(main())
-
-
-def test_connection_close_on_a_sized_reply_is_obeyed() -> None:
-    reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
-
-    async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(reply)) as s:
+        async with serving(answer_each(reply, close=server_closes)) as (client, s):
             for _ in range(2):
-                assert await call(client, s.url) == (200, b"{}")
+                assert await call(client, s.url) == (200, body)
             assert s.connections == 2
-        await client.close()
 
     run(main())
 
@@ -186,13 +183,11 @@ def test_a_reply_cut_midway_is_a_fault_never_a_short_body() -> None:
     cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this much"
 
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(cut, close=True)) as s:
+        async with serving(answer_each(cut, close=True)) as (client, s):
             reply = await client.request("POST", s.url, [], b"{}", 5)
             with pytest.raises(Disconnected) as caught:
                 await reply.read()
             assert classify(caught.value, "r", "body", 1).reason == "upstream_reset"
-        await client.close()
 
     run(main())
 
@@ -202,13 +197,11 @@ def test_a_close_before_any_reply_is_a_fault() -> None:
         await s.read_request(reader)
 
     async def main() -> None:
-        client = plain_client()
-        async with Server(script) as s:
+        async with serving(script) as (client, s):
             with pytest.raises(Disconnected) as caught:
                 await client.request("POST", s.url, [], b"{}", 5)
             failure = classify(caught.value, "r", "first_byte", 1)
             assert (failure.status, failure.reason) == (502, "upstream_reset")
-        await client.close()
 
     run(main())
 
@@ -223,13 +216,11 @@ def test_a_close_before_any_reply_is_a_fault() -> None:
 )
 def test_a_malformed_reply_is_a_protocol_error(reply: bytes) -> None:
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(reply)) as s:
+        async with serving(answer_each(reply)) as (client, s):
             with pytest.raises(MalformedReply) as caught:
                 status, _ = await call(client, s.url)
             failure = classify(caught.value, "r", "first_byte", 1)
             assert (failure.status, failure.reason) == (502, "upstream_protocol_error")
-        await client.close()
 
     run(main())
 
@@ -252,35 +243,29 @@ def test_a_head_that_never_ends_is_refused_with_bounded_memory(start: bytes, flo
             await writer.drain()
 
     async def main() -> None:
-        client = plain_client()
-        async with Server(script) as s:
+        async with serving(script) as (client, s):
             with pytest.raises(MalformedReply, match="head ran past"):
                 await client.request("POST", s.url, [], b"{}", 5)
-        await client.close()
 
     run(main())
 
 
 def test_a_head_reply_has_no_body_whatever_its_length_says() -> None:
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(OK[:-2])) as s:
+        async with serving(answer_each(OK[:-2])) as (client, s):
             assert await call(client, s.url, None, "HEAD") == (200, b"")
             assert s.heads[0].startswith(b"HEAD /v1/chat/completions HTTP/1.1\r\n")
             assert b"content-length" not in s.heads[0].lower()
-        await client.close()
 
     run(main())
 
 
 def test_an_interim_reply_is_skipped() -> None:
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)) as s:
+        async with serving(answer_each(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)) as (client, s):
             reply = await client.request("POST", s.url, [], b"{}", 5)
             assert (reply.status, reply.reason, await reply.read()) == (200, "OK", b"{}")
             assert reply.headers["content-type"] == "application/json"
-        await client.close()
 
     run(main())
 
@@ -310,13 +295,11 @@ def test_a_request_that_would_change_meaning_on_the_wire_is_refused(
 
 def test_nothing_is_sent_for_a_refused_request() -> None:
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(OK)) as s:
+        async with serving(answer_each(OK)) as (client, s):
             with pytest.raises(InvalidRequest):
                 await client.request("POST", s.url, [("X", "a\nb")], b"{}", 5)
             await asyncio.sleep(0.05)
             assert s.connections == 0
-        await client.close()
 
     run(main())
 
@@ -347,27 +330,23 @@ def test_a_slow_reader_pauses_a_fast_upstream() -> None:
             await writer.drain()
 
     async def main() -> None:
-        client = plain_client()
-        async with Server(script) as s:
+        async with serving(script) as (client, s):
             reply = await client.request("POST", s.url, [], b"{}", 5)
             await asyncio.sleep(0.5)  # the upstream could send it all in this time
             held = reply._pending
             assert held <= http1.HIGH_WATER + (1 << 18), held
             assert len(await reply.read()) == size
-        await client.close()
 
     run(main())
 
 
 def test_a_pooled_connection_the_upstream_closed_is_not_reused() -> None:
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(OK, close=True)) as s:
+        async with serving(answer_each(OK, close=True)) as (client, s):
             assert await call(client, s.url) == (200, b"{}")
             await asyncio.sleep(0.05)  # the close arrives while it idles in the pool
             assert await call(client, s.url) == (200, b"{}")
             assert s.connections == 2
-        await client.close()
 
     run(main())
 
@@ -387,13 +366,11 @@ def test_bytes_after_a_reply_retire_its_connection(apart: bool) -> None:
                 writer.write(STALE)
 
     async def main() -> None:
-        client = plain_client()
-        async with Server(script) as s:
+        async with serving(script) as (client, s):
             for _ in range(2):
                 assert await call(client, s.url) == (200, b"{}")
                 await asyncio.sleep(0.15)  # the stray reply arrives while it idles
             assert s.connections == 2
-        await client.close()
 
     run(main())
 
@@ -409,15 +386,13 @@ def test_a_cancelled_exchange_closes_its_connection() -> None:
             writer.write(OK)
 
     async def main() -> None:
-        client = plain_client()
-        async with Server(script) as s:
+        async with serving(script) as (client, s):
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.2):
                     await call(client, s.url)
             await asyncio.wait_for(s.go.wait(), 2)  # closed at once, not left open
             assert await call(client, s.url) == (200, b"{}")
             assert s.connections == 2
-        await client.close()
 
     run(main())
 
@@ -470,13 +445,11 @@ def test_tls_is_verified_against_the_given_roots() -> None:
 )
 def test_any_bytes_from_an_upstream_end_in_a_reply_or_an_upstream_error(junk: bytes) -> None:
     async def main() -> None:
-        client = plain_client()
-        async with Server(answer_each(junk, close=True)) as s:
+        async with serving(answer_each(junk, close=True)) as (client, s):
             try:
                 reply = await client.request("POST", s.url, [], b"{}", 5)
                 await reply.read()
             except UpstreamError:
                 pass
-        await client.close()
 
     run(main())
