@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from addon import pipeline
 from addon.call import Call, Rejection
@@ -20,6 +21,7 @@ from addon.ledger.tool_calls import tool_call_rows
 from addon.quota import budget
 from addon.quota.backend import QuotaUnavailable
 from addon.quota.store import Demand, Exceeded, WindowState
+from addon.turn_batch import Batch, TurnBatch, pass_on
 
 if TYPE_CHECKING:
     from addon.gateway.http_hooks import Gateway
@@ -38,6 +40,7 @@ async def _unavailable(error: QuotaUnavailable) -> list[WindowState] | Exceeded:
 class CallRecorder:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._openings: TurnBatch[dict[str, Any], bool] = TurnBatch(self._commit_openings)
 
     def send_reserve(self, call: Call) -> Awaitable[Rejection | None]:
         """Start reserving the call's quota now; await the answer: None if admitted."""
@@ -107,19 +110,32 @@ class CallRecorder:
 
     def open_row_before_sending(
         self, call: Call, upstream_host: str, headers: Fields, body: bytes
-    ) -> asyncio.Task[bool] | None:
+    ) -> Awaitable[bool] | None:
         """Open the row of a call about to go upstream. With audit.on_failure refuse,
-        the commit of its row, which the dispatcher awaits before anything leaves."""
+        the commit of its row, which the dispatcher awaits before anything leaves: at
+        the loop's next turn, with the other rows of this turn (`_commit_openings`)."""
         assert self.gateway.audit is not None
         if self.gateway.config.audit.on_failure == "serve":
             self.open_row(call, upstream_host, headers, body)
             return None
-        row = call.open_row() | {"upstream_host": upstream_host}
-        committed = None
-        if not self.gateway.audit.insert_now("requests", row):
-            committed = asyncio.ensure_future(self.gateway.audit.insert_durably("requests", row))
+        committed = self._openings.add(call.open_row() | {"upstream_host": upstream_host})
         self._write_request_half(call, headers, body)
         return committed
+
+    def _commit_openings(self, batch: Batch[dict[str, Any], bool]) -> None:
+        """One turn's opening rows in one commit on the loop, else each by the writer's
+        group commit. A row is written even if its call has gone meanwhile (its answer
+        cancelled): every decided call has its row."""
+        audit = self.gateway.audit
+        assert audit is not None
+        if audit.insert_now("requests", *(row for row, _ in batch)):
+            for _, committed in batch:
+                if not committed.done():
+                    committed.set_result(True)
+            return
+        for row, committed in batch:
+            durable = asyncio.ensure_future(audit.insert_durably("requests", row))
+            durable.add_done_callback(partial(pass_on, answer=committed))
 
     def open_row(self, call: Call, upstream_host: str, headers: Fields, body: bytes) -> None:
         assert self.gateway.audit is not None

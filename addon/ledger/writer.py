@@ -123,27 +123,28 @@ class AuditWriter:
         except Exception as exc:  # the iterable itself failed
             self._lose("append", table, exc)
 
-    def insert_now(self, table: str, row: dict[str, Any]) -> bool:
-        """Commit `row` now, on the calling thread, when that costs no wait: a SQLite
-        ledger whose lock is free, and no durable insert of the caller's pending (those
-        share the writer's group commit). False: nothing was written; the caller uses
-        `insert_durably`. With `synchronous: full` it always declines: that commit
-        waits for an fsync.
+    def insert_now(self, table: str, *rows: dict[str, Any]) -> bool:
+        """Commit `rows` now, in one transaction on the calling thread, when that costs
+        no wait: a SQLite ledger whose lock is free, and no durable insert of the
+        caller's pending (those share the writer's group commit). False: nothing was
+        written; the caller uses `insert_durably`. With `synchronous: full` it always
+        declines: that commit waits for an fsync.
 
         Why: at one connection, handing the row to the writer thread and waiting for
         its commit was most of the 0.55 ms strict audit added (bench case `audit`):
         two thread wake-ups and the GIL passed back and forth, for a commit of a few
-        tens of microseconds.
+        tens of microseconds. Under load the gateway gathers a turn of the loop's rows
+        into one call (turn_batch.py), so they share the commit.
         """
         if self._dialect != "sqlite" or self._durable_pending or self._closing:
             return False
         if self._synchronous == "full":
             return False  # an fsync per commit belongs on the writer's thread, not the loop
         try:
-            op = self._prepare("insert", table, row, None)
+            ops = [self._prepare("insert", table, row, None) for row in rows]
         except Exception:  # noqa: BLE001 - the writer's path reduces, counts and logs it
             return False
-        if op is None or op[4]:
+        if any(op is None or op[4] for op in ops):
             return False
         try:
             if self._inline is None:
@@ -153,11 +154,12 @@ class AuditWriter:
                 # A checkpoint inside this commit would stall the event loop; the
                 # writer's own connection checkpoints.
                 self._inline.execute("PRAGMA wal_autocheckpoint=0")
-            sql, params = self._statement(op)
+            statements = [self._statement(op) for op in ops if op is not None]
             self._inline.execute("BEGIN IMMEDIATE")
             try:
                 self._faults.before_write()
-                self._inline.execute(sql, params)
+                for sql, params in statements:
+                    self._inline.execute(sql, params)
             except BaseException:
                 self._inline.execute("ROLLBACK")
                 raise
@@ -167,7 +169,7 @@ class AuditWriter:
                 with contextlib.suppress(sqlite3.Error):  # left open, it would refuse all
                     self._inline.execute("ROLLBACK")
             return False  # busy, or failing: the writer's path decides and counts
-        self._stats.count(written=1)
+        self._stats.count(written=len(ops))
         return True
 
     async def insert_durably(

@@ -215,41 +215,62 @@ class QuotaStore:
     ) -> list[WindowState] | Exceeded:
         """Admit `demand` in every window or in none; Exceeded names the longest wait."""
         now = time.time() if now is None else now
+        with self._write():
+            result = self._reserve(reservation_id, windows, demand, now)
+        self._reserved(windows, result, now)
+        return result
+
+    def reserve_many(
+        self, requests: Sequence[tuple[str, list[AppliedWindow], Demand]]
+    ) -> list[list[WindowState] | Exceeded]:
+        """Several reserves, in order, in one transaction: each sees the ones before it,
+        as if they had committed one by one, and they share one lock and one commit.
+
+        If any of them raises (a reservation id used twice), the whole transaction is
+        rolled back and the exception propagates: the caller reserves them one by one
+        to learn which.
+        """
+        now = time.time()
+        with self._write():
+            results = [self._reserve(*request, now) for request in requests]
+        for (_, windows, _), result in zip(requests, results, strict=True):
+            self._reserved(windows, result, now)
+        return results
+
+    def _reserve(
+        self, reservation_id: str, windows: list[AppliedWindow], demand: Demand, now: float
+    ) -> list[WindowState] | Exceeded:
+        """One reserve inside the caller's write transaction."""
         want = demand.units()
         keys = list(dict.fromkeys(a.scope_key for a in windows))
         longest = max((a.window.window_seconds for a in windows), default=0)
-        with self._write():
-            sums = self._all_sums(windows, now)
-            worst: Exceeded | None = None
-            for a in windows:
-                units = sums[a.scope_key, a.window.window_seconds][0]
-                for found in self._violations(a, units, want, now):
-                    worst = _worse(worst, found)
-            if worst is not None:
-                return worst  # nothing was written
-            self._conn.executemany(
-                f"INSERT OR REPLACE INTO quota_totals VALUES ({', '.join('?' * 11)})",
-                [(k, w, now - w, *s) for (k, w), (s, _) in sums.items()],
-            )
-            for key in keys:
-                try:
-                    self._conn.execute(
-                        "INSERT INTO quota_ledger VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                        (key, now, reservation_id, *want),
-                    )
-                except sqlite3.IntegrityError as exc:  # _write rolls the whole reserve back
-                    raise DuplicateReservation(reservation_id) from exc
-                self._shift(key, now, want, settled=0)
-            if longest > self._horizon:
+        sums = self._all_sums(windows, now)
+        worst: Exceeded | None = None
+        for a in windows:
+            units = sums[a.scope_key, a.window.window_seconds][0]
+            for found in self._violations(a, units, want, now):
+                worst = _worse(worst, found)
+        if worst is not None:
+            return worst  # nothing was written
+        self._conn.executemany(
+            f"INSERT OR REPLACE INTO quota_totals VALUES ({', '.join('?' * 11)})",
+            [(k, w, now - w, *s) for (k, w), (s, _) in sums.items()],
+        )
+        for key in keys:
+            try:
                 self._conn.execute(
-                    "INSERT INTO quota_meta VALUES ('horizon', ?) ON CONFLICT (name)"
-                    " DO UPDATE SET value = max(value, excluded.value)",
-                    (longest,),
+                    "INSERT INTO quota_ledger VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                    (key, now, reservation_id, *want),
                 )
-        self._horizon = max(self._horizon, longest)
-        self._reserves += 1
-        if self._reserves % PRUNE_EVERY == 0:
-            self.prune(now - self._stored_horizon(), keys)
+            except sqlite3.IntegrityError as exc:  # _write rolls the whole reserve back
+                raise DuplicateReservation(reservation_id) from exc
+            self._shift(key, now, want, settled=0)
+        if longest > self._horizon:
+            self._conn.execute(
+                "INSERT INTO quota_meta VALUES ('horizon', ?) ON CONFLICT (name)"
+                " DO UPDATE SET value = max(value, excluded.value)",
+                (longest,),
+            )
         # The admitted demand now counts in every window it was checked against.
         after = {
             kw: (
@@ -259,6 +280,19 @@ class QuotaStore:
             for kw, (u, old) in sums.items()
         }
         return [_state(a, after) for a in windows]
+
+    def _reserved(
+        self, windows: list[AppliedWindow], result: list[WindowState] | Exceeded, now: float
+    ) -> None:
+        """After an admitting reserve's commit: its horizon is stored; its scope keys
+        are pruned every PRUNE_EVERY reserves."""
+        if isinstance(result, Exceeded):
+            return
+        self._horizon = max(self._horizon, *(a.window.window_seconds for a in windows), 0)
+        self._reserves += 1
+        if self._reserves % PRUNE_EVERY == 0:
+            keys = list(dict.fromkeys(a.scope_key for a in windows))
+            self.prune(now - self._stored_horizon(), keys)
 
     def settle(self, reservation_id: str, actual: Demand, now: float | None = None) -> None:
         """Replace the reserved amounts by the actual usage; `ts` stays the reservation time.

@@ -1,16 +1,17 @@
 """Running the quota store for the gateway, SQLite or Redis, without stalling the event loop.
 
-SQLite (QuotaWorker): inline when SQLite is free, else on a thread.
+SQLite (QuotaWorker): on the loop when SQLite is free, else on a thread.
 
 A reserve or a settle is well under 0.1 ms of SQLite work. Handing it to a thread
 costs more than that (GIL hand-offs with the event loop, and two of our own
-connections contending for SQLite's lock), so both run inline on a connection
-that never waits: if another writer (another llmgate process) holds the lock,
-the call fails at once with SQLITE_BUSY and the work goes to the worker thread,
-which may wait. A settle handed over is queued and applied in a batch; since a
-reserve completes before its call goes upstream, no settle can overtake its own
-reserve. The quota tables live in their own file beside the ledger, so the audit
-writer's batches never hold this lock.
+connections contending for SQLite's lock), so both run on the loop, on a
+connection that never waits, the reserves of one turn of the loop in one
+transaction (turn_batch.py; ARCHITECTURE.md says why). If another writer (another
+llmgate process) holds the lock, the call fails at once with SQLITE_BUSY and the
+work goes to the worker thread, which may wait. A settle handed over is queued
+and applied in a batch; since a reserve completes before its call goes upstream,
+no settle can overtake its own reserve. The quota tables live in their own file
+beside the ledger, so the audit writer's batches never hold this lock.
 
 Redis (RedisQuotaWorker): every call is a network round trip, so it is awaited on
 the loop, over one pipelined connection (redis_pipe.py; measured in
@@ -37,6 +38,7 @@ from addon.config import GatewayConfig
 from addon.quota.backend import QuotaBackend, QuotaUnavailable
 from addon.quota.redis_store import AsyncRedisQuota, RedisQuotaStore
 from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from addon.turn_batch import Batch, TurnBatch, pass_on
 
 log = logging.getLogger("llmgate.quota")
 
@@ -110,12 +112,8 @@ def open_store(ledger: str | Path, config: GatewayConfig, url: str | None) -> Qu
     return QuotaStore(quota_path(ledger))
 
 
-async def _ready(result: list[WindowState] | Exceeded) -> list[WindowState] | Exceeded:
-    return result
-
-
-async def _raise(error: QuotaUnavailable) -> list[WindowState] | Exceeded:
-    raise error
+_Request = tuple[str, list[AppliedWindow], Demand]  # a reserve's arguments
+_Reserved = list[WindowState] | Exceeded
 
 
 class QuotaWorker:
@@ -133,36 +131,71 @@ class QuotaWorker:
         self._settles: list[tuple[str, Demand]] = []
         self._drain_queued = False
         self._pending: list[tuple[str, Demand]] = []  # touched only on the event loop
+        self._reserves: TurnBatch[_Request, _Reserved] = TurnBatch(self._reserve_batch)
 
     def send_reserve(
         self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
     ) -> Awaitable[list[WindowState] | Exceeded]:
-        """Done inline, now, unless another process holds SQLite's lock: then on the
-        worker thread, which may wait for it."""
+        """Queued, and done at the loop's next turn in one transaction with every reserve
+        queued meanwhile (`_reserve_batch`)."""
+        request = (reservation_id, windows, demand)
         try:
-            result = self._fast.reserve(reservation_id, windows, demand)
+            return self._reserves.add(request)
+        except RuntimeError:  # no running event loop yet: alone, when awaited
+            return self._reserve_when_awaited(request)
+
+    async def _reserve_when_awaited(self, request: _Request) -> _Reserved:
+        answer: asyncio.Future[_Reserved] = asyncio.get_running_loop().create_future()
+        self._reserve_alone(request, answer)
+        return await answer
+
+    def _reserve_batch(self, batch: Batch[_Request, _Reserved]) -> None:
+        """The reserves of one turn of the loop (turn_batch.py), in one transaction. A
+        call gone meanwhile (its answer cancelled) reserves nothing."""
+        batch = [(request, answer) for request, answer in batch if not answer.done()]
+        if len(batch) > 1:
+            try:
+                results = self._fast.reserve_many([request for request, _ in batch])
+            except Exception:  # noqa: BLE001 - busy, failing, or one bad reserve
+                pass  # rolled back: each is reserved alone below, and answered as alone
+            else:
+                self._wrote()
+                for (_, answer), result in zip(batch, results, strict=True):
+                    answer.set_result(result)
+                return
+        for request, answer in batch:
+            self._reserve_alone(request, answer)
+
+    def _reserve_alone(self, request: _Request, answer: asyncio.Future[_Reserved]) -> None:
+        """Inline unless another process holds SQLite's lock: then on the worker thread,
+        which may wait for it."""
+        try:
+            result = self._fast.reserve(*request)
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
-                return _raise(QuotaUnavailable(f"sqlite quota store: {exc}"))
-            return self._reserve_on_thread(reservation_id, windows, demand)
+                answer.set_exception(QuotaUnavailable(f"sqlite quota store: {exc}"))
+            else:
+                on_thread = asyncio.ensure_future(self._reserve_on_thread(request))
+                on_thread.add_done_callback(lambda done: pass_on(done, answer))
+            return
         except sqlite3.Error as exc:
-            return _raise(QuotaUnavailable(f"sqlite quota store: {exc}"))
+            answer.set_exception(QuotaUnavailable(f"sqlite quota store: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - the caller's await raises it
+            answer.set_exception(exc)
+            return
         self._wrote()
-        return _ready(result)
+        answer.set_result(result)
 
     async def reserve(
         self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
     ) -> list[WindowState] | Exceeded:
         return await self.send_reserve(reservation_id, windows, demand)
 
-    async def _reserve_on_thread(
-        self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
-    ) -> list[WindowState] | Exceeded:
+    async def _reserve_on_thread(self, request: _Request) -> _Reserved:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._pool, self._store.reserve, reservation_id, windows, demand
-            )
+            return await loop.run_in_executor(self._pool, self._store.reserve, *request)
         except sqlite3.Error as exc:
             raise QuotaUnavailable(f"sqlite quota store: {exc}") from exc
 
