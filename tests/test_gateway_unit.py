@@ -147,3 +147,25 @@ def test_the_default_policies_are_the_shipped_directory() -> None:
     from addon.gateway import options
 
     assert (options._PROJECT_POLICIES / "default.yaml").is_file()
+
+
+@pytest.mark.parametrize("status", [200, 429, 599])
+def test_a_whole_reply_is_the_response_mitmproxys_constructor_builds(status: int) -> None:
+    """handoff.whole_response skips the constructor's debug-mode type checks; every
+    field must still be what the constructor makes of the same values (a mitmproxy
+    release that adds or renames a field fails here)."""
+    from mitmproxy import http
+
+    from addon.gateway.handoff import _reason, whole_response
+
+    fields = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+    fast = whole_response(status, http.Headers(fields), b"{}", 1700000000.5)
+    built = http.Response(
+        b"HTTP/1.1", status, _reason(status), http.Headers(fields), b"{}", None, 1700000000.5,
+        1700000000.5,
+    )  # fmt: skip
+    assert type(fast) is type(built) and type(fast.data) is type(built.data)
+    assert vars(fast) == vars(built) | {"data": fast.data}
+    assert vars(fast.data) == vars(built.data)
+    assert fast.get_state() == built.get_state()
+    assert (fast.status_code, fast.reason, fast.text) == (status, built.reason, "{}")
