@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mitmproxy import exceptions
@@ -169,3 +170,56 @@ def test_a_whole_reply_is_the_response_mitmproxys_constructor_builds(status: int
     assert vars(fast.data) == vars(built.data)
     assert fast.get_state() == built.get_state()
     assert (fast.status_code, fast.reason, fast.text) == (status, built.reason, "{}")
+
+
+def _update_hooks(gateway: Gateway, tctx: taddons.context) -> list[str]:
+    from mitmproxy.addonmanager import traverse
+
+    ours = [*traverse([gateway]), tctx.master.addons.get("llmgate-view-shade-lifter")]
+    return [type(a).__name__ for a in ours if a is not None and hasattr(a, "update")]
+
+
+def test_a_view_reads_a_sending_flow_masked_and_mitmproxy_sends_it_whole() -> None:
+    """mitmweb's (or the console's) view reads flows in `update`: llmgate shades a flow
+    whose credentials are on it for the send, and lifts the shade after the view."""
+    from mitmproxy import hooks
+    from mitmproxy.addons.view import View
+
+    class RecordingView(View):
+        name = "view"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.read: list[str | None] = []
+
+        def update(self, flows: Any) -> None:
+            self.read.append(flows[0].request.headers.get("authorization"))
+            super().update(flows)
+
+    gateway = Gateway()
+    with taddons.context() as tctx:
+        view = RecordingView()
+        tctx.master.addons.add(view)
+        tctx.master.addons.add(gateway)
+        # mitmweb's order: the scripts (llmgate's addon), then the view, then the lifter
+        # llmgate appended last.
+        chain, lifter = (
+            tctx.master.addons.chain,
+            tctx.master.addons.get("llmgate-view-shade-lifter"),
+        )
+        chain[:] = [a for a in chain if a not in (view, lifter)] + [view, lifter]
+        assert _update_hooks(gateway, tctx) == ["ViewShade", "ViewShadeLifter"]
+        flow = tflow.tflow()
+        flow.request.headers["authorization"] = "Bearer sk-caller-live-secret"
+        gateway.masking.sending(flow, "caller key")
+        asyncio.run(tctx.master.addons.trigger_event(hooks.UpdateHook([flow])))
+        assert view.read and "sk-caller-live-secret" not in str(view.read)
+        assert flow.request.headers["authorization"] == "Bearer sk-caller-live-secret"
+
+
+def test_without_a_view_llmgate_has_no_update_hook() -> None:
+    """mitmproxy calls every `update` hook after every hook of every flow (four times a
+    call); in mitmdump nothing reads flows there, so llmgate installs none."""
+    gateway = Gateway()
+    with taddons.context(gateway) as tctx:
+        assert _update_hooks(gateway, tctx) == []

@@ -8,9 +8,12 @@ the route secret's name) by the first hook after the request has left.
 Between the `request` hook and that moment the outgoing request, secret
 included, must stay on the flow, because mitmproxy sends what the flow holds.
 But mitmproxy fires `update` right after every hook, and mitmweb broadcasts the
-flow from its `update`. So `shade` masks a sending flow in llmgate's own
-`update` (which runs before mitmweb's view) and `ViewShadeLifter`, an addon
-llmgate appends after every other, lifts the shade again before the send.
+flow from its `update`. So `ViewShade`, a child of llmgate's addon (which runs
+before mitmweb's view), masks a sending flow in `update`, and `ViewShadeLifter`,
+an addon llmgate appends after every other, lifts the shade again before the send.
+Both are installed only where a view reads flows in `update` (mitmweb, the
+console): mitmproxy invokes every `update` hook after every hook of every flow,
+four times a call, and in mitmdump nothing there would read the flow.
 """
 
 from __future__ import annotations
@@ -94,6 +97,20 @@ class FlowMasking:
 def _mask(flow: http.HTTPFlow, label: str) -> None:
     flow.request.headers.fields = mask_fields(flow.request.headers.fields, label)[0]
     flow.request.path = mask_query(flow.request.path, label)
+
+
+class ViewShade:
+    """First in llmgate's chain for `update`: a sending flow is masked before the view
+    reads it."""
+
+    def __init__(self, masking: FlowMasking) -> None:
+        self.masking = masking
+
+    def update(self, flows: Sequence[Flow]) -> None:
+        # Before mitmweb's view broadcasts them; ViewShadeLifter undoes it after.
+        for flow in flows:
+            if isinstance(flow, http.HTTPFlow):
+                self.masking.shade(flow)
 
 
 class ViewShadeLifter:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 
-import mitmproxy.flow
 from mitmproxy import ctx, http
 
 from addon import pipeline, planning
@@ -28,7 +27,7 @@ from addon.credentials import (
 from addon.gateway import call_log, flow_notes, options
 from addon.gateway.admission import bad_target, claimed_names, misdirected, too_large
 from addon.gateway.connection_guard import ConnectionGuard
-from addon.gateway.flow_masking import FlowMasking, ViewShadeLifter
+from addon.gateway.flow_masking import FlowMasking, ViewShade, ViewShadeLifter
 from addon.gateway.handoff import HandOff
 from addon.gateway.health import HEALTH_HOST, HealthPage
 from addon.gateway.lifecycle import Lifecycle
@@ -86,11 +85,13 @@ class Gateway:
 
     # --- options -----------------------------------------------------------------
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        # Last in the chain, after mitmweb's view (see flow_masking).
         lifter = ViewShadeLifter(self.masking)
         if (previous := ctx.master.addons.get(lifter.name)) is not None:
             ctx.master.addons.remove(previous)  # the script was reloaded
-        ctx.master.addons.add(lifter)
+        if ctx.master.addons.get("view") is not None:  # mitmweb or the console
+            # Our child, so before the view; the lifter last, after it (flow_masking).
+            self.addons.append(ViewShade(self.masking))
+            ctx.master.addons.add(lifter)
         flow_notes.register_view()  # the "LLM conversation" contentview
         call_log.spare_the_legacy_event()
         options.declare(loader)
@@ -259,12 +260,6 @@ class Gateway:
         """The flow, as it now stands, is the decided call mitmproxy is about to send."""
         self.connections.allow(flow)
         self.masking.sending(flow, call.credential_label or "caller key")
-
-    def update(self, flows: Sequence[mitmproxy.flow.Flow]) -> None:
-        # Before mitmweb's view broadcasts them; ViewShadeLifter undoes it after.
-        for flow in flows:
-            if isinstance(flow, http.HTTPFlow):
-                self.masking.shade(flow)
 
     def mask_sent(self, flow: http.HTTPFlow, call: Call) -> None:
         if not call.masked:
