@@ -31,6 +31,7 @@ import sqlite3
 import threading
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -112,6 +113,11 @@ def open_store(ledger: str | Path, config: GatewayConfig, url: str | None) -> Qu
     return QuotaStore(quota_path(ledger))
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (worth a wait)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 _Request = tuple[str, list[AppliedWindow], Demand]  # a reserve's arguments
 _Reserved = list[WindowState] | Exceeded
 
@@ -172,11 +178,11 @@ class QuotaWorker:
         try:
             result = self._fast.reserve(*request)
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _locked(exc):
                 answer.set_exception(QuotaUnavailable(f"sqlite quota store: {exc}"))
             else:
                 on_thread = asyncio.ensure_future(self._reserve_on_thread(request))
-                on_thread.add_done_callback(lambda done: pass_on(done, answer))
+                on_thread.add_done_callback(partial(pass_on, answer=answer))
             return
         except sqlite3.Error as exc:
             answer.set_exception(QuotaUnavailable(f"sqlite quota store: {exc}"))
@@ -223,7 +229,7 @@ class QuotaWorker:
             self._wrote()
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _locked(exc):
                 log.error("quota settle of %d calls failed: %s", len(batch), exc)
                 return
         with self._lock:
