@@ -21,6 +21,7 @@ from addon.quota import store as quota
 from addon.quota.backend import DuplicateReservation, QuotaUnavailable
 from addon.quota.redis_store import RedisQuotaStore
 from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from addon.sqlite_wal import WAL_RESTART_FRAMES
 from tests.proxy import free_port
 from tests.redis_server import (  # noqa: F401 - fixtures
     QuotaBackend,
@@ -632,7 +633,7 @@ def test_the_sqlite_workers_wal_stays_bounded_under_steady_load(tmp_path: Path) 
     try:
         asyncio.run(steady_load())
         wal = (tmp_path / "q.db-wal").stat().st_size
-        bound = 3 * quota.WAL_RESTART_FRAMES * 4096  # ~24 MB: room for a slow worker thread
+        bound = 3 * WAL_RESTART_FRAMES * 4096  # ~24 MB: room for a slow worker thread
         assert wal < bound, f"the quota WAL grew to {wal / 1e6:.1f} MB"
     finally:
         worker.close()

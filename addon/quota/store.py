@@ -41,12 +41,11 @@ from pathlib import Path
 
 from addon.config import QuotaWindow
 from addon.quota.backend import DuplicateReservation
-from addon.sqlite_wal import connect_wal, retry_locked
+from addon.sqlite_wal import checkpoint, connect_wal, never_checkpoint, retry_locked
 
 KINDS = ("requests", "input_tokens", "output_tokens", "cost_usd")
 LIMIT_NAMES = tuple(f"max_{kind}" for kind in KINDS)
 PRUNE_EVERY = 1000
-WAL_RESTART_FRAMES = 2000  # ~8 MB of 4 KiB pages: the WAL file stays about this size
 NANO = 1_000_000_000
 _COLS = ("requests", "input_tokens", "output_tokens", "cost_nusd")
 
@@ -376,21 +375,10 @@ class QuotaStore:
         return deleted
 
     def checkpoint(self) -> None:
-        """Copy the WAL back into the file without blocking writers (PASSIVE).
-
-        A passive checkpoint that a writer keeps appending behind never finds the WAL
-        wholly copied, so the WAL never starts over: under steady load its file grew
-        by ~14 KB a call, for ever. Past WAL_RESTART_FRAMES a RESTART checkpoint waits
-        for the writer (the gateway's inline path goes to the worker thread meanwhile),
-        copies everything, and the next write starts the WAL over.
-        """
-        _busy, frames, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if frames > WAL_RESTART_FRAMES:
-            self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
+        checkpoint(self._conn)
 
     def never_checkpoint(self) -> None:
-        """This connection's commits must stay short; another one checkpoints."""
-        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        never_checkpoint(self._conn)
 
     def close(self) -> None:
         self._conn.close()
