@@ -12,7 +12,9 @@ get the same mode.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,9 @@ from addon.private_files import private_sqlite, tighten_sqlite_side_files
 
 SETUP_PATIENCE = 30.0
 WAL_RESTART_FRAMES = 2000  # ~8 MB of 4 KiB pages: the WAL file stays about this size
+CHECKPOINT_PAUSE_S = 0.5  # a Checkpointer's least time between two checkpoints
+
+log = logging.getLogger("llmgate")
 
 
 def retry_locked[T](step: Callable[[], T], patience: float = SETUP_PATIENCE) -> T:
@@ -78,3 +83,61 @@ def checkpoint(conn: sqlite3.Connection) -> None:
 def never_checkpoint(conn: sqlite3.Connection) -> None:
     """This connection's commits must stay short; another one checkpoints."""
     conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
+def checkpoint_when_behind(conn: sqlite3.Connection) -> None:
+    """This connection's commits checkpoint only once the WAL has outgrown what a
+    `Checkpointer` keeps it under: a writer faster than its checkpointer is slowed by
+    its own checkpoints, as SQLite does by default, instead of growing the WAL."""
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_RESTART_FRAMES}")
+
+
+class Checkpointer:
+    """Checkpoints one WAL file on a thread and a connection of its own.
+
+    Why: SQLite's automatic checkpoint runs inside the commit that crosses its
+    threshold, fsyncs included, so the committing thread waits milliseconds for it.
+    When that thread is the ledger's writer, every call that needs a commit from it
+    meanwhile (a strict audit's opening row) waits too: that was most of the p99 at
+    one connection (BENCH.md). The writers call `wrote()` after their commits; a
+    checkpoint follows, at most one per CHECKPOINT_PAUSE_S.
+    """
+
+    def __init__(self, path: str | Path, synchronous: Literal["normal", "full"]) -> None:
+        self.path, self._synchronous = Path(path), synchronous
+        self._due = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"llmgate-checkpoint-{self.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def wrote(self) -> None:
+        self._due.set()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._due.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stopping.is_set():
+                self._due.wait()
+                if self._stopping.is_set():
+                    break
+                self._due.clear()
+                try:
+                    conn = conn or connect_wal(self.path, 0, self._synchronous)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("checkpoint of %s skipped: %s", self.path.name, exc)
+                # Fewer, larger checkpoints: each one's fsyncs cost the same. A writer
+                # that appends faster meanwhile checkpoints itself past
+                # WAL_RESTART_FRAMES (checkpoint_when_behind); this pause also keeps
+                # the checkpoint lock free for it.
+                self._stopping.wait(CHECKPOINT_PAUSE_S)
+        finally:
+            if conn is not None:
+                conn.close()

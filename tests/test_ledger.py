@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from addon import sqlite_wal
 from addon.config import Pricing
 from addon.ledger.pricing import Pricer, cost_usd, estimate_tokens, load_pricing
 from addon.ledger.store import cap_body
 from addon.ledger.writer import AuditWriter
 from addon.protocols.canonical import Usage
-from addon.sqlite_wal import connect_wal
+from addon.sqlite_wal import WAL_RESTART_FRAMES, connect_wal
 from tests.postgres_server import ledger_at, ledger_rows
 from tests.proxy import ROOT
 
@@ -102,6 +105,66 @@ def test_synchronous_is_applied(tmp_path: Path) -> None:
     writer.insert("requests", {"id": "r"})
     writer.close()
     assert rows(tmp_path / "a.db", "select id from requests") == [("r",)]
+
+
+def _write_payloads(writer: AuditWriter, first: int, count: int, pace: float = 0) -> None:
+    """`count` payload rows of 16 KB each, a flush (so a commit) every 64 (~1 MB), and
+    `pace` seconds of sleep after each flush."""
+    body = "x" * 16_384
+    for i in range(first, first + count):
+        writer.insert("payloads", {"request_id": f"r{i}", "request_body": body})
+        if i % 64 == 63:
+            writer.flush()
+            time.sleep(pace)
+    writer.flush()
+
+
+def test_the_ledger_wal_is_checkpointed_beside_the_writer_not_in_its_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread of its own checkpoints the ledger; the writer's commits do not (a
+    checkpoint's fsyncs kept durable rows waiting behind them: BENCH.md, the p99 at
+    one connection) until the WAL has outgrown WAL_RESTART_FRAMES."""
+    monkeypatch.setattr(sqlite_wal, "CHECKPOINT_PAUSE_S", 0.05)
+    wal = tmp_path / "a.db-wal"
+    writer = AuditWriter(tmp_path / "a.db")
+    checkpointer = f"llmgate-checkpoint-{(tmp_path / 'a.db').name}"
+    try:
+        assert checkpointer in {t.name for t in threading.enumerate()}
+        _write_payloads(writer, 0, 16 * 64, pace=0.1)  # ~16 MB, 1 MB each 0.1 s
+        assert wal.stat().st_size < 4_000_000  # seen: 1.2 MB, one commit of 1 MB
+    finally:
+        writer.close()
+    assert checkpointer not in {t.name for t in threading.enumerate()}
+    assert rows(tmp_path / "a.db", "select count(*) from payloads") == [(16 * 64,)]
+
+    # Without its checkpointer, the writer's commits let the WAL grow past SQLite's
+    # automatic threshold (1,000 pages, ~4 MB) up to its own (WAL_RESTART_FRAMES).
+    writer = AuditWriter(tmp_path / "b.db")
+    try:
+        assert writer._checkpointer is not None
+        writer._checkpointer.close()
+        _write_payloads(writer, 0, 768)  # ~12 MB
+        assert (tmp_path / "b.db-wal").stat().st_size > 6_000_000  # default: <= ~5.2 MB
+    finally:
+        writer.close()
+
+
+def test_a_writer_faster_than_its_checkpointer_keeps_the_wal_bounded(tmp_path: Path) -> None:
+    """Past WAL_RESTART_FRAMES the writer checkpoints in its own commits, and the
+    checkpointer's pause leaves it the checkpoint lock: the WAL stays bounded."""
+    wal = tmp_path / "a.db-wal"
+    writer = AuditWriter(tmp_path / "a.db")
+    try:
+        # ~64 MB as fast as it goes: without checkpoints the WAL would hold it all.
+        largest = 0
+        for first in range(0, 4096, 256):
+            _write_payloads(writer, first, 256)
+            largest = max(largest, wal.stat().st_size)
+        # Seen: 8.9 MB (4.5 MB when the writer checkpointed in every commit).
+        assert largest < 4 * WAL_RESTART_FRAMES * 4096, f"the WAL grew to {largest / 1e6:.1f} MB"
+    finally:
+        writer.close()
 
 
 # --- one schema, versioned migrations -----------------------------------------

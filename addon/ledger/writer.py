@@ -57,7 +57,12 @@ from addon.ledger.store import (
     reduce_op,
     storable_text,
 )
-from addon.sqlite_wal import connect_wal
+from addon.sqlite_wal import (
+    Checkpointer,
+    checkpoint_when_behind,
+    connect_wal,
+    never_checkpoint,
+)
 
 log = logging.getLogger("llmgate.audit")
 
@@ -103,6 +108,9 @@ class AuditWriter:
         # Opened here, so a ledger that cannot be opened stops the gateway's start.
         db = open_database(self.path, synchronous)
         self._dialect: Dialect = db.dialect
+        self._checkpointer = (
+            Checkpointer(self.path, synchronous) if self._dialect == "sqlite" else None
+        )
         self._thread = self._start_writer(db)
         self._supervisor = threading.Thread(
             target=self._supervise, name="llmgate-audit-supervisor", daemon=True
@@ -151,9 +159,8 @@ class AuditWriter:
                 self._inline = connect_wal(
                     self.path, busy_timeout_ms=0, synchronous=self._synchronous
                 )
-                # A checkpoint inside this commit would stall the event loop; the
-                # writer's own connection checkpoints.
-                self._inline.execute("PRAGMA wal_autocheckpoint=0")
+                # A checkpoint inside this commit would stall the event loop.
+                never_checkpoint(self._inline)
             statements = [self._statement(op) for op in ops if op is not None]
             self._inline.execute("BEGIN IMMEDIATE")
             try:
@@ -220,6 +227,8 @@ class AuditWriter:
             with contextlib.suppress(sqlite3.Error):
                 self._inline.close()
             self._inline = None
+        if self._checkpointer is not None:
+            self._checkpointer.close()  # the last connection: it checkpoints as it closes
 
     def health(self) -> dict[str, Any]:
         """Cheap and thread-safe; every op ends written, reduced or lost."""
@@ -274,6 +283,10 @@ class AuditWriter:
 
     # --- the writer thread -------------------------------------------------------
     def _start_writer(self, db: LedgerDB) -> threading.Thread:
+        if self._checkpointer is not None:
+            # Checkpointing in its own commits, the writer kept durable rows waiting
+            # behind the fsyncs (sqlite_wal.Checkpointer).
+            checkpoint_when_behind(db.raw)
         thread = threading.Thread(target=self._run, args=(db,), name="llmgate-audit")
         thread.daemon = True
         thread.start()
@@ -322,6 +335,8 @@ class AuditWriter:
         """Apply a batch, then tell whoever waits on it; True if it held the stop."""
         writes = [op for op in batch if op[0] not in _CONTROL]
         outcomes = self._apply(conn, writes)
+        if writes and self._checkpointer is not None:
+            self._checkpointer.wrote()
         self._inflight = []
         self._inflight_deaths = 0
         _resolve([(op[3], ok) for op, ok in zip(writes, outcomes, strict=True) if op[3]])
