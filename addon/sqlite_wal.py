@@ -131,7 +131,7 @@ class Checkpointer:
                 try:
                     conn = conn or connect_wal(self.path, 0, self._synchronous)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:
+                except Exception as exc:  # noqa: BLE001 - the writers' fallback remains
                     log.warning("checkpoint of %s skipped: %s", self.path.name, exc)
                 # Fewer, larger checkpoints: each one's fsyncs cost the same. A writer
                 # that appends faster meanwhile checkpoints itself past

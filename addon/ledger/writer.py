@@ -16,6 +16,9 @@ as lost and logged. Should the thread end all the same, a supervisor thread
 starts a new one on a fresh connection, which applies the interrupted batch
 again. `health()` reports the counts.
 
+On SQLite a checkpointer thread (`sqlite_wal.Checkpointer`) copies the WAL back;
+the writer's own commits checkpoint only when it falls behind.
+
 `insert_durably` is for rows that must be on disk before the call goes on: the
 writer commits as soon as it sees one (group commit, with whatever else is
 queued) instead of after the linger. `insert_now` commits such a row on the
