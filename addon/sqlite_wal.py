@@ -71,8 +71,8 @@ def checkpoint(conn: sqlite3.Connection) -> None:
     """Copy the WAL back into the file without blocking writers (PASSIVE).
 
     A passive checkpoint that a writer keeps appending behind never finds the WAL
-    wholly copied, so the WAL never starts over: under steady load the quota file's
-    grew by ~14 KB a call, for ever. Past WAL_RESTART_FRAMES a RESTART checkpoint
+    wholly copied, so the WAL never starts over: under steady load the quota's WAL
+    file grew by ~14 KB a call, for ever. Past WAL_RESTART_FRAMES a RESTART checkpoint
     waits for the writer, copies everything, and the next write starts the WAL over.
     """
     _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()

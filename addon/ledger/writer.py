@@ -231,7 +231,8 @@ class AuditWriter:
                 self._inline.close()
             self._inline = None
         if self._checkpointer is not None:
-            self._checkpointer.close()  # the last connection: it checkpoints as it closes
+            # After the writer's: the last connection to close runs a final checkpoint.
+            self._checkpointer.close()
 
     def health(self) -> dict[str, Any]:
         """Cheap and thread-safe; every op ends written, reduced or lost."""
