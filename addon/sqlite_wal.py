@@ -105,6 +105,7 @@ class Checkpointer:
 
     def __init__(self, path: str | Path, synchronous: Literal["normal", "full"]) -> None:
         self.path, self._synchronous = Path(path), synchronous
+        self.checkpoints = 0  # run to the end, copied or not
         self._due = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(
@@ -131,6 +132,7 @@ class Checkpointer:
                 try:
                     conn = conn or connect_wal(self.path, 0, self._synchronous)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.checkpoints += 1
                 except Exception as exc:  # noqa: BLE001 - the writers' fallback remains
                     log.warning("checkpoint of %s skipped: %s", self.path.name, exc)
                 # Fewer, larger checkpoints: each one's fsyncs cost the same. A writer

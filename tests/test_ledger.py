@@ -150,6 +150,46 @@ def test_the_ledger_wal_is_checkpointed_beside_the_writer_not_in_its_commits(
         writer.close()
 
 
+def test_a_failed_checkpoint_is_logged_and_the_next_write_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_wal, "CHECKPOINT_PAUSE_S", 0.01)
+    real_connect = sqlite_wal.connect_wal
+    failures = [OSError("the disk went away")]
+
+    def connect_once_failing(*args: object, **kwargs: object) -> sqlite3.Connection:
+        if failures:
+            raise failures.pop()
+        return real_connect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_wal, "connect_wal", connect_once_failing)
+    wal = tmp_path / "a.db-wal"
+    checkpointer = sqlite_wal.Checkpointer(tmp_path / "a.db", "normal")
+    try:
+        with closing(real_connect(tmp_path / "a.db")) as conn:
+            sqlite_wal.never_checkpoint(conn)
+            conn.execute("CREATE TABLE t (x TEXT)")
+            conn.execute("INSERT INTO t VALUES (?)", ("x" * 100_000,))
+            checkpointer.wrote()
+            deadline = time.monotonic() + 5
+            while not any("skipped" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the failure was not logged"
+                time.sleep(0.01)
+            assert "the disk went away" in caplog.text
+            assert checkpointer.checkpoints == 0
+            size = wal.stat().st_size
+            checkpointer.wrote()  # the thread went on: this one is checkpointed
+            deadline = time.monotonic() + 5
+            while checkpointer.checkpoints == 0:
+                assert time.monotonic() < deadline, "no checkpoint after the failed one"
+                time.sleep(0.01)
+            # Wholly copied back, the WAL starts over: the same write again fits in it.
+            conn.execute("INSERT INTO t VALUES (?)", ("y" * 100_000,))
+            assert wal.stat().st_size == size
+    finally:
+        checkpointer.close()
+
+
 def test_a_writer_faster_than_its_checkpointer_keeps_the_wal_bounded(tmp_path: Path) -> None:
     """Past WAL_RESTART_FRAMES the writer checkpoints in its own commits, and the
     checkpointer's pause leaves it the checkpoint lock: the WAL stays bounded."""
