@@ -29,13 +29,18 @@ CHECKPOINT_PAUSE_S = 0.5  # a Checkpointer's least time between two checkpoints
 log = logging.getLogger("llmgate")
 
 
+def is_locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (worth a wait)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def retry_locked[T](step: Callable[[], T], patience: float = SETUP_PATIENCE) -> T:
     deadline = time.monotonic() + patience
     while True:
         try:
             return step()
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not is_locked(exc):
                 raise
             if time.monotonic() > deadline:
                 raise

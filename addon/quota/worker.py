@@ -39,6 +39,7 @@ from addon.config import GatewayConfig
 from addon.quota.backend import QuotaBackend, QuotaUnavailable
 from addon.quota.redis_store import AsyncRedisQuota, RedisQuotaStore
 from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from addon.sqlite_wal import is_locked
 from addon.turn_batch import Batch, TurnBatch, pass_on
 
 log = logging.getLogger("llmgate.quota")
@@ -113,11 +114,6 @@ def open_store(ledger: str | Path, config: GatewayConfig, url: str | None) -> Qu
     return QuotaStore(quota_path(ledger))
 
 
-def _locked(exc: sqlite3.OperationalError) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (worth a wait)."""
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
 _Request = tuple[str, list[AppliedWindow], Demand]  # a reserve's arguments
 _Reserved = list[WindowState] | Exceeded
 
@@ -178,7 +174,7 @@ class QuotaWorker:
         try:
             result = self._fast.reserve(*request)
         except sqlite3.OperationalError as exc:
-            if not _locked(exc):
+            if not is_locked(exc):
                 answer.set_exception(QuotaUnavailable(f"sqlite quota store: {exc}"))
             else:
                 on_thread = asyncio.ensure_future(self._reserve_on_thread(request))
@@ -229,7 +225,7 @@ class QuotaWorker:
             self._wrote()
             return
         except sqlite3.OperationalError as exc:
-            if not _locked(exc):
+            if not is_locked(exc):
                 log.error("quota settle of %d calls failed: %s", len(batch), exc)
                 return
         with self._lock:
