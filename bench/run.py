@@ -98,6 +98,7 @@ CASES: list[Case] = [
     Case("floor", cases.case_floor),
     Case("streaming", cases.case_streaming),
     Case("quota", cases.case_quota),
+    Case("every_feature", cases.case_every_feature),
     Case("audit", cases.case_audit),
     Case("safety", cases.case_safety),
     Case("hostile", cases.case_hostile),
