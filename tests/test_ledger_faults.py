@@ -385,7 +385,7 @@ def test_release_instances_releases_only_dead_unsettled_reservations(tmp_path: P
         assert left == [(f"{dead}03", 1), (f"{live}01", 0)]
         # The running totals agree with a recount from the ledger rows.
         with closing(sqlite3.connect(tmp_path / "q.db")) as conn:
-            conn.execute("delete from quota_totals")
+            conn.execute("delete from quota_sums")
             conn.commit()
         assert store.states(windows, now=11.0) == after
     user = after[0]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
+import sqlite3
 import threading
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -457,6 +459,43 @@ def test_reserve_prunes_beyond_the_longest_window_ever_used(
         assert admitted(store.reserve(f"s{i}", short_window, Demand(), now=1500 + i))
     assert [r[0] for r in backend.rows()] == [f"s{i}" for i in range(5, 10)]
     assert store.states(long_window, now=1510)[0].reserved.requests == 5
+
+
+# -- SQLite only: the sums kept by triggers -------------------------------------------
+
+
+def test_sums_follow_rows_written_by_hand_and_rows_never_move(tmp_path: Path) -> None:
+    """The triggers keep the sums in step with any write to quota_ledger, an operator's
+    by hand included; a statement that would move a row aborts whole."""
+    windows = [applied(60, "user:alice", max_requests=10), applied(3600, "user:alice")]
+    with QuotaStore(tmp_path / "q.db") as store:
+        for i in range(4):
+            assert admitted(store.reserve(f"r{i}", windows, Demand(1, 100), now=10.0 + i))
+        with closing(sqlite3.connect(tmp_path / "q.db", isolation_level=None)) as conn:
+            conn.execute("DELETE FROM quota_ledger WHERE reservation_id = 'r0'")
+            conn.execute("UPDATE quota_ledger SET settled = 1, input_tokens = 7"
+                         " WHERE reservation_id = 'r1'")  # fmt: skip
+            with pytest.raises(sqlite3.IntegrityError, match="keeps its scope_key and ts"):
+                conn.execute("UPDATE quota_ledger SET ts = ts + 100 WHERE reservation_id = 'r2'")
+        minute = store.states(windows, now=20.0)[0]
+        assert (minute.used, minute.reserved) == (Demand(1, 7), Demand(2, 200))
+        # A reserve after the hand edits counts from the same sums: 3 rows, 7 more fit.
+        for i in range(4, 11):
+            assert admitted(store.reserve(f"r{i}", windows, Demand(1, 100), now=20.0))
+        assert isinstance(store.reserve("r11", windows, Demand(1, 100), now=20.0), Exceeded)
+
+
+def test_a_store_drops_the_sums_table_an_older_llmgate_kept(tmp_path: Path) -> None:
+    """quota_totals was kept from Python by older versions; one still sharing the file
+    would count every row twice beside the triggers, so it must fail (closed) instead."""
+    with closing(sqlite3.connect(tmp_path / "q.db", isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE quota_totals (scope_key TEXT, window_seconds INTEGER)")
+    with QuotaStore(tmp_path / "q.db") as store:
+        assert admitted(store.reserve("r1", [applied(60, max_requests=1)], Demand()))
+    with closing(sqlite3.connect(tmp_path / "q.db")) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "quota_totals" not in tables
+    assert {"quota_ledger", "quota_sums", "quota_row_counted"} <= tables
 
 
 # -- Redis only: reservation TTL, restarts, the asyncio worker ---------------------------
