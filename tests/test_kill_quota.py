@@ -487,6 +487,26 @@ def test_ratelimit_headers_report_the_tightest_window_per_kind() -> None:
     }
 
 
+def test_quota_amounts_are_written_with_every_digit() -> None:
+    """Token budgets run to millions: a client reading the headers as integers must get
+    them exactly (`:g` gave 1e+07 and 9.87654e+06), and dollars to the nano-dollar."""
+    big = WindowState(
+        QuotaWindow(window_seconds=86400, max_input_tokens=10_000_000, max_cost_usd=1234.5),
+        "user:a",
+        Demand(1, 123_456, 0, 0.000000001),
+        Demand(1, 10_000, 0, 0.0),
+        None,
+    )
+    assert ratelimit_headers([big], now=0.0) == {
+        "x-llmgate-ratelimit-limit-input-tokens": "10000000",
+        "x-llmgate-ratelimit-remaining-input-tokens": "9866544",
+        "x-llmgate-ratelimit-limit-cost-usd": "1234.5",
+        "x-llmgate-ratelimit-remaining-cost-usd": "1234.499999999",
+    }
+    full = Exceeded(big.window, "user:a", "max_input_tokens", 10_000_000, 9_876_543, 200_000, 5)
+    assert "is at 9876543 of max_input_tokens=10000000;" in quota_rejection(full).message
+
+
 def test_ratelimit_headers_keep_the_first_of_equally_tight_windows() -> None:
     first = WindowState(
         QuotaWindow(window_seconds=60, max_requests=10), "u", Demand(5), Demand(0), 70.5

@@ -28,7 +28,7 @@ from addon.ledger.pricing import load_pricing
 from addon.ledger.recovery import is_alive, pending_by_instance
 from addon.ledger.store import ENCODE_ERROR
 from addon.policy import effective_policy
-from addon.quota.budget import bind_windows
+from addon.quota.budget import bind_windows, exact
 from addon.quota.worker import open_store, quota_target
 from addon.routes import served_callers
 from addon.safety.screening import build_scanner
@@ -161,7 +161,7 @@ def cmd_quota(args: argparse.Namespace) -> None:
             table.add_row(
                 state.window.label,
                 state.scope_key,
-                f"{limit_name}={limit:g}",
+                f"{limit_name}={exact(limit)}",
                 _fmt(getattr(state.used, field)),
                 _fmt(getattr(state.reserved, field)),
                 _fmt(remaining.get(limit_name)),

@@ -48,19 +48,28 @@ def quota_demand(call: Call, pricer: Pricer, output_cap: int) -> Demand | Reject
     return Demand(0 if call.warmup else 1, call.estimated_input, output, cost)
 
 
+def exact(value: float) -> str:
+    """A quota amount as callers must read it: every digit, dollars to the nano-dollar.
+    (`:g` wrote 10,000,000 tokens as 1e+07 and 1,234,567 as 1.23457e+06.)"""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.9f}".rstrip("0").rstrip(".")
+
+
 def quota_rejection(exceeded: Exceeded) -> Rejection:
     window = exceeded.window
+    limit, current = exact(exceeded.limit), exact(exceeded.current)
     wait = max(1, math.ceil(exceeded.retry_after))
     if exceeded.never_fits:
         message = (
-            f"this call alone needs {exceeded.requested:g} against {exceeded.limit_name}="
-            f"{exceeded.limit:g} of quota window '{window.label}' ({exceeded.scope_key}); "
-            "it can never fit. Ask for fewer tokens."
+            f"this call alone needs {exact(exceeded.requested)} against "
+            f"{exceeded.limit_name}={limit} of quota window '{window.label}' "
+            f"({exceeded.scope_key}); it can never fit. Ask for fewer tokens."
         )
     else:
         message = (
             f"quota window '{window.label}' ({exceeded.scope_key}, {window.window_seconds}s) "
-            f"is at {exceeded.current:g} of {exceeded.limit_name}={exceeded.limit:g}; "
+            f"is at {current} of {exceeded.limit_name}={limit}; "
             f"retry in {wait}s"
         )
     return Rejection(429, "quota_exceeded", message, "denied", {"retry-after": str(wait)})
@@ -94,8 +103,8 @@ def ratelimit_headers(states: list[WindowState], now: float) -> dict[str, str]:
         if tightest is None:
             continue
         limit, remaining, reset_at = tightest
-        headers[f"x-llmgate-ratelimit-limit-{kind}"] = f"{limit:g}"
-        headers[f"x-llmgate-ratelimit-remaining-{kind}"] = f"{max(remaining, 0):g}"
+        headers[f"x-llmgate-ratelimit-limit-{kind}"] = exact(limit)
+        headers[f"x-llmgate-ratelimit-remaining-{kind}"] = exact(max(remaining, 0))
         if reset_at is not None:
             headers[f"x-llmgate-ratelimit-reset-{kind}"] = f"{max(reset_at - now, 0):.3f}"
     return headers
