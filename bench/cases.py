@@ -384,6 +384,56 @@ def case_quota(bench: Bench) -> CaseResult:
     )
 
 
+# The least llmgate runs: no scan, no quota window. The ledger, strict audit included,
+# is not a feature to turn off (queueing the opening row instead costs more: `audit`).
+FEATURE_LAYERS = (
+    ("llmgate-nosafety", "llmgate, safety off, no quota windows"),
+    ("llmgate", "+ safety (the default policy)"),
+    ("llmgate+quota", "+ two quota windows"),
+)
+
+
+def case_features(bench: Bench) -> CaseResult:
+    """Each feature's cost at `--connections`: llmgate with the least it can run, then
+    one feature more per variant, against bare mitmdump, interleaved."""
+    n = bench.s.connections
+    variants = ("bare", *(v for v, _ in FEATURE_LAYERS))
+    reps = bench.interleaved(
+        lambda v: bench.load(bench.proxy(v), n, bench.s.throughput_s), variants
+    )
+    rps = per_rep(reps, "rps")
+    cpu = per_rep(reps, "cpu_us_per_request")
+    rows, before = [], "bare"
+    for variant, label in FEATURE_LAYERS:
+        rows.append(
+            Row(
+                f"{label}: requests/s; proxy CPU per request",
+                f"{rps['bare']:.0f}; {cpu['bare']:.0f} µs",
+                f"{rps[variant]:.0f}; {cpu[variant]:.0f} µs",
+                f"ratio {rps[variant] / rps['bare']:.3f}; "
+                f"{cpu[variant] - cpu[before]:+.0f} µs over the row before",
+            )
+        )
+        before = variant
+    return CaseResult(
+        "features",
+        f"What each feature costs, buffered chat completion, {n} connections",
+        rows,
+        reps,
+        [
+            f"requests/s per repetition: {spread(reps, 'rps', '{:.0f}')}",
+            f"proxy CPU µs per request per repetition: "
+            f"{spread(reps, 'cpu_us_per_request', '{:.0f}')}",
+            "every llmgate variant parses the call, identifies the caller, routes it, "
+            "checks its policy, commits its opening row, exchanges it with the upstream "
+            "itself and writes its ledger rows (with payloads); the first row is that "
+            "alone, each row after it turns one feature more on; the first row's +µs is "
+            "over bare mitmdump",
+        ],
+        variants=("bare", "feature-layers"),
+    )
+
+
 def case_audit(bench: Bench) -> CaseResult:
     return variant_overhead(
         bench,

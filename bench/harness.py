@@ -204,6 +204,7 @@ VARIANTS: dict[str, Variant] = {
 # Column headings for a case that compares one variant in two situations rather than
 # two variants (its `CaseResult.variants` names these instead of `VARIANTS` keys).
 PHASES: dict[str, str] = {
+    "feature-layers": "llmgate, one more feature on each row",
     "idle": "llmgate, idle",
     "runaway": "llmgate, during a runaway stream",
     "same-protocol": "llmgate, Chat caller, openai route (same protocol)",

@@ -192,7 +192,9 @@ llmgate's adds `-s scripts/llmgate_addon.py`, a one-route policy
 output: 2}`) and a temporary audit database. The quota variant is the same plus one
 policy file with two quota windows for every user (see the quota case's details); it
 is compared with the llmgate variant (`quota`) and with bare mitmdump
-(`every_feature`, issue 14's targets). Clients use the proxy as
+(`every_feature`, issue 14's targets); `features` loads bare mitmdump and llmgate
+with safety off, as it ships, and with the two windows, each at 16 connections, to
+show what each feature costs. Clients use the proxy as
 an HTTP proxy with absolute-form requests to
 `http://127.0.0.1:UPSTREAM/v1/chat/completions`. Throughput and latency come from wrk
 (one thread; a Lua script sets the POST body, headers and absolute URL), the request a

@@ -99,6 +99,7 @@ CASES: list[Case] = [
     Case("streaming", cases.case_streaming),
     Case("quota", cases.case_quota),
     Case("every_feature", cases.case_every_feature),
+    Case("features", cases.case_features),
     Case("audit", cases.case_audit),
     Case("safety", cases.case_safety),
     Case("hostile", cases.case_hostile),
