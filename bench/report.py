@@ -238,15 +238,19 @@ llmgate/bare throughput >= 0.85 and added median latency <= 0.3 ms at one
 connection, both with every feature on: the ledger with payloads, safety and two
 quota windows (`every_feature`; the `throughput` and `latency` cases hold llmgate
 without quota windows to the same two targets); added median delay per streamed
-event <= 0.3 ms; the quota check (two
-windows) adds <= 0.2 ms median latency at one connection over llmgate without quotas;
+event <= 0.3 ms; the quota check (two windows) adds <= 0.2 ms median latency at one
+connection over llmgate without quotas;
 the safety scan of a 1 MB prompt full of code costs <= 10 ms at the median (llmgate
 minus llmgate with `safety: {enabled: false}`, one connection; the in-process
 `Scanner().scan` median is held to the same 10 ms), and BENCH.md reports the scan's
-share of llmgate's request overhead over bare mitmdump. One quota window on Redis
-adds <= 0.3 ms median latency at one connection over llmgate without quotas
-(`quota_redis`); the fleet case (1, 2, 3 processes against as many bare mitmdumps)
-reports ratios, no target.
+share of llmgate's request overhead over bare mitmdump. Translation (an OpenAI Chat
+caller on an Anthropic route against the same caller on an openai route, same proxy
+and upstream): <= 1 ms added median latency buffered at one connection, <= 0.3 ms
+added median delay per streamed event. One quota window on Redis adds <= 0.3 ms
+median latency at one connection over llmgate without quotas (`quota_redis`). The
+hostile case (a runaway upstream stream), `features` (what each feature costs) and
+the fleet case (1, 2, 3 processes against as many bare mitmdumps) have no target:
+they report the figures.
 
 """
 
