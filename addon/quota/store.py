@@ -282,6 +282,8 @@ class QuotaStore:
                 worst = _worse(worst, found)
         if worst is not None:
             return worst  # nothing was written
+        # The sums first, then the rows, whose trigger adds them to every sums row of
+        # their key: the other way round, REPLACE would drop what the trigger added.
         self._conn.executemany(
             f"INSERT OR REPLACE INTO quota_sums VALUES ({', '.join('?' * 11)})",
             [(k, w, now - w, *s) for (k, w), (s, _) in sums.items()],
