@@ -265,6 +265,38 @@ def case_streaming(bench: Bench) -> CaseResult:
     )
 
 
+def latency_then_throughput(
+    bench: Bench, variants: tuple[str, ...], body: str = CHAT_BODY
+) -> tuple[Reps, Reps]:
+    """Latency at one connection, then throughput at `--connections`, each pass
+    interleaved on its own, so a backlog left by the 16-connection load never lands in
+    a latency figure."""
+    lat = bench.interleaved(
+        lambda v: bench.load(bench.proxy(v), 1, bench.s.latency_s, body=body), variants
+    )
+    thr = bench.interleaved(
+        lambda v: bench.load(bench.proxy(v), bench.s.connections, bench.s.throughput_s, body=body),
+        variants,
+    )
+    return lat, thr
+
+
+def paired_reps(
+    lat: Reps, thr: Reps, variants: tuple[str, ...], n: int
+) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """The raw repetitions of both passes per variant, and their spreads as notes."""
+    reps = {
+        v: [{"latency": a, "throughput": b} for a, b in zip(lat[v], thr[v], strict=True)]
+        for v in variants
+    }
+    return reps, [
+        f"median µs at 1 connection per repetition: {spread(lat, 'p50_us', '{:.0f}')}",
+        f"requests/s at {n} connections per repetition: {spread(thr, 'rps', '{:.0f}')}",
+        f"proxy CPU µs per request at {n} connections per repetition: "
+        f"{spread(thr, 'cpu_us_per_request', '{:.0f}')}",
+    ]
+
+
 def variant_overhead(
     bench: Bench,
     name: str,
@@ -276,18 +308,12 @@ def variant_overhead(
     throughput_target: float | None = None,
 ) -> CaseResult:
     """What the second variant adds to the first: latency at one connection, then
-    throughput at `--connections`, each pass interleaved on its own (as the bare/llmgate
-    cases are) so a backlog left by the 16-connection load never lands in a latency figure.
+    throughput at `--connections` (`latency_then_throughput`).
     `throughput_target`: the least second/first ratio of requests/s that meets it.
     """
     base, subject = variants
     n = bench.s.connections
-    lat = bench.interleaved(
-        lambda v: bench.load(bench.proxy(v), 1, bench.s.latency_s, body=body), variants
-    )
-    thr = bench.interleaved(
-        lambda v: bench.load(bench.proxy(v), n, bench.s.throughput_s, body=body), variants
-    )
+    lat, thr = latency_then_throughput(bench, variants, body)
     p50, p99 = per_rep(lat, "p50_us"), per_rep(lat, "p99_us")
     rps, cpu = per_rep(thr, "rps"), per_rep(thr, "cpu_us_per_request")
     added = (p50[subject] - p50[base]) / 1000
@@ -322,24 +348,8 @@ def variant_overhead(
             f"{cpu[subject] - cpu[base]:+.0f} µs",
         ),
     ]
-    reps = {
-        v: [{"latency": a, "throughput": b} for a, b in zip(lat[v], thr[v], strict=True)]
-        for v in variants
-    }
-    return CaseResult(
-        name,
-        title,
-        rows,
-        reps,
-        [
-            f"median µs at 1 connection per repetition: {spread(lat, 'p50_us', '{:.0f}')}",
-            f"requests/s at {n} connections per repetition: {spread(thr, 'rps', '{:.0f}')}",
-            f"proxy CPU µs per request at {n} connections per repetition: "
-            f"{spread(thr, 'cpu_us_per_request', '{:.0f}')}",
-            *notes,
-        ],
-        variants,
-    )
+    reps, spreads = paired_reps(lat, thr, variants, n)
+    return CaseResult(name, title, rows, reps, [*spreads, *notes], variants)
 
 
 QUOTA_TARGET_MS = 0.2
@@ -431,6 +441,61 @@ def case_features(bench: Bench) -> CaseResult:
             "over bare mitmdump",
         ],
         variants=("bare", "feature-layers"),
+    )
+
+
+# What the hook table (addon/gateway/hook_table.py) does for mitmproxy, and what llmgate
+# costs once both sides dispatch hooks alike. The last is llmgate's own cost.
+HOOK_TABLE_ROWS = (
+    ("bare+table", "bare", "mitmdump + llmgate's hook table alone, against bare"),
+    ("llmgate+quota-mitmdispatch", "bare", "llmgate, every feature, mitmproxy's dispatch"),
+    ("llmgate+quota", "bare", "llmgate, every feature, as it ships (the hook table)"),
+    ("llmgate+quota", "bare+table", "llmgate, every feature, against the table alone"),
+)
+
+
+def case_hook_table(bench: Bench) -> CaseResult:
+    """The hook table's share of llmgate's figures against bare mitmdump: mitmdump with
+    the table alone, llmgate without it and llmgate as it ships, interleaved."""
+    n = bench.s.connections
+    variants = ("bare", "bare+table", "llmgate+quota-mitmdispatch", "llmgate+quota")
+    lat, thr = latency_then_throughput(bench, variants)
+    p50, rps = per_rep(lat, "p50_us"), per_rep(thr, "rps")
+    cpu = per_rep(thr, "cpu_us_per_request")
+    rows = []
+    for subject, base, label in HOOK_TABLE_ROWS:
+        rows.append(
+            Row(
+                f"{label}: requests/s, {n} connections; proxy CPU per request",
+                f"{base}: {rps[base]:.0f}; {cpu[base]:.0f} µs",
+                f"{rps[subject]:.0f}; {cpu[subject]:.0f} µs",
+                f"ratio {rps[subject] / rps[base]:.3f}; {cpu[subject] - cpu[base]:+.0f} µs",
+            )
+        )
+        rows.append(
+            Row(
+                f"{label}: median latency, 1 connection",
+                f"{base}: {p50[base] / 1000:.3f} ms",
+                f"{p50[subject] / 1000:.3f} ms",
+                f"added {(p50[subject] - p50[base]) / 1000:+.3f} ms",
+            )
+        )
+    reps, spreads = paired_reps(lat, thr, variants, n)
+    return CaseResult(
+        "hook_table",
+        "mitmproxy's hook dispatch: llmgate's hook table, and llmgate's own cost without "
+        "it, buffered chat completion",
+        rows,
+        reps,
+        [
+            *spreads,
+            "llmgate installs a table of which addons have each hook on mitmproxy's addon "
+            "manager (addon/gateway/hook_table.py), so each event goes only to those; "
+            "mitmproxy's own dispatch asks every addon of its chain for every event. "
+            "Issue 14's targets are against bare mitmdump (the every_feature case); the "
+            "last two rows are llmgate's own work, with dispatch alike on both sides",
+        ],
+        variants=("dispatch-baseline", "hook-dispatch"),
     )
 
 

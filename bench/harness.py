@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,10 @@ policies:
         max_cost_usd: 1000000
 """
 
+# One limit from each of QUOTA_YAML's windows on the check call's reply: both were
+# bound to the call and reserved.
+QUOTA_HEADERS = (b"x-llmgate-ratelimit-limit-requests", b"x-llmgate-ratelimit-limit-cost-usd")
+
 # One window for every caller, the request count per minute, with a limit no run
 # reaches: the smallest quota a policy can have, so a variant with it against one
 # without measures the per-call cost of the quota store itself (one reserve and one
@@ -111,7 +115,17 @@ class Variant:
     expect_headers: tuple[bytes, ...] = ()  # the check call's reply must carry these
     routes: str = ROUTE_YAML  # the route table (bench.yaml), formatted with upstream_port
     script: Path | None = None  # another `-s` script instead (a variant with addon=False)
+    options: tuple[str, ...] = ()  # mitmproxy options (`--set`) this variant always has
 
+
+# Issue 14's configuration: the ledger with payloads, safety and two quota windows.
+EVERY_FEATURE = Variant(
+    "llmgate+quota",
+    "llmgate + 2 quota windows",
+    addon=True,
+    policy_files=(("quota.yaml", QUOTA_YAML),),
+    expect_headers=QUOTA_HEADERS,
+)
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -123,6 +137,12 @@ VARIANTS: dict[str, Variant] = {
             "hook-reply",
             "mitmdump, a request hook that answers",
             script=Path(__file__).resolve().parent / "hook_reply.py",
+        ),
+        # The `hook_table` case: mitmdump with llmgate's hook table and nothing else.
+        Variant(
+            "bare+table",
+            "mitmdump + llmgate's hook table alone",
+            script=Path(__file__).resolve().parent / "hook_table_only.py",
         ),
         Variant("llmgate", "llmgate", addon=True),
         Variant(
@@ -149,29 +169,21 @@ VARIANTS: dict[str, Variant] = {
             addon=True,
             routes=TRANSLATE_ROUTES_YAML,
         ),
-        Variant(
-            "llmgate+quota",
-            "llmgate + 2 quota windows",
-            addon=True,
-            policy_files=(("quota.yaml", QUOTA_YAML),),
-            # One limit from each window: both were bound to the call and reserved.
-            expect_headers=(
-                b"x-llmgate-ratelimit-limit-requests",
-                b"x-llmgate-ratelimit-limit-cost-usd",
-            ),
+        EVERY_FEATURE,
+        # The `hook_table` case: every feature, with mitmproxy's own hook dispatch.
+        replace(
+            EVERY_FEATURE,
+            name="llmgate+quota-mitmdispatch",
+            title="llmgate + 2 quota windows, mitmproxy's own hook dispatch",
+            options=("llmgate_hook_table=false",),
         ),
         # `./run.sh bench --profile` (bench/hotspots.py): every feature at once, the two
         # quota windows and both routes of the translation cases in one process, so one
         # profile covers the same-protocol call and the translated one.
-        Variant(
-            "llmgate-profile",
-            "llmgate + 2 quota windows, an anthropic and an openai route",
-            addon=True,
-            policy_files=(("quota.yaml", QUOTA_YAML),),
-            expect_headers=(
-                b"x-llmgate-ratelimit-limit-requests",
-                b"x-llmgate-ratelimit-limit-cost-usd",
-            ),
+        replace(
+            EVERY_FEATURE,
+            name="llmgate-profile",
+            title="llmgate + 2 quota windows, an anthropic and an openai route",
             routes=TRANSLATE_ROUTES_YAML,
         ),
         # The fleet cases' variants: the window's store is chosen by the case (the
@@ -205,6 +217,8 @@ VARIANTS: dict[str, Variant] = {
 # two variants (its `CaseResult.variants` names these instead of `VARIANTS` keys).
 PHASES: dict[str, str] = {
     "feature-layers": "llmgate, one more feature on each row",
+    "dispatch-baseline": "the row's baseline (named in the cell)",
+    "hook-dispatch": "the row's proxy",
     "idle": "llmgate, idle",
     "runaway": "llmgate, during a runaway stream",
     "same-protocol": "llmgate, Chat caller, openai route (same protocol)",
@@ -331,7 +345,7 @@ class Proxy:
             "--set", f"confdir={confdir}",
             "--set", "connection_strategy=lazy",
         ]  # fmt: skip
-        for option in self.options:
+        for option in (*self.variant.options, *self.options):
             args += ["--set", option]
         if self.variant.script is not None:
             args += ["-s", str(self.variant.script)]

@@ -100,6 +100,7 @@ CASES: list[Case] = [
     Case("quota", cases.case_quota),
     Case("every_feature", cases.case_every_feature),
     Case("features", cases.case_features),
+    Case("hook_table", cases.case_hook_table),
     Case("audit", cases.case_audit),
     Case("safety", cases.case_safety),
     Case("hostile", cases.case_hostile),

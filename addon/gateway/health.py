@@ -2,7 +2,8 @@
 
 A plain HTTP request to this name, sent to llmgate as a proxy, is answered by
 llmgate itself and goes nowhere else. It shows counters only (the ledger
-writer's queue, rows written, reduced and lost, calls in flight), never a value
+writer's queue, rows written, reduced and lost, calls in flight, whether the hook
+table is on), never a value
 from a call, so any client of the proxy may read it; `llmgate doctor` does.
 """
 
@@ -33,6 +34,7 @@ class HealthPage:
             "audit_on_failure": gateway.config.audit.on_failure,
             "calls_in_flight": sum(1 for c in gateway.calls.values() if not c.closed),
             "dispatcher_in_flight": gateway.handoff.dispatcher.in_flight,
+            "hook_table": gateway.hook_table.table is not None,
             "ledger": writer,
         }
 

@@ -31,6 +31,7 @@ from addon.gateway.connection_guard import ConnectionGuard
 from addon.gateway.flow_masking import FlowMasking, ViewShade, ViewShadeLifter
 from addon.gateway.handoff import HandOff
 from addon.gateway.health import HEALTH_HOST, HealthPage
+from addon.gateway.hook_table import HookTable
 from addon.gateway.lifecycle import Lifecycle
 from addon.gateway.recorder import CallRecorder
 from addon.gateway.replies import REQUEST_ID_HEADER, HttpReplies, answer
@@ -80,8 +81,15 @@ class Gateway:
         self.handoff = HandOff(self)
         self.health = HealthPage(self)
         self.lifecycle = Lifecycle(self)
+        self.hook_table = HookTable()
         # mitmproxy calls a child addon's hooks after its parent's.
-        self.addons = [self.replies, self.websockets, self.connections, self.handoff]
+        self.addons = [
+            self.replies,
+            self.websockets,
+            self.connections,
+            self.handoff,
+            self.hook_table,
+        ]
         self.hosts = HostSet(())
 
     # --- options -----------------------------------------------------------------
