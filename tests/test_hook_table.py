@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mitmproxy import exceptions, hooks
-from mitmproxy.addonmanager import AddonManager
+from mitmproxy.addonmanager import AddonManager, traverse
 from mitmproxy.proxy.layers import http
 from mitmproxy.test import taddons, tflow
 
@@ -26,7 +26,7 @@ from addon.gateway import Gateway
 from addon.gateway.hook_table import OPTION, HookTable, _Table
 
 HOOK_NAMES = ("request", "response", "update", "running")
-BEHAVIOURS = ("ok", "async", "raise", "halt", "falsy")
+BEHAVIOURS = ("ok", "async", "raise", "halt", "falsy", "module", "not-callable")
 
 
 def event_for(name: str) -> hooks.Hook:
@@ -53,17 +53,21 @@ class Node:
     def _hook(ident: str, hook: str, behaviour: str, log: list[str]) -> Any:
         if behaviour == "falsy":
             return None  # mitmproxy skips a falsy attribute under a hook's name
+        if behaviour == "module":
+            return asyncio  # and a module (an addon's `import ... as request`)
+        if behaviour == "not-callable":
+            return 42  # and reports anything else that is not callable
 
-        def sync(*_: object) -> None:
-            log.append(f"{ident}.{hook}")
+        def sync(*args: object) -> None:
+            log.append(f"{ident}.{hook}{[type(a).__name__ for a in args]}")
             if behaviour == "raise":
                 raise ValueError(f"{ident} fails")
             if behaviour == "halt":
                 raise exceptions.AddonHalt()
 
-        async def asynchronous(*_: object) -> None:
+        async def asynchronous(*args: object) -> None:
             await asyncio.sleep(0)
-            log.append(f"{ident}.{hook}")
+            log.append(f"{ident}.{hook}{[type(a).__name__ for a in args]}")
 
         return asynchronous if behaviour == "async" else sync
 
@@ -104,39 +108,70 @@ def manager() -> Iterator[AddonManager]:
         yield manager
 
 
-def run_both(manager: AddonManager, log: list[str], caplog: pytest.LogCaptureFixture) -> None:
-    """Every hook name through mitmproxy's dispatch and through the table: the same."""
-    table = _Table(manager)
-    try:
-        for name in HOOK_NAMES:
-            for dispatch in ("mitmproxy", "table"):
-                log.clear()
-                caplog.clear()
-                if dispatch == "mitmproxy":
-                    run(manager, AddonManager.trigger_event(manager, event_for(name)))
-                    expected = (list(log), [r.getMessage() for r in caplog.records])
-                else:
-                    run(manager, manager.trigger_event(event_for(name)))
-                    got = (list(log), [r.getMessage() for r in caplog.records])
-            assert got == expected, name
-    finally:
-        table.remove()
+def dispatch_both(manager: AddonManager, log: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Every hook name through mitmproxy's dispatch and through the table: the same
+    hooks in the same order with the same arguments, and the same errors logged."""
+    for name in HOOK_NAMES:
+        seen = []
+        for dispatch in (AddonManager.trigger_event.__get__(manager), manager.trigger_event):
+            log.clear()
+            caplog.clear()
+            run(manager, dispatch(event_for(name)))
+            seen.append((list(log), [r.getMessage() for r in caplog.records]))
+        assert seen[0] == seen[1], name
+
+
+# What may happen to the addons between two events, each the way mitmproxy's API
+# (or its script loader) does it: a new addon of the chain, a child brought in with
+# `register`, an addon of the chain removed, children reordered in an option change.
+change = st.tuples(
+    st.sampled_from(("add", "register", "remove", "reorder")), st.integers(0, 99), tree
+)
+
+
+def apply(manager: AddonManager, log: list[str], what: tuple[str, int, Any], serial: int) -> None:
+    kind, pick, shape = what
+    nodes = [n for n in traverse(manager.chain) if isinstance(n, Node)]
+    tops = [n for n in manager.chain if isinstance(n, Node)]
+    if kind == "add":
+        manager.add(build(shape, log, f"new{serial}"))
+    elif kind == "register" and nodes:
+        child = build(shape, log, f"child{serial}")
+        parent = nodes[pick % len(nodes)]
+        parent.addons.append(child)
+        manager.register(child)
+    elif kind == "remove" and tops:
+        manager.remove(tops[pick % len(tops)])
+    elif kind == "reorder" and nodes:
+        parent = nodes[pick % len(nodes)]
+        parent.addons = parent.addons[::-1]
+        manager.master.options.update(allow_hosts=[f"example{serial}.com"])
 
 
 # caplog is cleared before each dispatch, so sharing it across examples is safe.
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(chain=st.lists(tree, max_size=6))
+@given(chain=st.lists(tree, max_size=6), changes=st.lists(change, max_size=4))
 def test_the_table_calls_what_mitmproxy_calls_in_its_order_with_its_errors(
-    chain: list, caplog: pytest.LogCaptureFixture
+    chain: list, changes: list, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
     with fresh_manager() as manager:
         log: list[str] = []
         for i, shape in enumerate(chain):
             manager.add(build(shape, log, f"a{i}"))
-        run_both(manager, log, caplog)
+        table = _Table(manager)
+        try:
+            dispatch_both(manager, log, caplog)
+            for serial, what in enumerate(changes):
+                apply(manager, log, what, serial)
+                dispatch_both(manager, log, caplog)
+        finally:
+            table.remove()
+
+
+REQUEST = ".request['HTTPFlow']"  # what a request hook records
 
 
 def dispatched(manager: AddonManager, log: list[str], name: str = "request") -> list[str]:
@@ -152,28 +187,30 @@ def test_an_addon_added_or_registered_later_is_dispatched_to(manager: AddonManag
     table = _Table(manager)
     assert dispatched(manager, log) == []  # the table now knows `request` has no takers
     manager.add(Node("late", log, {"request": "ok"}))  # the chain grows in place
-    assert dispatched(manager, log) == ["late.request"]
+    assert dispatched(manager, log) == [f"late{REQUEST}"]
     child = Node("child", log, {"request": "ok"})
     parent.addons.append(child)
     manager.register(child)  # how mitmproxy asks a parent to bring in a child
-    assert dispatched(manager, log) == ["child.request", "late.request"]
+    assert dispatched(manager, log) == [f"child{REQUEST}", f"late{REQUEST}"]
     manager.remove(manager.get("late"))
-    assert dispatched(manager, log) == ["child.request"]
+    assert dispatched(manager, log) == [f"child{REQUEST}"]
     table.remove()
 
 
-def test_children_are_looked_up_as_they_are_at_each_event(manager: AddonManager) -> None:
-    # The table holds the chain's addons, not their children: mitmproxy's script
-    # loader reorders its scripts in place, and they run in their new order.
+def test_children_reordered_in_an_option_change_run_in_their_new_order(
+    manager: AddonManager,
+) -> None:
+    # mitmproxy's script loader reorders its scripts in `configure`, without `register`.
     log: list[str] = []
     first, second = Node("first", log, {"request": "ok"}), Node("second", log, {"request": "ok"})
     parent = Node("parent", log, {})
     parent.addons = [first, second]
     manager.add(parent)
     table = _Table(manager)
-    assert dispatched(manager, log) == ["first.request", "second.request"]
+    assert dispatched(manager, log) == [f"first{REQUEST}", f"second{REQUEST}"]
     parent.addons = [second, first]
-    assert dispatched(manager, log) == ["second.request", "first.request"]
+    manager.master.options.update(allow_hosts=["example.com"])
+    assert dispatched(manager, log) == [f"second{REQUEST}", f"first{REQUEST}"]
     table.remove()
 
 
@@ -188,7 +225,7 @@ def test_a_child_given_without_register_is_seen_after_an_option_change(
     parent.addons.append(Node("quiet", log, {"request": "ok"}))  # mitmproxy asks for register
     assert dispatched(manager, log) == []  # the documented limit: not seen yet
     manager.master.options.update(allow_hosts=["example.com"])
-    assert dispatched(manager, log) == ["quiet.request"]
+    assert dispatched(manager, log) == [f"quiet{REQUEST}"]
     table.remove()
 
 

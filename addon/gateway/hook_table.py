@@ -7,25 +7,32 @@ the addon's children asking each for the hook by name. Nearly all of them have n
 such hook. That walk is about a third of bare mitmdump's CPU per call (BENCH.md,
 "mitmproxy's hook dispatch"), more than everything llmgate does with a call.
 
-`HookTable` keeps, per hook name, the addons of the chain that have it anywhere
-among their children, and hands each of those to mitmproxy's own `invoke_addon`
-inside mitmproxy's own `safecall`: the same order, the same error handling, the
-same `AddonHalt`, children looked up as they are at the time. Only the addons
-that could not have answered are skipped.
+`HookTable` keeps, per hook name, the chain's addons that have it anywhere among
+their children, each with its hooks in mitmproxy's order (parent, then children,
+depth first), and calls them as mitmproxy does: one `safecall` per addon of the
+chain, so an error ends that addon's hooks for the event and is logged as
+mitmproxy logs it, `AddonHalt` ends the event, and an awaitable result is awaited.
+The event's arguments are read once per event rather than once per hook (they
+are the same objects). An addon with something under a hook's name that is
+neither callable nor a module is left to mitmproxy's own `invoke_addon`, which
+reports it.
 
-The table is rebuilt when it may have gone stale: the chain replaced or grown
-(`add`, `remove`, `clear`), an addon registered (how a script or a parent brings
-in children: mitmproxy's API asks for `register`), or any option changed (how
-mitmproxy's script loader reorders scripts). An addon that gives itself a new hook
-method, or new children, by some other way than those is not seen until the next
-such change; `llmgate_hook_table=false` (env LLMGATE_HOOK_TABLE=false) puts back
-mitmproxy's own dispatch for such a set-up.
+The table is rebuilt when it may have gone stale: the chain replaced (`remove`,
+`clear`); an addon registered (`add` registers, a script reloaded is removed and
+registered again, and mitmproxy's API asks a parent bringing in children to
+register them); any option changed (how mitmproxy's script loader reorders
+scripts). An addon that gives itself a new hook method, or changes its
+children, by some other way than those is not seen until the next such change;
+`llmgate_hook_table=false` (env LLMGATE_HOOK_TABLE=false) puts back mitmproxy's
+own dispatch for such a set-up.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, exceptions, hooks
@@ -34,10 +41,21 @@ from mitmproxy.addonmanager import AddonManager, safecall, traverse
 OPTION = "llmgate_hook_table"
 
 
-def _answers(addon: Any, name: str) -> bool:
-    # mitmproxy's `_iter_hooks` calls what is truthy under the name (and reports
-    # what is not callable): the same test, so such an addon still gets its say.
-    return any(getattr(node, name, None) for node in traverse([addon]))
+# An addon of the chain and its hooks for one event, in mitmproxy's order; no hooks
+# (None) where mitmproxy's own `invoke_addon` must see to it.
+Group = tuple[Any, tuple[Callable[..., Any], ...] | None]
+
+
+def _group(addon: Any, name: str) -> Group | None:
+    hooks_: list[Callable[..., Any]] = []
+    for node in traverse([addon]):
+        hook = getattr(node, name, None)
+        if not hook or isinstance(hook, types.ModuleType):  # as mitmproxy's `_iter_hooks`
+            continue
+        if not callable(hook):
+            return addon, None  # mitmproxy reports it, in its words
+        hooks_.append(hook)
+    return (addon, tuple(hooks_)) if hooks_ else None
 
 
 class _Table:
@@ -45,45 +63,54 @@ class _Table:
 
     def __init__(self, manager: AddonManager) -> None:
         self.manager = manager
-        self.targets: dict[str, tuple[Any, ...]] = {}
+        self.groups: dict[str, tuple[Group, ...]] = {}
         self.chain: list[Any] | None = None
-        self.length = -1
         self.register: Callable[[Any], Any] = manager.register
 
         def register(addon: Any) -> Any:
             try:
                 return self.register(addon)
             finally:
-                self.targets.clear()
+                self.groups.clear()
 
         manager.register = register  # type: ignore[method-assign]
         manager.trigger_event = self.trigger_event  # type: ignore[method-assign]
         manager.master.options.changed.connect(self.forget)
 
     def forget(self, *_: object, **__: object) -> None:
-        self.targets.clear()
+        self.groups.clear()
 
     def remove(self) -> None:
         for name in ("register", "trigger_event"):
             self.manager.__dict__.pop(name, None)  # back to the class's own methods
         self.manager.master.options.changed.disconnect(self.forget)
 
-    def _targets(self, name: str) -> Iterable[Any]:
+    def _groups(self, name: str) -> tuple[Group, ...]:
         chain = self.manager.chain
-        if chain is not self.chain or len(chain) != self.length:
-            self.targets.clear()
-            self.chain, self.length = chain, len(chain)
-        found = self.targets.get(name)
+        if chain is not self.chain:  # `remove` and `clear` replace it; `add` registers
+            self.groups.clear()
+            self.chain = chain
+        found = self.groups.get(name)
         if found is None:
-            found = self.targets[name] = tuple(a for a in chain if _answers(a, name))
+            built = (_group(addon, name) for addon in chain)
+            found = self.groups[name] = tuple(g for g in built if g is not None)
         return found
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        invoke = self.manager.invoke_addon
-        for addon in self._targets(event.name):
+        groups = self._groups(event.name)
+        if not groups:
+            return
+        args = event.args()
+        for addon, hooks_ in groups:
             try:
                 with safecall():
-                    await invoke(addon, event)
+                    if hooks_ is None:
+                        await self.manager.invoke_addon(addon, event)
+                        continue
+                    for hook in hooks_:
+                        result = hook(*args)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
             except exceptions.AddonHalt:
                 return
 
