@@ -77,6 +77,11 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("translated", ANTHROPIC_MODEL, "Chat caller, anthropic route (translated)"),
 )
 LLMGATE_FILES = "addon/"
+# llmgate's hook table is mitmproxy's dispatch done another way: every addon's hooks,
+# mitmproxy's own included, run under its frame. Counted as llmgate, its "self" would
+# be mitmproxy's addons' work; so it counts as mitmproxy's dispatch, as the walk it
+# replaces (mitmproxy/addonmanager.py) does.
+DISPATCH_FILES = ("addon/gateway/hook_table.py",)
 MITMPROXY_FILES = "mitmproxy/"
 AIOHTTP_FILES = "aiohttp/"  # llmgate's dispatcher: its loopback listener and upstream client
 
@@ -172,7 +177,8 @@ def loop_index(stack: Stack) -> int | None:
 
 
 def is_llmgate(frame: str) -> bool:
-    return split_frame(frame)[1].startswith(LLMGATE_FILES)
+    where = split_frame(frame)[1]
+    return where.startswith(LLMGATE_FILES) and not where.startswith(DISPATCH_FILES)
 
 
 @dataclass
@@ -238,8 +244,9 @@ class Profile:
         busy = self.loop / (self.seconds * RATE) if self.seconds else 0
         return (
             f"event-loop thread: {self.loop} busy samples ({busy:.0%} of {self.seconds:g} s at "
-            f"{RATE}/s); llmgate (any `addon/` frame) {self.pct(self.llmgate)}, mitmproxy "
-            f"alone {self.pct(self.mitmproxy)}, the rest (asyncio, aiohttp, stdlib) alone "
+            f"{RATE}/s); llmgate (any `addon/` frame but the hook table's) "
+            f"{self.pct(self.llmgate)}, mitmproxy alone {self.pct(self.mitmproxy)}, the rest "
+            f"(asyncio, aiohttp, stdlib) alone "
             f"{self.pct(rest)}; aiohttp anywhere (the dispatcher's listener and client, "
             f"under llmgate frames or not) {self.pct(self.aiohttp)}. "
             f"Busy samples of the other threads: {others}."
@@ -491,7 +498,9 @@ def run(settings: Settings, seconds: float | None, wait_load: float, keep: bool)
         + f" ({os.cpu_count()} cores).\n\n{ledger}.\n\n"
         f"Self: samples whose innermost llmgate frame is the function (its code and the "
         f"non-llmgate code it calls directly); leaf: its own bytecode; inclusive: anywhere "
-        f"on the stack. Percentages of the event-loop thread's busy samples.\n"
+        f"on the stack. Percentages of the event-loop thread's busy samples. The hook "
+        f"table's frames (addon/gateway/hook_table.py) count as mitmproxy's hook dispatch, "
+        f"not as llmgate: every addon's hooks run under them.\n"
     )
     text = head + "".join("\n" + p.markdown() for p in profiles)
     md = RESULTS_DIR / f"profile-{stamp}.md"

@@ -229,6 +229,29 @@ def test_a_child_given_without_register_is_seen_after_an_option_change(
     table.remove()
 
 
+class Moody(Node):
+    """An addon that fails when asked for one hook: mitmproxy logs it at each event."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "response":
+            raise RuntimeError("moody has no answer")
+        raise AttributeError(name)
+
+
+def test_an_addon_that_raises_when_asked_is_logged_as_mitmproxy_logs_it(
+    manager: AddonManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[str] = []
+    manager.add(Moody("moody", log, {"request": "ok"}))
+    manager.add(Node("after", log, {"response": "ok"}))
+    table = _Table(manager)
+    caplog.set_level(logging.ERROR)
+    dispatch_both(manager, log, caplog)  # both log the error and go on to the next addon
+    assert dispatched(manager, log, "response") == ["after.response['HTTPFlow']"]
+    assert [r.getMessage() for r in caplog.records] == ["Addon error: moody has no answer"]
+    table.remove()
+
+
 def test_removing_the_table_puts_back_mitmproxys_own_methods(manager: AddonManager) -> None:
     table = _Table(manager)
     assert "trigger_event" in vars(manager) and "register" in vars(manager)

@@ -15,7 +15,7 @@ mitmproxy logs it, `AddonHalt` ends the event, and an awaitable result is awaite
 The event's arguments are read once per event rather than once per hook (they
 are the same objects). An addon with something under a hook's name that is
 neither callable nor a module is left to mitmproxy's own `invoke_addon`, which
-reports it.
+reports it, as is one that raises when asked for its hooks or its children.
 
 The table is rebuilt when it may have gone stale: the chain replaced (`remove`,
 `clear`); an addon registered (`add` registers, a script reloaded is removed and
@@ -48,13 +48,18 @@ Group = tuple[Any, tuple[Callable[..., Any], ...] | None]
 
 def _group(addon: Any, name: str) -> Group | None:
     hooks_: list[Callable[..., Any]] = []
-    for node in traverse([addon]):
-        hook = getattr(node, name, None)
-        if not hook or isinstance(hook, types.ModuleType):  # as mitmproxy's `_iter_hooks`
-            continue
-        if not callable(hook):
-            return addon, None  # mitmproxy reports it, in its words
-        hooks_.append(hook)
+    try:
+        for node in traverse([addon]):
+            hook = getattr(node, name, None)
+            if not hook or isinstance(hook, types.ModuleType):  # as mitmproxy's `_iter_hooks`
+                continue
+            if not callable(hook):
+                return addon, None  # mitmproxy reports it, in its words
+            hooks_.append(hook)
+    except Exception:
+        # An addon that fails to be asked (a raising `__getattr__` or `addons`): mitmproxy
+        # asks it again at every event, inside its `safecall`, which logs the error.
+        return addon, None
     return (addon, tuple(hooks_)) if hooks_ else None
 
 
