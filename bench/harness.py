@@ -419,7 +419,7 @@ class Proxy:
                 reservations, settled = conn.execute(
                     "select count(*), coalesce(sum(settled), 0) from quota_ledger"
                 ).fetchone()
-                windows = conn.execute("select count(*) from quota_totals").fetchone()[0]
+                windows = conn.execute("select count(*) from quota_sums").fetchone()[0]
                 return reservations, settled, windows
             finally:
                 conn.close()

@@ -120,7 +120,7 @@ def audit_line(label: str, audit: dict[str, Any]) -> str:
     if quota["reservations"]:
         line += (
             f"; quota ledger: {quota['reservations']} reservations ({quota['settled']} "
-            f"settled) counted in {quota['windows']} window totals"
+            f"settled) counted in {quota['windows']} window sums"
         )
     return line
 
