@@ -150,6 +150,32 @@ def test_the_default_policies_are_the_shipped_directory() -> None:
     assert (options._PROJECT_POLICIES / "default.yaml").is_file()
 
 
+@pytest.mark.parametrize(
+    ("scheme", "host", "port", "host_header"),
+    [
+        ("http", "127.0.0.1", 8081, "127.0.0.1:8081"),
+        ("https", "llm.internal", 443, "llm.internal"),
+        ("https", "llm.internal", 8443, "llm.internal:8443"),
+    ],
+)
+def test_a_rewritten_flow_names_its_upstream_in_every_field(
+    scheme: str, host: str, port: int, host_header: str
+) -> None:
+    """What mitmweb shows (and `-w` saves) is where the call went: the Host header
+    carries the new host and its port, whatever the caller's was."""
+    from addon.call import Call, Rewrite
+    from addon.routes import Upstream
+
+    flow = llm_flow("gpt-4o")
+    call = Call("id", 0.0, "openai_chat", "api.openai.com", "/v1/chat/completions")
+    rewrite = Rewrite(Upstream(scheme, host, port, "/v1/chat/completions"), None, {}, ())
+    Gateway().apply_rewrite(flow, call, rewrite)
+    request = flow.request
+    assert (request.scheme, request.host, request.port) == (scheme, host, port)
+    assert request.headers.get_all("host") == [host_header]
+    assert request.pretty_url == f"{scheme}://{host_header}/v1/chat/completions"
+
+
 @pytest.mark.parametrize("status", [200, 429, 599])
 def test_a_whole_reply_is_the_response_mitmproxys_constructor_builds(status: int) -> None:
     """handoff.whole_response skips the constructor's debug-mode type checks; every
