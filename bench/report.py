@@ -248,9 +248,10 @@ caller on an Anthropic route against the same caller on an openai route, same pr
 and upstream): <= 1 ms added median latency buffered at one connection, <= 0.3 ms
 added median delay per streamed event. One quota window on Redis adds <= 0.3 ms
 median latency at one connection over llmgate without quotas (`quota_redis`). The
-hostile case (a runaway upstream stream), `features` (what each feature costs) and
-the fleet case (1, 2, 3 processes against as many bare mitmdumps) have no target:
-they report the figures.
+hostile case (a runaway upstream stream), `features` (what each feature costs),
+`hook_table` (mitmdump with llmgate's hook table alone, and llmgate with and without
+it) and the fleet case (1, 2, 3 processes against as many bare mitmdumps) have no
+target: they report the figures.
 
 """
 
