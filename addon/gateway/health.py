@@ -3,8 +3,8 @@
 A plain HTTP request to this name, sent to llmgate as a proxy, is answered by
 llmgate itself and goes nowhere else. It shows counters only (the ledger
 writer's queue, rows written, reduced and lost, calls in flight, whether the hook
-table is on), never a value
-from a call, so any client of the proxy may read it; `llmgate doctor` does.
+table is on), never a value from a call, so any client of the proxy may read it;
+`llmgate doctor` does.
 """
 
 from __future__ import annotations
