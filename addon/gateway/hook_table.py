@@ -30,13 +30,14 @@ own dispatch for such a set-up.
 from __future__ import annotations
 
 import inspect
-import os
 import types
 from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, exceptions, hooks
 from mitmproxy.addonmanager import AddonManager, safecall, traverse
+
+from addon.gateway.options import env_flag
 
 OPTION = "llmgate_hook_table"
 
@@ -130,7 +131,7 @@ class HookTable:
         loader.add_option(
             OPTION,
             bool,
-            os.environ.get("LLMGATE_HOOK_TABLE", "true").lower() not in ("0", "false", "no"),
+            env_flag("LLMGATE_HOOK_TABLE"),
             "Dispatch mitmproxy's hooks only to the addons that have them, from a "
             "table kept per hook name (a third of mitmproxy's CPU per call). False: "
             "mitmproxy's own dispatch. Env: LLMGATE_HOOK_TABLE.",

@@ -38,6 +38,11 @@ def _pricing_path(policies: Path) -> Path:
     return (policies if policies.is_dir() else policies.parent) / "pricing.yaml"
 
 
+def env_flag(name: str) -> bool:
+    """An on-by-default switch from the environment: 0, false or no turn it off."""
+    return os.environ.get(name, "true").lower() not in ("0", "false", "no")
+
+
 def declare(loader) -> None:  # type: ignore[no-untyped-def]
     loader.add_option(
         "llmgate_policies",
@@ -68,7 +73,7 @@ def declare(loader) -> None:  # type: ignore[no-untyped-def]
     loader.add_option(
         "llmgate_websocket",
         bool,
-        os.environ.get("LLMGATE_WEBSOCKET", "true").lower() not in ("0", "false", "no"),
+        env_flag("LLMGATE_WEBSOCKET"),
         "Accept the Responses API over WebSocket on LLM hosts, each message a call. "
         "False refuses the upgrade (426) and Codex falls back to HTTPS. "
         "Env: LLMGATE_WEBSOCKET.",
