@@ -29,6 +29,7 @@ from tests.redis_server import (  # noqa: F401 - fixtures
     QuotaBackend,
     RedisBackend,
     RedisServer,
+    SqliteBackend,
     backend,
     redis_server,
 )
@@ -400,6 +401,20 @@ def test_group_and_global_scopes_share_rows_across_users(store: QuotaStore) -> N
 def test_running_totals_match_the_ledger_under_random_operations(
     backend: QuotaBackend,  # noqa: F811
 ) -> None:
+    random_operations_match_the_rows(backend)
+
+
+@pytest.mark.parametrize("move_after", [1, 10**9])
+def test_sqlite_sums_match_the_rows_however_often_their_cutoff_moves(
+    tmp_path: Path, move_after: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sums row's cutoff moved at every reserve, or never once the row is written: the
+    reads subtract (or add back) the rows in between either way. Redis has no cutoff."""
+    monkeypatch.setattr(quota, "MOVE_AFTER_ROWS", move_after)
+    random_operations_match_the_rows(SqliteBackend(tmp_path / "quota.db"))
+
+
+def random_operations_match_the_rows(backend: QuotaBackend) -> None:  # noqa: F811
     rng = random.Random(7)
     lengths = (10, 60, 300)
     keys = ("user:alice", "user:bob", "group:dev", "global")
@@ -414,8 +429,12 @@ def test_running_totals_match_the_ledger_under_random_operations(
             chosen = rng.sample(keys, rng.randint(1, 3))
             windows = [applied(rng.choice(lengths), k, max_input_tokens=4000) for k in chosen]
             demand = Demand(1, rng.randint(0, 900), rng.randint(0, 50), rng.randint(0, 9) / 1000)
-            if admitted(s.reserve(f"r{step}", windows, demand, now=now)):
+            reserved = s.reserve(f"r{step}", windows, demand, now=now)
+            if admitted(reserved):
                 live.append(f"r{step}")
+                for state in reserved:  # what the caller's headers are made of
+                    key, seconds = state.scope_key, state.window.window_seconds
+                    assert (state.used, state.reserved) == backend.brute_force(key, seconds, now)
         elif op < 0.85:
             s.settle(live.pop(rng.randrange(len(live))), Demand(1, rng.randint(0, 900)))
         elif op < 0.95:
@@ -483,6 +502,32 @@ def test_sums_follow_rows_written_by_hand_and_rows_never_move(tmp_path: Path) ->
         for i in range(4, 11):
             assert admitted(store.reserve(f"r{i}", windows, Demand(1, 100), now=20.0))
         assert isinstance(store.reserve("r11", windows, Demand(1, 100), now=20.0), Exceeded)
+
+
+def test_a_sums_rows_cutoff_moves_once_enough_rows_have_left_its_window(
+    tmp_path: Path,
+) -> None:
+    """Reads subtract the rows that left a window since its sums row's cutoff; a reserve
+    writes the row back at the window's start once MOVE_AFTER_ROWS of them have left,
+    so that no read ever scans more than a few dozen."""
+    windows = [applied(10, "user:alice", max_requests=1000)]
+    lag = quota.MOVE_AFTER_ROWS
+    with QuotaStore(tmp_path / "q.db") as store:
+        for i in range(lag):
+            assert admitted(store.reserve(f"r{i}", windows, Demand(), now=float(i)))
+        cutoff = "SELECT cutoff FROM quota_sums WHERE window_seconds = 10"
+        with closing(sqlite3.connect(tmp_path / "q.db")) as conn:
+            assert conn.execute(cutoff).fetchone() == (-10.0,)  # written by the first
+        # At 40.5, rows 0-30 have left (31 < lag): the cutoff stays, the sums are right.
+        state = store.reserve("a", windows, Demand(), now=40.5)
+        assert isinstance(state, list) and state[0].reserved.requests == 2
+        with closing(sqlite3.connect(tmp_path / "q.db")) as conn:
+            assert conn.execute(cutoff).fetchone() == (-10.0,)
+        # At 41.5 all 32 have left: the row moves to the window's start.
+        state = store.reserve("b", windows, Demand(), now=41.5)
+        assert isinstance(state, list) and state[0].reserved.requests == 2
+        with closing(sqlite3.connect(tmp_path / "q.db")) as conn:
+            assert conn.execute(cutoff).fetchone() == (31.5,)
 
 
 def test_a_store_drops_the_sums_table_an_older_llmgate_kept(tmp_path: Path) -> None:
