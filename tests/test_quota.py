@@ -509,7 +509,7 @@ def test_a_sums_rows_cutoff_moves_once_enough_rows_have_left_its_window(
 ) -> None:
     """Reads subtract the rows that left a window since its sums row's cutoff; a reserve
     writes the row back at the window's start once MOVE_AFTER_ROWS of them have left,
-    so that no read ever scans more than a few dozen."""
+    so that while calls keep coming a read scans a few dozen rows at most."""
     windows = [applied(10, "user:alice", max_requests=1000)]
     lag = quota.MOVE_AFTER_ROWS
     with QuotaStore(tmp_path / "q.db") as store:
