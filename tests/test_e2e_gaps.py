@@ -31,6 +31,7 @@ from tests.conftest import CALLER_KEY, UPSTREAM_KEYS, emulator_policy
 from tests.emulator import Emulator
 from tests.hostile import ENDPOINTS, REQUEST_ID, WIRE, assert_refused
 from tests.proxy import Proxy
+from tests.strict import wait_until
 
 HELLO = [{"role": "user", "content": "hi"}]
 CHAT = "https://api.openai.com/v1/chat/completions"
@@ -525,9 +526,14 @@ def test_a_broken_quota_store_fails_closed_with_503(
         conn = sqlite3.connect(f"{proxy.db}.quota", timeout=10, isolation_level=None)
         conn.execute("DROP TABLE quota_ledger")
         conn.close()
+        # The proxy owns the quota file (addon/quota/lease.py), so it decides the next
+        # call from memory, without reading the file, and fails to write it behind
+        # (SETTLE_DELAY later). From then on it refuses every call.
+        assert post(proxy, CHAT, body, bearer(CALLER_KEY)).status_code == 200
+        wait_until(lambda: "not written yet" in proxy.log(), what="the failed write behind")
         response = post(proxy, CHAT, body, bearer(CALLER_KEY))
         assert_refused(proxy, emulator, response, wire="openai", status=503,
-                       reason="quota_unavailable", outcome="failed", hits_before=1)  # fmt: skip
+                       reason="quota_unavailable", outcome="failed", hits_before=2)  # fmt: skip
         assert response.headers["retry-after"] == "1"
         assert "quota store unavailable" in proxy.log()
 

@@ -648,12 +648,23 @@ def test_workers_raise_quota_unavailable_when_their_store_cannot_answer(
     with pytest.raises(QuotaUnavailable):
         asyncio.run(dead.reserve("a", windows, Demand()))
     dead.close()
-    sqlite = QuotaWorker(tmp_path / "q.db")
-    sqlite._fast.close()  # any sqlite3 error but "busy": here, a closed connection
+    # Any sqlite3 error but "busy": here, a closed connection. First the file's owner,
+    # which reads a window's first sums from the file...
+    owner = QuotaWorker(tmp_path / "q.db")
+    assert owner._owned is not None
+    owner._owned.store.close()
     with pytest.raises(QuotaUnavailable):
-        asyncio.run(sqlite.reserve("a", windows, Demand()))
-    sqlite._pool.shutdown()
-    sqlite._store.close()
+        asyncio.run(owner.reserve("a", windows, Demand()))
+    # ... then a worker sharing the file (the owner hands it over), inline on SQLite.
+    shared = QuotaWorker(tmp_path / "q.db")
+    assert shared._owned is None and owner._owned is None
+    shared._fast.close()
+    with pytest.raises(QuotaUnavailable):
+        asyncio.run(shared.reserve("a", windows, Demand()))
+    for worker in (owner, shared):
+        worker._pool.shutdown()
+        worker._store.close()
+        worker._lease.close()
 
 
 # -- choosing the store ---------------------------------------------------------------

@@ -28,6 +28,14 @@ from addon.quota.worker import QuotaWorker
 from addon.turn_batch import Batch, TurnBatch
 
 
+def shared_worker(path: Path) -> tuple[QuotaStore, QuotaWorker]:
+    """A worker that shares its file with another user of it (here, a guest store), so
+    it reserves through SQLite transactions, a turn's reserves in one (the worker of
+    a file nobody else uses decides from memory: tests/test_quota_owned.py)."""
+    guest = QuotaStore(path)
+    return guest, QuotaWorker(path)
+
+
 def window(limit: int, seconds: int = 60, key: str = "user:alice") -> AppliedWindow:
     return AppliedWindow(QuotaWindow(window_seconds=seconds, max_requests=limit), key)
 
@@ -149,7 +157,7 @@ async def in_one_turn(*started: Awaitable[Any]) -> list[Any]:
 
 
 def test_a_turns_reserves_share_one_commit_and_the_limit_holds(tmp_path: Path) -> None:
-    worker = QuotaWorker(tmp_path / "q.db")
+    guest, worker = shared_worker(tmp_path / "q.db")
     limited = [window(7)]
 
     async def run() -> list[Any]:
@@ -164,12 +172,13 @@ def test_a_turns_reserves_share_one_commit_and_the_limit_holds(tmp_path: Path) -
         assert worker._fast_writes == 1  # one transaction for the turn
     finally:
         worker.close()
+        guest.close()
     with QuotaStore(tmp_path / "q.db") as store:
         assert store.states(limited)[0].reserved.requests == 7
 
 
 def test_a_bad_reserve_in_a_turn_fails_its_call_alone(tmp_path: Path) -> None:
-    worker = QuotaWorker(tmp_path / "q.db")
+    guest, worker = shared_worker(tmp_path / "q.db")
     limited = [window(100)]
 
     async def run() -> list[Any]:
@@ -188,6 +197,7 @@ def test_a_bad_reserve_in_a_turn_fails_its_call_alone(tmp_path: Path) -> None:
         assert isinstance(taken, DuplicateReservation)
     finally:
         worker.close()
+        guest.close()
     with QuotaStore(tmp_path / "q.db") as store:
         assert store.states(limited)[0].reserved.requests == 3  # taken, a, b
 
@@ -196,7 +206,7 @@ def test_a_turn_that_finds_sqlite_locked_waits_on_the_thread_and_admits_exactly(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "q.db"
-    worker = QuotaWorker(path)
+    guest, worker = shared_worker(path)
     limited = [window(4)]
 
     async def run(other: sqlite3.Connection) -> list[Any]:
@@ -215,6 +225,7 @@ def test_a_turn_that_finds_sqlite_locked_waits_on_the_thread_and_admits_exactly(
         assert worker._fast_writes == 0  # none went inline: all waited for the lock
     finally:
         worker.close()
+        guest.close()
 
 
 # --- the strict audit's opening rows ------------------------------------------------

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from addon.config import QuotaWindow
 from addon.quota.backend import DuplicateReservation
+from addon.quota.lease import OwnerWillNotHandOver, QuotaLease
 from addon.sqlite_wal import checkpoint, connect_wal, never_checkpoint, retry_locked
 
 KINDS = ("requests", "input_tokens", "output_tokens", "cost_usd")
@@ -137,7 +138,14 @@ _RANGE = (
     f"SELECT settled, {', '.join(f'SUM({c})' for c in _COLS)} FROM quota_ledger"
     " WHERE scope_key = ? AND ts > ? AND ts <= ? GROUP BY settled"
 )
+_SETTLE = (
+    f"UPDATE quota_ledger SET {', '.join(f'{c} = ?' for c in _COLS)}, settled = 1"
+    " WHERE reservation_id = ?"
+)
+_RELEASE = "DELETE FROM quota_ledger WHERE reservation_id = ?"
 Units = tuple[int, int, int, int]  # a Demand with the cost in nano-dollars
+# A quota_ledger row: scope key, ts, reservation id, the four amounts, settled.
+LedgerRow = tuple[str, float, str, int, int, int, int, int]
 # Per (scope key, window length): used units + reserved units, and the oldest counted ts.
 _Sums = tuple[list[int], float | None]
 
@@ -250,9 +258,22 @@ def _state(a: AppliedWindow, sums: dict[tuple[str, int], _Sums]) -> WindowState:
 class QuotaStore:
     """Quota counters in one SQLite file; one connection, used by one thread at a time."""
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 30_000, guest: bool = True) -> None:
         """`busy_timeout_ms=0` makes a store that fails at once (SQLITE_BUSY) instead of
-        waiting for another writer: the gateway's event-loop fast path uses one."""
+        waiting for another writer: the gateway's event-loop fast path uses one.
+
+        A `guest` store first waits (as long as for a writer) for the file's owner,
+        if it has one, to write out what it decided from memory (lease.py). The quota
+        worker opens its own connections with `guest=False`: it holds the lease itself.
+        """
+        self._lease: QuotaLease | None = None
+        if guest:
+            self._lease = QuotaLease(path)
+            try:
+                self._lease.join(busy_timeout_ms / 1000)
+            except OwnerWillNotHandOver as exc:
+                self._lease.close()
+                raise sqlite3.OperationalError(f"database is locked: {exc}") from exc
         self._conn = connect_wal(path, busy_timeout_ms)
         # In the script itself: executescript would otherwise commit an open BEGIN.
         retry_locked(lambda: self._conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;"))
@@ -321,11 +342,7 @@ class QuotaStore:
             except sqlite3.IntegrityError as exc:  # _write rolls the whole reserve back
                 raise DuplicateReservation(reservation_id) from exc
         if longest > self._horizon:
-            self._conn.execute(
-                "INSERT INTO quota_meta VALUES ('horizon', ?) ON CONFLICT (name)"
-                " DO UPDATE SET value = max(value, excluded.value)",
-                (longest,),
-            )
+            self._store_horizon(longest)
         # The admitted demand now counts in every window it was checked against.
         after = {
             kw: (
@@ -360,17 +377,18 @@ class QuotaStore:
         """Settle several reservations in one transaction (one commit, one lock)."""
         with self._write():
             self._conn.executemany(
-                f"UPDATE quota_ledger SET {', '.join(f'{c} = ?' for c in _COLS)}, settled = 1"
-                " WHERE reservation_id = ?",
+                _SETTLE,
                 [(*actual.units(), reservation_id) for reservation_id, actual in settlements],
             )
 
     def release(self, reservation_id: str) -> None:
         """The call never went out: it counts nowhere."""
         with self._write():
-            self._conn.execute(
-                "DELETE FROM quota_ledger WHERE reservation_id = ?", (reservation_id,)
-            )
+            self._conn.execute(_RELEASE, (reservation_id,))
+
+    def seconds_until_freed(self, a: AppliedWindow, index: int, excess: int, now: float) -> float:
+        """How long until `excess` units of kind `index` have left `a`'s window."""
+        return self._wait(a, index, excess, now)
 
     def release_instances(self, instance_ids: list[str]) -> int:
         """Release every unsettled reservation of these (dead) llmgate instances.
@@ -396,12 +414,62 @@ class QuotaStore:
 
     def states(self, windows: list[AppliedWindow], now: float | None = None) -> list[WindowState]:
         now = time.time() if now is None else now
-        self._conn.execute("BEGIN")  # one snapshot across scope keys; writes nothing
+        sums = self.sums(windows, now)
+        return [_state(a, sums) for a in windows]
+
+    def sums(self, windows: list[AppliedWindow], now: float) -> dict[tuple[str, int], _Sums]:
+        """Per (scope key, window length): used + reserved units now, and the oldest
+        counted ts; one snapshot across scope keys, written nothing."""
+        self._conn.execute("BEGIN")
         try:
-            sums, _ = self._all_sums(windows, now)
+            return self._all_sums(windows, now)[0]
         finally:
             self._conn.execute("COMMIT")
-        return [_state(a, sums) for a in windows]
+
+    def rows_after(
+        self, key: str, after: float, until: float
+    ) -> list[tuple[float, str, int, Units]]:
+        """The key's rows with `after < ts <= until`, oldest first: ts, reservation id,
+        settled, amounts."""
+        return [
+            (ts, reservation_id, settled, (r, i, o, c))
+            for ts, reservation_id, settled, r, i, o, c in self._conn.execute(
+                f"SELECT ts, reservation_id, settled, {', '.join(_COLS)} FROM quota_ledger"
+                " WHERE scope_key = ? AND ts > ? AND ts <= ? ORDER BY ts",
+                (key, after, until),
+            )
+        ]
+
+    def first_after(self, key: str, after: float) -> float | None:
+        """The ts of the key's oldest row with `ts > after`, if any."""
+        return self._conn.execute(_OLDEST, (key, after)).fetchone()[0]
+
+    def write_behind(
+        self,
+        rows: list[LedgerRow],
+        settles: list[tuple[str, Units]],
+        releases: list[str],
+        longest: int,
+    ) -> None:
+        """Write what another store decided (owned.py), in one transaction: new rows
+        (settled already, if their call ended before they were written), settles and
+        releases of rows written before. No reservation is in two of the three.
+
+        A reservation id this file already has keeps its row (INSERT OR IGNORE): its
+        decider refused a duplicate it knew of, and counted any other one in full,
+        which can only have made it stricter than the file.
+        """
+        with self._write():
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO quota_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            if settles:
+                self._conn.executemany(_SETTLE, [(*units, rid) for rid, units in settles])
+            if releases:
+                self._conn.executemany(_RELEASE, [(rid,) for rid in releases])
+            if longest > self._horizon:
+                self._store_horizon(longest)
+        self._horizon = max(self._horizon, longest)
 
     def prune(self, older_than: float, scope_keys: Iterable[str] | None = None) -> int:
         """Delete rows stamped before `older_than` (of `scope_keys` only, if given)."""
@@ -425,6 +493,8 @@ class QuotaStore:
 
     def close(self) -> None:
         self._conn.close()
+        if self._lease is not None:
+            self._lease.close()
 
     def __enter__(self) -> QuotaStore:
         return self
@@ -441,6 +511,17 @@ class QuotaStore:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+
+    def _store_horizon(self, longest: int) -> None:
+        self._conn.execute(
+            "INSERT INTO quota_meta VALUES ('horizon', ?) ON CONFLICT (name)"
+            " DO UPDATE SET value = max(value, excluded.value)",
+            (longest,),
+        )
+
+    def stored_horizon(self) -> float:
+        """The longest window any store has reserved with (rows older are pruned)."""
+        return self._stored_horizon()
 
     def _stored_horizon(self) -> float:
         row = self._conn.execute("SELECT value FROM quota_meta WHERE name = 'horizon'").fetchone()

@@ -37,6 +37,8 @@ from typing import Protocol
 
 from addon.config import GatewayConfig
 from addon.quota.backend import QuotaBackend, QuotaUnavailable
+from addon.quota.lease import OwnerWillNotHandOver, QuotaLease
+from addon.quota.owned import OwnedQuota
 from addon.quota.redis_store import AsyncRedisQuota, RedisQuotaStore
 from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
 from addon.sqlite_wal import is_locked
@@ -49,6 +51,12 @@ log = logging.getLogger("llmgate.quota")
 SETTLE_DELAY = 0.02
 # Inline commits between two checkpoints on the worker thread (~a few hundred KB of WAL).
 CHECKPOINT_EVERY = 200
+# How often the file's owner looks for a process waiting to use it too, and how long a
+# new worker waits for an owner to hand over (as long as SQLite waits for a writer).
+GUEST_POLL_S = 0.05
+GUEST_PATIENCE_S = 30.0
+# The owner's own connection may wait for the worker thread's checkpoint.
+OWNER_BUSY_MS = 5_000
 
 
 def quota_path(ledger: str | Path) -> Path:
@@ -118,15 +126,44 @@ _Request = tuple[str, list[AppliedWindow], Demand]  # a reserve's arguments
 _Reserved = list[WindowState] | Exceeded
 
 
+async def _answered(result: _Reserved) -> _Reserved:
+    return result
+
+
+async def _failed(exc: BaseException) -> _Reserved:
+    raise exc
+
+
 class QuotaWorker:
     answers_later = False  # inline, unless SQLite is busy
 
     def __init__(self, path: str | Path) -> None:
-        self._fast = QuotaStore(path, busy_timeout_ms=0)
+        self._lease = QuotaLease(path)
+        owner = self._lease.try_own()
+        if not owner:
+            try:
+                self._lease.join(GUEST_PATIENCE_S)
+            except OwnerWillNotHandOver as exc:
+                self._lease.close()
+                raise QuotaUnavailable(str(exc)) from exc
+        # The lease is this worker's: its connections do not join as guests.
+        self._fast = QuotaStore(path, busy_timeout_ms=0, guest=False)
         # An automatic checkpoint would run inside an inline commit and stall the
         # event loop for milliseconds; the worker thread checkpoints instead.
         self._fast.never_checkpoint()
-        self._store = QuotaStore(path)
+        self._store = QuotaStore(path, guest=False)
+        # While this process owns the file, reserves are decided in memory (owned.py).
+        self._owned: OwnedQuota | None = None
+        self._owned_lock = threading.Lock()  # the loop, and the watcher's hand-over
+        self._write_armed = False
+        self._stop_watching = threading.Event()
+        if owner:
+            written_through = QuotaStore(path, busy_timeout_ms=OWNER_BUSY_MS, guest=False)
+            written_through.never_checkpoint()
+            self._owned = OwnedQuota(written_through)
+            threading.Thread(
+                target=self._watch_for_guests, name="llmgate-quota-owner", daemon=True
+            ).start()
         self._fast_writes = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="llmgate-quota")
         self._lock = threading.Lock()
@@ -141,6 +178,9 @@ class QuotaWorker:
         """Queued, and done at the loop's next turn in one transaction with every reserve
         queued meanwhile (`_reserve_batch`)."""
         request = (reservation_id, windows, demand)
+        with self._owned_lock:
+            if self._owned is not None:
+                return self._decide(self._owned, request)
         try:
             return self._reserves.add(request)
         except RuntimeError:  # no running event loop yet: alone, when awaited
@@ -203,10 +243,21 @@ class QuotaWorker:
 
     def release_instances(self, instance_ids: list[str]) -> int:
         """Crash recovery at start-up; on the worker thread, which owns that connection."""
+        with self._owned_lock:
+            if self._owned is not None:
+                return self._owned.release_instances(instance_ids)
         return self._pool.submit(self._store.release_instances, instance_ids).result()
 
     def settle(self, reservation_id: str, actual: Demand, at_once: bool = False) -> None:
         """Queue a settle; queued settles are applied together a moment later, in one commit."""
+        with self._owned_lock:
+            if self._owned is not None:
+                try:
+                    self._owned.settle(reservation_id, actual)
+                except sqlite3.Error as exc:
+                    log.error("quota settle of call %s failed: %s", reservation_id, exc)
+                self._write_soon()
+                return
         self._pending.append((reservation_id, actual))
         if at_once:
             self._flush()
@@ -259,11 +310,81 @@ class QuotaWorker:
 
     def close(self) -> None:
         """Apply every queued settle, then close."""
+        self._stop_watching.set()
+        with self._owned_lock:
+            owned, self._owned = self._owned, None
+            if owned is not None:
+                try:
+                    owned.close()
+                except sqlite3.Error as exc:
+                    log.error("quota rows of %d decisions lost at close: %s", owned.unwritten, exc)
+                owned.store.close()
         self._flush()
         self._pool.shutdown(wait=True)
         self._drain()
         self._fast.close()
         self._store.close()
+        self._lease.close()
+
+    # -- while this process owns the file ------------------------------------------
+
+    def _decide(self, owned: OwnedQuota, request: _Request) -> Awaitable[_Reserved]:
+        """Answered from memory, at once: the await does not wait for a turn of the loop."""
+        try:
+            result = owned.reserve(*request)
+        except sqlite3.Error as exc:
+            return _failed(QuotaUnavailable(f"sqlite quota store: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - the caller's await raises it
+            return _failed(exc)
+        self._write_soon()
+        return _answered(result)
+
+    def _write_soon(self) -> None:
+        """Write the decisions behind a moment later, many to a transaction."""
+        if self._write_armed:
+            return
+        self._write_armed = True
+        try:
+            asyncio.get_running_loop().call_later(SETTLE_DELAY, self._write_behind)
+        except RuntimeError:  # no event loop (tests, shutdown): now
+            self._write_behind()
+
+    def _write_behind(self) -> None:
+        self._write_armed = False
+        with self._owned_lock:
+            if self._owned is None:
+                return
+            try:
+                self._owned.flush()
+            except sqlite3.Error as exc:  # kept, and tried again; reserves go on
+                log.error(
+                    "quota rows of %d decisions not written yet: %s", self._owned.unwritten, exc
+                )
+                self._write_soon()
+                return
+        self._wrote()
+
+    def _watch_for_guests(self) -> None:
+        while not self._stop_watching.wait(GUEST_POLL_S):
+            if self._lease.guest_waiting() and self._hand_over():
+                return
+
+    def _hand_over(self) -> bool:
+        """Write out everything, then use the file as a guest, through transactions."""
+        with self._owned_lock:
+            owned = self._owned
+            if owned is None:
+                return True
+            try:
+                owned.flush()
+            except sqlite3.Error as exc:  # the guest waits, and gives up in time
+                log.error("quota file not handed over, its rows cannot be written: %s", exc)
+                return False
+            self._lease.hand_over()
+            self._owned = None
+        owned.store.close()
+        log.info("another process uses the quota file: reserves now go through SQLite")
+        return True
 
 
 # A settle Redis could not take is retried this often, for as long as its reservation

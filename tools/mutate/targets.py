@@ -77,8 +77,8 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         name="quota",
-        files=("addon/quota/store.py", "addon/quota/budget.py"),
-        tests=("tests/test_quota.py", "tests/test_kill_quota.py"),
+        files=("addon/quota/store.py", "addon/quota/budget.py", "addon/quota/owned.py"),
+        tests=("tests/test_quota.py", "tests/test_kill_quota.py", "tests/test_quota_owned.py"),
         strict=_QUOTA_ARITHMETIC,
     ),
     Target(
