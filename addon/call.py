@@ -17,7 +17,7 @@ from addon.ledger.tool_calls import tools_offered
 from addon.policy import Denial
 from addon.protocols import WireProtocol
 from addon.protocols.canonical import CanonicalRequest
-from addon.quota.store import AppliedWindow, WindowState
+from addon.quota.windows import AppliedWindow, WindowState
 from addon.routes import Upstream
 
 if TYPE_CHECKING:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from addon.config import QuotaWindow
 from addon.quota.redis_store import AsyncRedisQuota, RedisQuotaStore
-from addon.quota.store import AppliedWindow, Demand, QuotaStore
+from addon.quota.store import QuotaStore
+from addon.quota.windows import AppliedWindow, Demand
 from tests.redis_server import RedisServer
 
 WINDOWS = [

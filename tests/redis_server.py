@@ -23,7 +23,8 @@ import pytest
 import redis
 
 from addon.quota.redis_store import PREFIX, RedisQuotaStore
-from addon.quota.store import NANO, Demand, QuotaStore
+from addon.quota.store import QuotaStore
+from addon.quota.windows import NANO, Demand
 
 
 def _free_port() -> int:

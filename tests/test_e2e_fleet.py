@@ -37,7 +37,7 @@ import pytest
 from addon.config import QuotaWindow
 from addon.ledger.recovery import INTERRUPTED_REASON
 from addon.quota.redis_store import DEFAULT_TTL, RedisQuotaStore
-from addon.quota.store import AppliedWindow, WindowState
+from addon.quota.windows import AppliedWindow, WindowState
 from tests.conftest import CALLER_KEY, UPSTREAM_KEYS, emulator_policy
 from tests.emulator import HEADER_CHUNKS, HEADER_PAUSE_MS, Emulator
 from tests.hostile import REQUEST_ID, assert_error_format

@@ -17,7 +17,7 @@ import pytest
 
 from addon.config import QuotaWindow
 from addon.quota.redis_store import RedisQuotaStore
-from addon.quota.store import AppliedWindow
+from addon.quota.windows import AppliedWindow
 from tests.conftest import CALLER_KEY, UPSTREAM_KEYS, emulator_policy
 from tests.emulator import Emulator
 from tests.hostile import assert_refused

@@ -18,6 +18,7 @@ from addon.config import Pricing, QuotaWindow, Route
 from addon.ledger.pricing import Pricer, PricingTable
 from addon.protocols.canonical import CanonicalRequest
 from addon.quota import store as quota
+from addon.quota import windows
 from addon.quota.budget import (
     actual_demand,
     bind_windows,
@@ -25,7 +26,8 @@ from addon.quota.budget import (
     quota_rejection,
     ratelimit_headers,
 )
-from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from addon.quota.store import QuotaStore
+from addon.quota.windows import AppliedWindow, Demand, Exceeded, WindowState
 from tests.redis_server import QuotaBackend, backend, redis_server  # noqa: F401 - fixtures
 
 
@@ -96,12 +98,12 @@ def test_remaining_rounds_cost_to_the_nano_dollar_and_keeps_counts_integers() ->
 
 
 def test_ceil_ms_rounds_up_to_the_millisecond_but_not_float_noise() -> None:
-    assert quota._ceil_ms(0.25) == 0.25
-    assert quota._ceil_ms(0.0304) == 0.031
-    assert quota._ceil_ms(0.0300000004) == 0.03  # noise below a nanosecond
-    assert quota._ceil_ms(30.000000000004) == 30.0
-    assert quota._ceil_ms(-5.0) == 0.0
-    assert quota._ceil_ms(0.0) == 0.0
+    assert windows.ceil_ms(0.25) == 0.25
+    assert windows.ceil_ms(0.0304) == 0.031
+    assert windows.ceil_ms(0.0300000004) == 0.03  # noise below a nanosecond
+    assert windows.ceil_ms(30.000000000004) == 30.0
+    assert windows.ceil_ms(-5.0) == 0.0
+    assert windows.ceil_ms(0.0) == 0.0
 
 
 def exceeded(retry_after: float, never_fits: bool = False, key: str = "k") -> Exceeded:
@@ -111,13 +113,13 @@ def exceeded(retry_after: float, never_fits: bool = False, key: str = "k") -> Ex
 
 def test_worse_prefers_never_fits_then_the_longest_wait_then_the_first() -> None:
     first, second = exceeded(10, key="first"), exceeded(10, key="second")
-    assert quota._worse(None, first) is first
-    assert quota._worse(first, second) is first  # a tie keeps the first found
-    assert quota._worse(exceeded(20), exceeded(10)).retry_after == 20
-    assert quota._worse(exceeded(10), exceeded(20)).retry_after == 20
+    assert windows.worse(None, first) is first
+    assert windows.worse(first, second) is first  # a tie keeps the first found
+    assert windows.worse(exceeded(20), exceeded(10)).retry_after == 20
+    assert windows.worse(exceeded(10), exceeded(20)).retry_after == 20
     never = exceeded(5, never_fits=True)
-    assert quota._worse(never, exceeded(50)) is never
-    assert quota._worse(exceeded(50), never) is never
+    assert windows.worse(never, exceeded(50)) is never
+    assert windows.worse(exceeded(50), never) is never
 
 
 def test_the_worst_violation_wins_whatever_the_window_order(store: QuotaStore) -> None:
@@ -259,6 +261,19 @@ def test_every_thousandth_reserve_prunes_its_own_keys_beyond_every_stores_horizo
         left = ids(db)
         assert "r1499" not in left and "r1500" in left
         assert "bob-old" in left and len(left) == 1 + 499
+
+
+def test_a_refused_reserve_does_not_count_towards_the_next_prune(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quota, "PRUNE_EVERY", 2)
+    with QuotaStore(db) as s:
+        assert isinstance(s.reserve("old", [applied(10, max_requests=5)], Demand(), now=0), list)
+        never = [applied(10, max_requests=0)]
+        assert isinstance(s.reserve("refused", never, Demand(), now=100), Exceeded)
+        assert ids(db) == ["old"]  # the refusal was no second reserve: nothing pruned
+        assert isinstance(s.reserve("new", [applied(10)], Demand(), now=100), list)
+        assert ids(db) == ["new"]  # the second admitted one prunes
 
 
 def test_a_thousand_reserves_without_windows_prune_without_a_horizon(db: Path) -> None:

@@ -34,7 +34,8 @@ from addon.ledger.recovery import (
 )
 from addon.ledger.store import ENCODE_ERROR, UNSTORED_PAYLOAD
 from addon.ledger.writer import AuditWriter
-from addon.quota.store import AppliedWindow, Demand, QuotaStore
+from addon.quota.store import QuotaStore
+from addon.quota.windows import AppliedWindow, Demand
 from tests.postgres_server import ledger_at, ledger_rows
 from tests.proxy import ROOT
 

@@ -22,7 +22,8 @@ from addon.config import QuotaWindow
 from addon.quota import store as quota
 from addon.quota.backend import DuplicateReservation, QuotaUnavailable
 from addon.quota.redis_store import RedisQuotaStore
-from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from addon.quota.store import QuotaStore
+from addon.quota.windows import AppliedWindow, Demand, Exceeded, WindowState
 from addon.sqlite_wal import WAL_RESTART_FRAMES
 from tests.proxy import free_port
 from tests.redis_server import (  # noqa: F401 - fixtures

@@ -11,6 +11,7 @@ import random
 import signal
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from addon.quota import worker as worker_module
 from addon.quota.backend import DuplicateReservation, QuotaUnavailable
 from addon.quota.lease import QuotaLease
 from addon.quota.owned import LOOKAHEAD_S, OwnedQuota
-from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore
+from addon.quota.store import QuotaStore
+from addon.quota.windows import AppliedWindow, Demand, Exceeded
 from addon.quota.worker import QuotaWorker
 from tests.redis_server import SqliteBackend
 from tests.test_quota import random_operations_match_the_rows
@@ -348,3 +350,71 @@ def test_a_killed_owner_leaves_the_file_to_the_next_process_with_its_rows(
         assert worker._owned.states(minute)[0].reserved.requests == 20
     finally:
         worker.close()
+
+
+def test_settles_and_releases_of_reservations_made_before_it_owned_the_file(
+    tmp_path: Path,
+) -> None:
+    """Reservations an earlier process left open are settled or released through the
+    file, and the windows then count them as the file does."""
+    path = tmp_path / "q.db"
+    minute = [applied(60, max_requests=10)]
+    with QuotaStore(path) as earlier:
+        for rid in ("a", "b", "c"):
+            assert isinstance(earlier.reserve(rid, minute, Demand(1, 100), now=1.0), list)
+    with OwnedStore(path) as owner:
+        assert owner.states(minute, now=2.0)[0].reserved == Demand(3, 300)
+        owner.settle_many([("a", Demand(1, 40)), ("b", Demand(1, 50))])
+        owner.release("c")
+        [state] = owner.states(minute, now=2.0)
+        assert (state.used, state.reserved) == (Demand(2, 90), Demand(0))
+        owner.settle("a", Demand(1, 7))  # settled twice: the file has the last word
+        assert owner.states(minute, now=2.0)[0].used == Demand(2, 57)
+    with QuotaStore(path) as after:
+        [state] = after.states(minute, now=2.0)
+        assert (state.used, state.reserved) == (Demand(2, 57), Demand(0))
+
+
+def test_the_owner_prunes_the_file_past_the_longest_window_it_reserved_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(owned_module, "PRUNE_EVERY", 3)
+    path = tmp_path / "q.db"
+    day, minute = [applied(500)], [applied(60)]
+    with OwnedStore(path) as owner:
+        assert isinstance(owner.reserve("long", day, Demand(), now=0.0), list)
+        assert isinstance(owner.reserve("m1", minute, Demand(), now=150.0), list)
+        owner.flush()
+        assert {r[0] for r in SqliteBackend(path).all_rows()} == {"long", "m1"}
+        assert isinstance(owner.reserve("m2", minute, Demand(), now=600.0), list)
+        # The third reserve prunes alice's rows older than 600 - 500, after writing.
+        assert {r[0] for r in SqliteBackend(path).all_rows()} == {"m1", "m2"}
+        assert owner.states(minute + day, now=600.0)[1].reserved.requests == 2
+        assert owner.prune(160.0, ["user:bob"]) == 0  # another key: alice's rows stay
+        assert owner.prune(160.0, ["user:alice"]) == 1
+        assert owner.states(day, now=600.0)[0].reserved.requests == 1
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM quota_meta").fetchall() == [(500.0,)]
+
+
+def test_rows_exactly_on_a_windows_edges(tmp_path: Path) -> None:
+    """Integer clocks that run back put a row exactly on a window's cutoff (it does not
+    count) or exactly on the end of the rows held ahead (it leaves in its turn)."""
+    both = [applied(10, max_requests=9), applied(20, max_requests=9)]
+    with OwnedStore(tmp_path / "q.db") as owner:
+        assert isinstance(owner.reserve("r100", both, Demand(), now=100.0), list)
+        # Only the 20 s window, at 90: exactly the 10 s window's cutoff (100 - 10).
+        assert isinstance(owner.reserve("r90", both[1:], Demand(), now=90.0), list)
+        ten, twenty = owner.states(both, now=100.0)
+        assert (ten.reserved.requests, twenty.reserved.requests) == (1, 2)
+    with OwnedStore(tmp_path / "edge.db") as owner:
+        eight, other = [applied(8, max_requests=9)], [applied(30)]
+        for t in (100.0, 101.0):
+            assert isinstance(owner.reserve(f"r{t:g}", eight, Demand(), now=t), list)
+        owner.states(eight, now=109.0)  # holds the rows up to 101 + min(8 / 4, 2) = 103
+        # Rows at exactly 103, then at 102 (the clock ran back; another window of the
+        # key): both are held ahead, in the order they leave.
+        for t in (103.0, 102.0):
+            assert isinstance(owner.reserve(f"late{t:g}", other, Demand(), now=t), list)
+        counts = [owner.states(eight, now=t)[0].reserved.requests for t in (109.5, 110, 111)]
+        assert counts == [2, 1, 0]

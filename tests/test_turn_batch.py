@@ -23,7 +23,8 @@ from addon.config import GatewayConfig, QuotaWindow
 from addon.gateway.recorder import CallRecorder
 from addon.ledger.writer import AuditWriter
 from addon.quota.backend import DuplicateReservation
-from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore
+from addon.quota.store import QuotaStore
+from addon.quota.windows import AppliedWindow, Demand, Exceeded
 from addon.quota.worker import QuotaWorker
 from addon.turn_batch import Batch, TurnBatch
 

@@ -20,7 +20,7 @@ from addon.ledger.payloads import write_half
 from addon.ledger.tool_calls import tool_call_rows
 from addon.quota import budget
 from addon.quota.backend import QuotaUnavailable
-from addon.quota.store import Demand, Exceeded, WindowState
+from addon.quota.windows import Demand, Exceeded, WindowState
 from addon.turn_batch import Batch, TurnBatch, pass_on
 
 if TYPE_CHECKING:

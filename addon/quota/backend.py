@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # store.py imports the errors below
-    from addon.quota.store import AppliedWindow, Demand, Exceeded, WindowState
+    from addon.quota.windows import AppliedWindow, Demand, Exceeded, WindowState
 
 
 class QuotaUnavailable(Exception):  # noqa: N818 - the name is what the caller is told

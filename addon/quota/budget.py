@@ -9,7 +9,7 @@ from addon.call import Call, Rejection
 from addon.config import QuotaWindow
 from addon.ledger.pricing import Pricer, cost_usd
 from addon.protocols.canonical import Usage
-from addon.quota.store import AppliedWindow, Demand, Exceeded, WindowState
+from addon.quota.windows import AppliedWindow, Demand, Exceeded, WindowState
 
 
 def bind_windows(

@@ -34,18 +34,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from addon.quota.backend import DuplicateReservation, QuotaUnavailable
-from addon.quota.store import (
-    PRUNE_EVERY,
+from addon.quota.store import PRUNE_EVERY, LedgerRow, QuotaStore
+from addon.quota.windows import (
     AppliedWindow,
     Demand,
     Exceeded,
-    LedgerRow,
-    QuotaStore,
     Units,
     WindowState,
-    _demand,
-    _worse,
+    demand_of,
     violations,
+    worse,
 )
 
 LOOKAHEAD_S = 2.0  # at most this much of a window's next leavers is held in memory
@@ -130,7 +128,7 @@ class OwnedQuota:
         for a in windows:
             sums = current[a.scope_key, a.window.window_seconds].sums
             for found in self._violations(a, sums, want, now):
-                worst = _worse(worst, found)
+                worst = worse(worst, found)
         if worst is not None:
             return worst
         keys = tuple(dict.fromkeys(a.scope_key for a in windows))
@@ -285,7 +283,9 @@ class OwnedQuota:
     def _state(self, a: AppliedWindow, w: _Window) -> WindowState:
         oldest = w.oldest()
         reset = None if oldest is None else oldest + a.window.window_seconds
-        return WindowState(a.window, a.scope_key, _demand(w.sums[:4]), _demand(w.sums[4:]), reset)
+        return WindowState(
+            a.window, a.scope_key, demand_of(w.sums[:4]), demand_of(w.sums[4:]), reset
+        )
 
     def _violations(
         self, a: AppliedWindow, sums: list[int], want: Units, now: float

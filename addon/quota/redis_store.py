@@ -48,19 +48,18 @@ from redis.retry import Retry
 from addon.quota import store as store_module
 from addon.quota.backend import DuplicateReservation, QuotaUnavailable
 from addon.quota.redis_pipe import RedisPipe, Script
-from addon.quota.store import (
+from addon.quota.store import _state, _Sums
+from addon.quota.windows import (
     KINDS,
     LIMIT_NAMES,
     AppliedWindow,
     Demand,
     Exceeded,
     WindowState,
-    _ceil_ms,
-    _state,
-    _Sums,
-    _worse,
+    ceil_ms,
     limit_units,
     violations,
+    worse,
 )
 
 log = logging.getLogger("llmgate.quota")
@@ -141,11 +140,11 @@ def reserve_result(
                 at = frees.get((n, i), b"")
                 if not at:  # unreachable: the demand alone fits, so freeing all suffices
                     return float(a.window.window_seconds)
-                return _ceil_ms(float(at) + a.window.window_seconds - now)
+                return ceil_ms(float(at) + a.window.window_seconds - now)
 
             units = sums[a.scope_key, a.window.window_seconds][0]
             for found in violations(a, units, want, wait):
-                worst = _worse(worst, found)
+                worst = worse(worst, found)
         assert worst is not None, "redis refused a reserve that breaks no limit"
         return worst
     # The admitted demand now counts in every window it was checked against.

@@ -6,6 +6,10 @@ user's minute and hour, or `group:dev` for every member) counts the same rows: t
 with `ts > now - window_seconds`. A row counts in full until `settle` replaces its
 amounts by the actual usage (keeping its `ts`); `release` deletes it.
 
+Every `QuotaStore` is a guest of the file (lease.py): it waits at open until a
+process that owned the file, and decided its calls from memory (owned.py), has
+written them out and given it up.
+
 Why it is race-free, across threads and processes sharing the file: `reserve` is
 one `BEGIN IMMEDIATE` transaction. IMMEDIATE takes SQLite's single write lock at
 BEGIN, before the first read, so the sums it checks cannot change until it commits
@@ -41,21 +45,27 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from addon.config import QuotaWindow
 from addon.quota.backend import DuplicateReservation
 from addon.quota.lease import OwnerWillNotHandOver, QuotaLease
+from addon.quota.windows import (
+    AppliedWindow,
+    Demand,
+    Exceeded,
+    Units,
+    WindowState,
+    ceil_ms,
+    demand_of,
+    violations,
+    worse,
+)
 from addon.sqlite_wal import checkpoint, connect_wal, never_checkpoint, retry_locked
 
-KINDS = ("requests", "input_tokens", "output_tokens", "cost_usd")
-LIMIT_NAMES = tuple(f"max_{kind}" for kind in KINDS)
 PRUNE_EVERY = 1000
 MOVE_AFTER_ROWS = 32  # a sums row's cutoff moves once this many rows have left its window
-NANO = 1_000_000_000
 _COLS = ("requests", "input_tokens", "output_tokens", "cost_nusd")
 
 
@@ -143,116 +153,16 @@ _SETTLE = (
     " WHERE reservation_id = ?"
 )
 _RELEASE = "DELETE FROM quota_ledger WHERE reservation_id = ?"
-Units = tuple[int, int, int, int]  # a Demand with the cost in nano-dollars
 # A quota_ledger row: scope key, ts, reservation id, the four amounts, settled.
 LedgerRow = tuple[str, float, str, int, int, int, int, int]
 # Per (scope key, window length): used units + reserved units, and the oldest counted ts.
 _Sums = tuple[list[int], float | None]
 
 
-@dataclass(frozen=True)
-class Demand:
-    """What one call consumes (or is reserved to consume)."""
-
-    requests: int = 1
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def units(self) -> Units:
-        return (self.requests, self.input_tokens, self.output_tokens, round(self.cost_usd * NANO))
-
-
-def _demand(units: Sequence[int]) -> Demand:
-    return Demand(units[0], units[1], units[2], units[3] / NANO)
-
-
-@dataclass(frozen=True)
-class AppliedWindow:
-    """A configured window bound to the scope key it counts under ("user:alice", "global")."""
-
-    window: QuotaWindow
-    scope_key: str
-
-
-@dataclass(frozen=True)
-class WindowState:
-    window: QuotaWindow
-    scope_key: str
-    used: Demand  # settled consumption inside the window now
-    reserved: Demand  # unsettled reservations inside the window now
-    reset_at: float | None  # when the oldest counted row leaves the window
-
-    def remaining(self) -> dict[str, float | int | None]:
-        """limit - used - reserved per limit name; never negative, as headers expect."""
-        out: dict[str, float | int | None] = {}
-        for kind, name in zip(KINDS, LIMIT_NAMES, strict=True):
-            limit = getattr(self.window, name)
-            if limit is None:
-                out[name] = None
-                continue
-            left = limit - getattr(self.used, kind) - getattr(self.reserved, kind)
-            out[name] = max(round(left, 9), 0.0) if kind == "cost_usd" else max(left, 0)
-        return out
-
-
-@dataclass(frozen=True)
-class Exceeded:
-    window: QuotaWindow
-    scope_key: str
-    limit_name: str
-    limit: float
-    current: float  # used + reserved
-    requested: float
-    retry_after: float  # seconds until this demand fits this window
-    never_fits: bool = False  # the demand alone exceeds the limit (or the limit is 0)
-
-
-def _worse(a: Exceeded | None, b: Exceeded) -> Exceeded:
-    """The answer a caller must heed: waiting cannot help one that never fits, else the
-    longest wait, since the caller needs every window at once."""
-    return a if a and (a.never_fits, a.retry_after) >= (b.never_fits, b.retry_after) else b
-
-
-def _ceil_ms(seconds: float) -> float:
-    # round() first so float noise (30.000000000004) does not cost an extra ms.
-    return math.ceil(round(max(seconds, 0.0) * 1000, 6)) / 1000
-
-
-def violations(
-    a: AppliedWindow, sums: Sequence[int], want: Units, wait: Callable[[int, int], float]
-) -> Iterator[Exceeded]:
-    """Every limit of `a` that `want` on top of `sums` (used + reserved units) breaks.
-
-    `wait(kind index, excess units)` is the store's answer to "how long until that
-    much has left the window"; both stores free rows oldest first (see `_wait`).
-    """
-    seconds = a.window.window_seconds
-    for i, (kind, name) in enumerate(zip(KINDS, LIMIT_NAMES, strict=True)):
-        limit = getattr(a.window, name)
-        if limit is None:
-            continue
-        cap = limit_units(kind, limit)
-        have = sums[i] + sums[4 + i]
-        if cap > 0 and have + want[i] <= cap:
-            continue
-        never = cap == 0 or want[i] > cap
-        after = float(seconds) if never else wait(i, have + want[i] - cap)
-        scale = NANO if kind == "cost_usd" else 1
-        yield Exceeded(
-            a.window, a.scope_key, name, limit, have / scale, want[i] / scale, after, never
-        )
-
-
-def limit_units(kind: str, limit: float) -> int:
-    """A limit in the stores' integer units (cost in nano-dollars)."""
-    return round(limit * NANO) if kind == "cost_usd" else int(limit)
-
-
 def _state(a: AppliedWindow, sums: dict[tuple[str, int], _Sums]) -> WindowState:
     units, oldest = sums[a.scope_key, a.window.window_seconds]
     reset = None if oldest is None else oldest + a.window.window_seconds
-    return WindowState(a.window, a.scope_key, _demand(units[:4]), _demand(units[4:]), reset)
+    return WindowState(a.window, a.scope_key, demand_of(units[:4]), demand_of(units[4:]), reset)
 
 
 class QuotaStore:
@@ -323,7 +233,7 @@ class QuotaStore:
         for a in windows:
             units = sums[a.scope_key, a.window.window_seconds][0]
             for found in self._violations(a, units, want, now):
-                worst = _worse(worst, found)
+                worst = worse(worst, found)
         if worst is not None:
             return worst  # nothing was written
         # The sums first, then the rows, whose trigger adds them to every sums row of
@@ -591,5 +501,5 @@ class QuotaStore:
         ):
             freed += amount
             if freed >= excess:
-                return _ceil_ms(ts + seconds - now)
+                return ceil_ms(ts + seconds - now)
         return float(seconds)  # unreachable: the demand alone fits, so freeing all suffices

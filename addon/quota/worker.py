@@ -1,6 +1,8 @@
 """Running the quota store for the gateway, SQLite or Redis, without stalling the event loop.
 
-SQLite (QuotaWorker): on the loop when SQLite is free, else on a thread.
+SQLite (QuotaWorker): from memory while this process is the file's only user
+(owned.py, lease.py), its rows written behind every SETTLE_DELAY; else on the loop
+when SQLite is free, else on a thread.
 
 A reserve or a settle is well under 0.1 ms of SQLite work. Handing it to a thread
 costs more than that (GIL hand-offs with the event loop, and two of our own
@@ -40,7 +42,8 @@ from addon.quota.backend import QuotaBackend, QuotaUnavailable
 from addon.quota.lease import OwnerWillNotHandOver, QuotaLease
 from addon.quota.owned import OwnedQuota
 from addon.quota.redis_store import AsyncRedisQuota, RedisQuotaStore
-from addon.quota.store import AppliedWindow, Demand, Exceeded, QuotaStore, WindowState
+from addon.quota.store import QuotaStore
+from addon.quota.windows import AppliedWindow, Demand, Exceeded, WindowState
 from addon.sqlite_wal import is_locked
 from addon.turn_batch import Batch, TurnBatch, pass_on
 
