@@ -103,6 +103,11 @@ class OwnedQuota:
         self._write_error: sqlite3.Error | None = None
 
     @property
+    def failing(self) -> bool:
+        """The file refused the last write (reserves are refused until it takes one)."""
+        return self._write_error is not None
+
+    @property
     def unwritten(self) -> int:
         return len(self._new_rows) + len(self._settles) + len(self._releases)
 

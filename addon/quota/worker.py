@@ -178,8 +178,9 @@ class QuotaWorker:
     def send_reserve(
         self, reservation_id: str, windows: list[AppliedWindow], demand: Demand
     ) -> Awaitable[list[WindowState] | Exceeded]:
-        """Queued, and done at the loop's next turn in one transaction with every reserve
-        queued meanwhile (`_reserve_batch`)."""
+        """Decided at once from memory while this process owns the file; else queued,
+        and done at the loop's next turn in one transaction with every reserve queued
+        meanwhile (`_reserve_batch`)."""
         request = (reservation_id, windows, demand)
         with self._owned_lock:
             if self._owned is not None:
@@ -357,14 +358,21 @@ class QuotaWorker:
         with self._owned_lock:
             if self._owned is None:
                 return
+            failing = self._owned.failing
             try:
                 self._owned.flush()
-            except sqlite3.Error as exc:  # kept, and tried again; reserves go on
-                log.error(
-                    "quota rows of %d decisions not written yet: %s", self._owned.unwritten, exc
-                )
+            except sqlite3.Error as exc:  # kept and tried again; reserves refused meanwhile
+                if not failing:
+                    log.error(
+                        "quota rows of %d decisions not written yet, calls refused until "
+                        "they are: %s",
+                        self._owned.unwritten,
+                        exc,
+                    )
                 self._write_soon()
                 return
+            if failing:
+                log.warning("quota rows written again; calls are admitted again")
         self._wrote()
 
     def _watch_for_guests(self) -> None:
@@ -378,10 +386,12 @@ class QuotaWorker:
             owned = self._owned
             if owned is None:
                 return True
+            failing = owned.failing
             try:
                 owned.flush()
             except sqlite3.Error as exc:  # the guest waits, and gives up in time
-                log.error("quota file not handed over, its rows cannot be written: %s", exc)
+                if not failing:
+                    log.error("quota file not handed over, its rows cannot be written: %s", exc)
                 return False
             self._lease.hand_over()
             self._owned = None
