@@ -20,6 +20,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -518,6 +519,12 @@ def test_a_broken_quota_store_fails_closed_with_503(
     with own_proxy(tmp_path, confdir, emulator, policy) as proxy:
         body = {"model": "gpt-4o", "messages": HELLO}
         assert post(proxy, CHAT, body, bearer(CALLER_KEY)).status_code == 200
+
+        def first_call_written() -> bool:  # its row and settle, written behind
+            with closing(sqlite3.connect(f"{proxy.db}.quota", timeout=10)) as conn:
+                return conn.execute("SELECT settled FROM quota_ledger").fetchall() == [(1,)]
+
+        wait_until(first_call_written, what="the first call's quota row, settled")
         # The quota file now holds a database without llmgate's ledger table, as
         # after a bad restore: every reserve fails inside SQLite. (A lock held by
         # another process would do too, but only after the store's 30 s busy wait;
