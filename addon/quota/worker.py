@@ -160,13 +160,15 @@ class QuotaWorker:
         self._owned_lock = threading.Lock()  # the loop, and the watcher's hand-over
         self._write_armed = False
         self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
         if owner:
             written_through = QuotaStore(path, busy_timeout_ms=OWNER_BUSY_MS, guest=False)
             written_through.never_checkpoint()
             self._owned = OwnedQuota(written_through)
-            threading.Thread(
+            self._watcher = threading.Thread(
                 target=self._watch_for_guests, name="llmgate-quota-owner", daemon=True
-            ).start()
+            )
+            self._watcher.start()
         self._fast_writes = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="llmgate-quota")
         self._lock = threading.Lock()
@@ -315,6 +317,8 @@ class QuotaWorker:
     def close(self) -> None:
         """Apply every queued settle, then close."""
         self._stop_watching.set()
+        if self._watcher is not None:  # before the lease's descriptors close under it
+            self._watcher.join(timeout=2 * GUEST_POLL_S + 1)
         with self._owned_lock:
             owned, self._owned = self._owned, None
             if owned is not None:
