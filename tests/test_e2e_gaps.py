@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -543,6 +544,48 @@ def test_a_broken_quota_store_fails_closed_with_503(
                        reason="quota_unavailable", outcome="failed", hits_before=2)  # fmt: skip
         assert response.headers["retry-after"] == "1"
         assert "quota store unavailable" in proxy.log()
+
+
+def test_the_llmgate_command_takes_the_quota_file_over_from_a_proxy_deciding_from_memory(
+    tmp_path: Path, confdir: Path, emulator: Emulator
+) -> None:
+    """While the proxy is the quota file's only user it decides from memory; `llmgate
+    quota` opens the file too, so the proxy writes everything out and hands it over
+    once, and its window counts on through SQLite: the calls before and after add up.
+    (A proxy of its own: a mitmproxy script reload also opens the file a second time,
+    and the shared proxies of other modules may have had one.)"""
+    policy = """\
+        policies:
+          - name: everyone
+            quota_windows: [{window_seconds: 3600, scope: user, max_requests: 3}]
+        """
+    with own_proxy(tmp_path, confdir, emulator, policy) as proxy:
+        body = {"model": "gpt-4o", "messages": HELLO}
+        for _ in range(2):
+            assert post(proxy, CHAT, body, bearer(CALLER_KEY)).status_code == 200
+
+        def written() -> list[tuple[str]]:  # the two rows, written behind
+            with closing(sqlite3.connect(f"{proxy.db}.quota", timeout=10)) as conn:
+                keys = conn.execute("SELECT scope_key FROM quota_ledger").fetchall()
+            return keys if len(keys) == 2 else []
+
+        scope_key = wait_until(written, what="the two calls' quota rows")[0][0]
+        assert "reserves now go through SQLite" not in proxy.log()  # it still owns the file
+        shown = subprocess.run(
+            [sys.executable, "-m", "addon.cli", "--db", str(proxy.db), "quota",
+             scope_key.removeprefix("user:"), "--policies", str(tmp_path / "p")],
+            check=True, capture_output=True, text=True, timeout=60,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        ).stdout  # fmt: skip
+        # The row reads used, reserved, remaining: the two calls decided from memory.
+        [(used, reserved, left)] = re.findall(r"max_requests=3\W+(\d+)\W+(\d+)\W+(\d+)", shown)
+        assert (int(used) + int(reserved), int(left)) == (2, 1), shown
+        assert proxy.log().count("reserves now go through SQLite") == 1
+        third = post(proxy, CHAT, body, bearer(CALLER_KEY))
+        assert third.status_code == 200
+        assert third.headers["x-llmgate-ratelimit-remaining-requests"] == "0"
+        assert post(proxy, CHAT, body, bearer(CALLER_KEY)).status_code == 429
+        assert len(emulator.hits) == 3
 
 
 def test_a_world_readable_hmac_key_is_tightened_and_kept(

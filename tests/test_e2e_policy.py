@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sqlite3
 import subprocess
 import sys
@@ -50,9 +49,6 @@ policies:
   - name: screened
     applies_to: {users: [screened]}
     quota_windows: [{window_seconds: 3600, scope: user, max_requests: 1}]
-  - name: handover
-    applies_to: {users: [handover]}
-    quota_windows: [{window_seconds: 3600, scope: user, max_requests: 3}]
   - name: retry
     applies_to: {users: [retry]}
     quota_windows: [{window_seconds: 8, scope: user, max_requests: 2}]
@@ -107,7 +103,6 @@ def keys(gate: Proxy) -> dict[str, str]:
         "racer2": issue("racer2", "racers"),
         "budget": issue("budget"),
         "retry": issue("retry"),
-        "handover": issue("handover"),
         "screened": issue("screened"),
         "settler": issue("settler"),
         "revoked": issue("mallory"),
@@ -428,36 +423,6 @@ def test_a_call_refused_by_screening_counts_in_no_window(
     all_settled(gate, "screened")
     quota = quota_totals(gate, "screened")
     assert (quota["rows"], quota["requests"]) == (2, 1)  # the blocked call's row counts 0
-
-
-def test_the_llmgate_command_takes_the_quota_file_over_and_the_window_still_holds(
-    gate: Proxy, keys: dict[str, str], policy_dir: Path
-) -> None:
-    """While the proxy is the quota file's only user it decides from memory; `llmgate
-    quota` opens the file too, so the proxy writes everything out and hands it over,
-    and its windows count on through SQLite: the calls before and after add up."""
-    client = oa(gate, keys["handover"])
-    for _ in range(2):
-        client.chat.completions.create(model="gpt-4o", messages=HELLO)
-    assert "reserves now go through SQLite" not in gate.log()  # it still owns the file
-    shown = subprocess.run(
-        [sys.executable, "-m", "addon.cli", "--db", str(gate.db), "quota", "handover",
-         "--policies", str(policy_dir)],
-        check=True, capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-        timeout=60,
-    ).stdout  # fmt: skip
-    # The row reads used, reserved, remaining: the two calls decided from memory.
-    [(used, reserved, left)] = re.findall(
-        r"user:handover\W+max_requests=3\W+(\d+)\W+(\d+)\W+(\d+)", shown
-    )
-    assert (int(used) + int(reserved), int(left)) == (2, 1), shown
-    assert gate.log().count("reserves now go through SQLite") == 1
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
-    assert raw.headers["x-llmgate-ratelimit-remaining-requests"] == "0"
-    with pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model="gpt-4o", messages=HELLO)
-    all_settled(gate, "handover")
-    assert quota_totals(gate, "handover")["rows"] == 3
 
 
 def test_cli_shows_quota_windows_and_the_ledger(
