@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import NoReturn
 
 # What the batch's handler gets: each item with the future its caller awaits. The
 # handler must answer every future that is not done, and may still do the work of one
@@ -52,6 +53,16 @@ class TurnBatch[Item, Answer]:
             for _, answer in batch:
                 if not answer.done():
                     answer.set_exception(exc)
+
+
+async def answered[Answer](value: Answer) -> Answer:
+    """An answer known already, as an awaitable: awaiting it never waits for the loop."""
+    return value
+
+
+async def raised(error: BaseException) -> NoReturn:
+    """A failure known already, as an awaitable: awaiting it raises `error`."""
+    raise error
 
 
 def pass_on[Answer](done: asyncio.Future[Answer], answer: asyncio.Future[Answer]) -> None:

@@ -21,20 +21,12 @@ from addon.ledger.tool_calls import tool_call_rows
 from addon.quota import budget
 from addon.quota.backend import QuotaUnavailable
 from addon.quota.windows import Demand, Exceeded, WindowState
-from addon.turn_batch import Batch, TurnBatch, pass_on
+from addon.turn_batch import Batch, TurnBatch, answered, pass_on, raised
 
 if TYPE_CHECKING:
     from addon.gateway.http_hooks import Gateway
 
 log = logging.getLogger("llmgate")
-
-
-async def _answered(rejection: Rejection) -> Rejection:
-    return rejection
-
-
-async def _unavailable(error: QuotaUnavailable) -> list[WindowState] | Exceeded:
-    raise error
 
 
 class CallRecorder:
@@ -48,12 +40,12 @@ class CallRecorder:
             call, self.gateway.pricer, self.gateway.config.quota.default_output_reservation
         )
         if isinstance(demand, Rejection):
-            return _answered(demand)
+            return answered(demand)
         assert self.gateway.quota is not None
         try:
             sent = self.gateway.quota.send_reserve(call.id, call.quota_windows, demand)
         except QuotaUnavailable as exc:
-            sent = _unavailable(exc)
+            sent = raised(exc)
         return self._admitted(call, sent)
 
     async def reserve(self, call: Call) -> Rejection | None:

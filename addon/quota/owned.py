@@ -147,9 +147,8 @@ class OwnedQuota:
         self._longest = max(self._longest, *(a.window.window_seconds for a in windows), 0)
         states = [self._state(a, current[a.scope_key, a.window.window_seconds]) for a in windows]
         self._reserves += 1
-        if keys and self._reserves % PRUNE_EVERY == 0:
-            self.flush()
-            self.prune(now - self.store.stored_horizon(), keys)
+        if keys and self._reserves % PRUNE_EVERY == 0:  # `prune` writes everything first
+            self.prune(now - max(self._longest, self.store.stored_horizon()), keys)
         return states
 
     def settle(self, reservation_id: str, actual: Demand, now: float | None = None) -> None:

@@ -45,7 +45,7 @@ from addon.quota.redis_store import AsyncRedisQuota, RedisQuotaStore
 from addon.quota.store import QuotaStore
 from addon.quota.windows import AppliedWindow, Demand, Exceeded, WindowState
 from addon.sqlite_wal import is_locked
-from addon.turn_batch import Batch, TurnBatch, pass_on
+from addon.turn_batch import Batch, TurnBatch, answered, pass_on, raised
 
 log = logging.getLogger("llmgate.quota")
 
@@ -127,14 +127,6 @@ def open_store(ledger: str | Path, config: GatewayConfig, url: str | None) -> Qu
 
 _Request = tuple[str, list[AppliedWindow], Demand]  # a reserve's arguments
 _Reserved = list[WindowState] | Exceeded
-
-
-async def _answered(result: _Reserved) -> _Reserved:
-    return result
-
-
-async def _failed(exc: BaseException) -> _Reserved:
-    raise exc
 
 
 class QuotaWorker:
@@ -341,11 +333,11 @@ class QuotaWorker:
         try:
             result = owned.reserve(*request)
         except sqlite3.Error as exc:
-            return _failed(QuotaUnavailable(f"sqlite quota store: {exc}"))
+            return raised(QuotaUnavailable(f"sqlite quota store: {exc}"))
         except Exception as exc:  # noqa: BLE001 - the caller's await raises it
-            return _failed(exc)
+            return raised(exc)
         self._write_soon()
-        return _answered(result)
+        return answered(result)
 
     def _write_soon(self) -> None:
         """Write the decisions behind a moment later, many to a transaction."""
