@@ -53,12 +53,13 @@ class Proxy:
         extra_args: list[str] | None = None,
         addon: bool = True,
         binary: Path = MITMDUMP,
+        log_path: Path | None = None,
     ) -> None:
         self.policies, self.db, self.confdir = policies, db, confdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ca_path = str(confdir / "mitmproxy-ca-cert.pem")
-        self.log_path = db.with_suffix(".log")
+        self.log_path = log_path or db.with_suffix(".log")
         # A PostgreSQL ledger, named in env: the proxy gets it, `query` reads it.
         named = (env or {}).get("LLMGATE_DB", "")
         self.ledger_url = named if named.startswith("postgresql://") else None
@@ -195,14 +196,29 @@ class Proxy:
                 raise AssertionError(f"no closed audit row for {request_id}: {rows}")
             time.sleep(0.05)
 
+    def ledger_idle(self) -> bool:
+        """The writer has committed everything queued so far: a strict call's opening
+        row is in the journal first, and in the ledger with the writer's next batch."""
+        try:
+            with httpx2.Client(proxy=self.url, timeout=5) as client:
+                response = client.get("http://llmgate.internal/health")
+        except httpx2.HTTPError:
+            return False
+        if response.status_code != 200:  # behind proxy auth (407): nothing to tell
+            return True
+        return response.json()["ledger"]["queue_depth"] == 0
+
     def closed_rows(self, user: str, count: int | None = None, timeout: float = 10) -> list[dict]:
-        """A user's rows once none is pending (and, if given, once there are `count`)."""
+        """A user's rows once none is pending and the writer has nothing queued (and,
+        if given, once there are `count`)."""
         deadline = time.monotonic() + timeout
         while True:
             rows = self.query('select * from requests where "user" = ?', user)
             settled = rows and all(r["status"] != "pending" for r in rows)
-            if settled and (count is None or len(rows) >= count):
-                return rows
+            if settled and (count is None or len(rows) >= count) and self.ledger_idle():
+                rows = self.query('select * from requests where "user" = ?', user)
+                if all(r["status"] != "pending" for r in rows):
+                    return rows
             if time.monotonic() > deadline:
                 raise AssertionError(f"{user}: rows still pending or missing: {len(rows)}")
             time.sleep(0.05)

@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from addon.ledger import journal
+from addon.ledger.recovery import instances_dir
 from tests.conftest import CALLER_KEY, UPSTREAM_KEYS
 from tests.emulator import Emulator
 from tests.hostile import REQUEST_ID, assert_error_format, exchange, http_request
@@ -53,10 +55,13 @@ def write_policies(directory: Path, emulator: Emulator, extra: str = "") -> Path
     return directory
 
 
-def start_proxy(policies: Path, db: Path, confdir: Path, emulator: Emulator, **env: str) -> Proxy:
+def start_proxy(
+    policies: Path, db: Path, confdir: Path, emulator: Emulator, log: Path | None = None, **env: str
+) -> Proxy:
     return Proxy(
-        policies, db, confdir, upstream_ca=emulator.ca_path, env={**UPSTREAM_KEYS, **env}
-    ).start()
+        policies, db, confdir, upstream_ca=emulator.ca_path, env={**UPSTREAM_KEYS, **env},
+        log_path=log,
+    ).start()  # fmt: skip
 
 
 def chat(proxy: Proxy, model: str = "gpt-4o-mini", **headers: str) -> httpx2.Response:
@@ -204,18 +209,33 @@ def test_a_full_disk(tmp_path: Path, confdir: Path, emulator: Emulator, on_failu
             tmp_path / "policies", emulator, f"audit: {{on_failure: {on_failure}}}\n"
         )
         db = disk / "audit.db"
-        proxy = start_proxy(policies, db, confdir, emulator, **env)
+        # mitmproxy's own log elsewhere: a write to a full disk fails it, not llmgate.
+        proxy = start_proxy(policies, db, confdir, emulator, tmp_path / "proxy.log", **env)
         try:
+            served = 0
             if not env:
                 assert chat(proxy).status_code == 200  # a working ledger first
+                served = 1
                 fill(disk)
-            hits = len(emulator.hits)
-            answers = [chat(proxy) for _ in range(5)]
             if on_failure == "refuse":
-                for answer in answers:
+                # SQLite may still commit a row or two into WAL pages it already has
+                # (the journal steps aside on a full disk); from the first call whose
+                # row it cannot commit on, every call is refused.
+                for _ in range(20):
+                    answer = chat(proxy)
+                    if answer.status_code != 200:
+                        break
+                    served += 1
+                assert_error_format("openai", answer, 503, "audit_unavailable")
+                hits = len(emulator.hits)
+                for answer in [chat(proxy) for _ in range(5)]:
                     assert_error_format("openai", answer, 503, "audit_unavailable")
                 assert len(emulator.hits) == hits  # nothing went upstream
+                # Every call that was served has its row.
+                assert ledger(db, "select count(*) from requests")[0][0] == served
             else:
+                hits = len(emulator.hits)
+                answers = [chat(proxy) for _ in range(5)]
                 assert [a.status_code for a in answers] == [200] * 5
                 assert len(emulator.hits) == hits + 5
                 report = wait_for(
@@ -336,3 +356,33 @@ def test_kill_9_then_restart_closes_the_dead_process_rows_and_spares_a_live_one(
     assert json.dumps(ledger(db, "select count(*) from requests where status = 'pending'")) == (
         "[[0]]"
     )
+
+
+def test_a_strict_calls_row_is_in_the_journal_when_it_reaches_upstream_and_survives_kill_9(
+    tmp_path: Path, confdir: Path, emulator: Emulator
+) -> None:
+    policies = write_policies(tmp_path / "policies", emulator, QUOTA)
+    db = tmp_path / "audit.db"
+    victim = start_proxy(policies, db, confdir, emulator)
+    try:
+        assert chat(victim).status_code == 200  # the ledger's first commit: journal on
+        hits = len(emulator.hits)
+        start_streams(victim, 1, pause_ms=3000)
+        wait_for(lambda: len(emulator.hits) > hits, what="the stream upstream")
+        # The call has left: its opening row is on disk in the process's journal.
+        ((instance, segments),) = journal.segments(instances_dir(db)).items()
+        journaled = [json.loads(line) for s in segments for line in s.read_bytes().splitlines()]
+        ((table, row),) = [entry for entry in journaled if entry[1]["stream"] == 1]
+        assert (table, row["status"], row["instance_id"]) == ("requests", "pending", instance)
+        victim.kill()
+    finally:
+        victim.stop()
+    restarted = start_proxy(policies, db, confdir, emulator)
+    try:
+        # Folded in (if the writer had not got to it) and closed as the dead process's.
+        assert ledger(db, "select status, reason from requests where id = ?", row["id"]) == [
+            ("interrupted", "process_ended")
+        ]
+        assert instance not in journal.segments(instances_dir(db))
+    finally:
+        restarted.stop()

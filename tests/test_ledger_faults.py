@@ -220,67 +220,6 @@ def test_insert_durably_is_false_once_closed(writer: AuditWriter) -> None:
     assert writer.health()["alive"] is False
 
 
-def test_insert_now_commits_on_the_callers_thread_when_the_ledger_is_free(
-    ledger_at: str | Path,
-) -> None:
-    writer = AuditWriter(ledger_at, linger=30.0)
-    try:
-        done = writer.insert_now("requests", {"id": "now", "status": "pending"})
-        # A second connection sees it at once: committed, not queued behind the linger.
-        found = ledger_rows(ledger_at, "select id, status from requests")
-        health = writer.health()
-    finally:
-        writer.close()
-    if isinstance(ledger_at, Path):
-        assert done is True and found == [("now", "pending")]
-        assert health["rows_written"] == 1
-    else:  # PostgreSQL: always the writer's way (a round trip would hold the loop)
-        assert done is False and found == []
-
-
-def test_insert_now_declines_what_it_cannot_do_without_a_wait(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    db = tmp_path / "audit.db"
-    writer = AuditWriter(db)
-    try:
-        # Another connection holds the write lock: no waiting for it on the event loop.
-        with closing(sqlite3.connect(db, isolation_level=None)) as other:
-            other.execute("BEGIN IMMEDIATE")
-            assert writer.insert_now("requests", {"id": "busy", "status": "pending"}) is False
-            other.execute("ROLLBACK")
-        # A value that needs reducing goes the writer's way, which reduces and counts it.
-        assert writer.insert_now("requests", {"id": "odd", "model": Odd()}) is False
-
-        # While a durable insert of the caller is pending, rows share its group commit.
-        async def pending() -> bool:
-            waiting = asyncio.ensure_future(
-                writer.insert_durably("requests", {"id": "d1", "status": "pending"})
-            )
-            await asyncio.sleep(0)
-            declined = not writer.insert_now("requests", {"id": "d2", "status": "pending"})
-            assert await waiting
-            return declined
-
-        assert asyncio.run(pending())
-        assert writer.insert_now("requests", {"id": "free", "status": "pending"}) is True
-    finally:
-        writer.close()
-    assert rows(db, "select id from requests order by id") == [("d1",), ("free",)]
-    durable = AuditWriter(tmp_path / "fsync.db", synchronous="full")
-    try:  # its commits wait for an fsync: never on the event loop
-        assert durable.insert_now("requests", {"id": "f", "status": "pending"}) is False
-    finally:
-        durable.close()
-    monkeypatch.setenv("LLMGATE_TEST_FAULTS", "ledger_disk_full")
-    full = AuditWriter(tmp_path / "full.db")
-    try:
-        assert full.insert_now("requests", {"id": "x", "status": "pending"}) is False
-    finally:
-        full.close()
-    assert rows(tmp_path / "full.db", "select count(*) from requests") == [(0,)]
-
-
 # --- recovery -------------------------------------------------------------------
 
 HOLDER = textwrap.dedent(

@@ -23,9 +23,10 @@ from addon.cli.output import iso as _when
 from addon.config import ConfigError, GatewayConfig, Route, load_config
 from addon.credentials import SecretStore
 from addon.keys import KeyStore
-from addon.ledger.db import LedgerDB, describe_location, local_state_path
+from addon.ledger import journal
+from addon.ledger.db import LedgerDB, describe_location, is_postgres, local_state_path
 from addon.ledger.pricing import load_pricing
-from addon.ledger.recovery import is_alive, pending_by_instance
+from addon.ledger.recovery import instances_dir, is_alive, pending_by_instance
 from addon.ledger.store import ENCODE_ERROR
 from addon.policy import effective_policy
 from addon.quota.budget import bind_windows, exact
@@ -192,6 +193,12 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     report: dict[str, Any] = {
         "db": describe_location(args.db),
         "pending": pending,
+        "journals": [
+            {"instance": i, "segments": len(paths), "alive": is_alive(args.db, i)}
+            for i, paths in sorted(journal.segments(instances_dir(args.db)).items())
+        ]
+        if not is_postgres(args.db)
+        else [],
         "interrupted": _rows_where(conn, "status = 'interrupted'") if has_requests else {},
         "encode_errors": _rows_where(conn, f"reason = '{ENCODE_ERROR}'") if has_requests else {},
         "proxy": args.proxy,
@@ -257,6 +264,11 @@ def _print_doctor(report: dict[str, Any]) -> None:
         console.print(table)
     else:
         console.print("no pending calls")
+    for row in report["journals"]:
+        if not row["alive"]:  # a live one's journal is its own business
+            segments, instance = row["segments"], row["instance"]
+            line = f"journal of ended instance {instance}: {segments} segment(s) not yet folded"
+            console.print(Text(line + "; the next llmgate to start folds them in"))
     for key, title in (
         ("interrupted", "interrupted calls"),
         ("encode_errors", f"rows with reason {ENCODE_ERROR}"),

@@ -116,10 +116,12 @@ class Gateway:
         gc.freeze()
 
     def close_stores(self) -> None:
-        self.lifecycle.closed()
         for store in (self.audit, self.quota, self.keys):
             if store is not None:
                 store.close()
+        # Last: until the writer has drained, the lease keeps other processes from
+        # taking this instance's pending rows and journal for a dead one's.
+        self.lifecycle.closed()
 
     async def done(self) -> None:
         # SIGTERM/SIGINT: calls in flight get drain_seconds to finish; the rest are

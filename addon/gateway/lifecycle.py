@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from addon import pipeline
 from addon.call import INSTANCE_ID, Call
 from addon.ledger.db import local_state_path
-from addon.ledger.recovery import InstanceLease, close_abandoned
+from addon.ledger.recovery import InstanceLease, close_abandoned, instances_dir
 from addon.quota.store import QuotaStore
 from addon.quota.worker import quota_path
 
@@ -41,6 +41,8 @@ class Lifecycle:
         instance's lease, recover the dead's."""
         self.closed()
         self._lease = InstanceLease(db, INSTANCE_ID)
+        if self.gateway.audit is not None:  # a journal only ever written under the lease
+            self.gateway.audit.open_journal(instances_dir(db), INSTANCE_ID)
         dead = close_abandoned(db, INSTANCE_ID)
         if not dead:
             return

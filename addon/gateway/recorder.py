@@ -115,12 +115,12 @@ class CallRecorder:
         return committed
 
     def _commit_openings(self, batch: Batch[dict[str, Any], bool]) -> None:
-        """One turn's opening rows in one commit on the loop, else each by the writer's
-        group commit. A row is written even if its call has gone meanwhile (its answer
-        cancelled): every decided call has its row."""
+        """One turn's opening rows in one append to the ledger's journal, else each by
+        the writer's group commit. A row is written even if its call has gone
+        meanwhile (its answer cancelled): every decided call has its row."""
         audit = self.gateway.audit
         assert audit is not None
-        if audit.insert_now("requests", *(row for row, _ in batch)):
+        if audit.insert_journaled("requests", *(row for row, _ in batch)):
             for _, committed in batch:
                 if not committed.done():
                     committed.set_result(True)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from addon.ledger import journal
 from addon.ledger.db import LedgerDB, is_postgres, open_db
 from addon.ledger.store import open_database
 from addon.private_files import private_dir, private_file
@@ -149,14 +150,21 @@ def close_abandoned(db_path: str | Path, own_instance: str, now: float | None = 
     held: dict[str, int | None] = {}  # dead instance -> its lock, held until closed
     db = open_database(db_path)
     try:
+        journals = journal.segments(instances_dir(db_path))
         candidates = {instance for instance, _, _ in pending_by_instance(db)}
-        candidates |= _lock_file_ids(db_path)
+        candidates |= _lock_file_ids(db_path) | set(journals)
         for instance in sorted(candidates - {own_instance}):
             dead, fd = _lock_if_dead(db_path, instance)
             if dead:
                 held[instance] = fd
+        # A dead instance's journal first: its rows may not have reached the ledger.
+        folded = [segment for instance in held for segment in journals.get(instance, [])]
+        for segment in folded:
+            journal.fold(db, segment)
         if held:
             _interrupt(db, list(held), now)
+        for segment in folded:
+            journal.unlink(segment)
         for instance, fd in held.items():
             path = lock_path(db_path, instance)
             if fd is not None and path is not None:

@@ -21,8 +21,9 @@ the writer's own commits checkpoint only when it falls behind.
 
 `insert_durably` is for rows that must be on disk before the call goes on: the
 writer commits as soon as it sees one (group commit, with whatever else is
-queued) instead of after the linger. `insert_now` commits such a row on the
-caller's thread instead, only when that cannot wait (a free SQLite lock, no fsync).
+queued) instead of after the linger. `insert_journaled` puts such rows on disk in
+the caller's thread instead, by one append to the instance's journal (journal.py),
+and queues them as plain inserts.
 
 One class for one thread's state (queue, batch, connections, counts, faults), so it
 runs past the ~400-line mark rather than hand its internals to a second module.
@@ -43,7 +44,6 @@ import contextlib
 import itertools
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 from addon.ledger.db import LedgerDB, is_postgres
 from addon.ledger.health import Faults, WriterStats, describe_error, where
+from addon.ledger.journal import Journal, SealedSegments
 from addon.ledger.schema import Dialect, statement_sql
 from addon.ledger.store import (
     ENCODE_ERROR,
@@ -63,18 +64,17 @@ from addon.ledger.store import (
 from addon.sqlite_wal import (
     Checkpointer,
     checkpoint_when_behind,
-    connect_wal,
-    never_checkpoint,
 )
 
 log = logging.getLogger("llmgate.audit")
 
 # (kind, table, payload, waiter, reduced). kind: insert, append (plain INSERT),
-# update (payload: (key, fields)), flush (waiter: a threading.Event) or stop.
+# update (payload: (key, fields)), flush (waiter: a threading.Event), retire
+# (payload: a sealed journal segment, deleted once the ops before it are in) or stop.
 # A durable insert's waiter is (loop, future).
 _Op = tuple[str, str, Any, Any, bool]
 _STOP: _Op = ("stop", "", None, None, False)
-_CONTROL = ("stop", "flush")
+_CONTROL = ("stop", "flush", "retire")
 _REDUCED_IDS_MAX = 10_000
 _BACKOFF_MAX = 5.0
 
@@ -107,7 +107,11 @@ class AuditWriter:
         self._closing = False
         self._stopped = False
         self._durable_pending = 0  # insert_durably calls awaiting their commit
-        self._inline: sqlite3.Connection | None = None  # insert_now's, on the loop
+        self._journal: Journal | None = None  # set by open_journal
+        # Until a commit succeeds, and from a failed write to the next success: the
+        # journal declines, and strict calls wait for the ledger's own answer.
+        self._failing = True
+        self._sealed = SealedSegments()  # the writer thread's side of the journal
         # Opened here, so a ledger that cannot be opened stops the gateway's start.
         db = open_database(self.path, synchronous)
         self._dialect: Dialect = db.dialect
@@ -134,53 +138,47 @@ class AuditWriter:
         except Exception as exc:  # the iterable itself failed
             self._lose("append", table, exc)
 
-    def insert_now(self, table: str, *rows: dict[str, Any]) -> bool:
-        """Commit `rows` now, in one transaction on the calling thread, when that costs
-        no wait: a SQLite ledger whose lock is free, and no durable insert of the
-        caller's pending (those share the writer's group commit). False: nothing was
-        written; the caller uses `insert_durably`. With `synchronous: full` it always
-        declines: that commit waits for an fsync.
+    def open_journal(self, directory: Path, instance_id: str) -> None:
+        """Let `insert_journaled` write to this instance's journal (journal.py). Called
+        under the instance's lease, which keeps other processes from reading it. Only
+        SQLite with `synchronous: normal`: a journal is as durable as its commits, and
+        with `full` a row must wait for an fsync, on the writer's thread."""
+        if self._dialect == "sqlite" and self._synchronous == "normal" and not self._closing:
+            self._journal = Journal(directory, instance_id)
 
-        Why: at one connection, handing the row to the writer thread and waiting for
-        its commit was most of the 0.55 ms strict audit added (bench case `audit`):
-        two thread wake-ups and the GIL passed back and forth, for a commit of a few
-        tens of microseconds. Under load the gateway gathers a turn of the loop's rows
-        into one call (turn_batch.py), so they share the commit.
+    def insert_journaled(self, table: str, *rows: dict[str, Any]) -> bool:
+        """Put `rows` on disk now in one append to the journal, and queue them for the
+        ledger; False when nothing was written (the caller uses `insert_durably`).
+
+        Declines until the writer has committed once, and from any failed write until
+        the next one succeeds: a strict call is then decided by the ledger itself.
+        Rows journaled before a failure showed are kept in the journal and folded in
+        once the ledger takes them again (or by the next process to start).
+
+        Why: a SQLite commit of an opening row on the loop cost ~0.1 ms a call, one
+        page per b-tree the row touches (BENCH.md); an append costs a few microseconds.
         """
-        if self._dialect != "sqlite" or self._durable_pending or self._closing:
+        journal = self._journal
+        if journal is None or self._closing or not self._thread.is_alive():
             return False
-        if self._synchronous == "full":
-            return False  # an fsync per commit belongs on the writer's thread, not the loop
+        if self._failing:
+            # Rows appended before the failure showed may be missing from the ledger:
+            # the writer folds the sealed segment in once a write succeeds.
+            self._retire(journal.seal())
+            return False
         try:
             ops = [self._prepare("insert", table, row, None) for row in rows]
         except Exception:  # noqa: BLE001 - the writer's path reduces, counts and logs it
             return False
         if any(op is None or op[4] for op in ops):
             return False
-        try:
-            if self._inline is None:
-                self._inline = connect_wal(
-                    self.path, busy_timeout_ms=0, synchronous=self._synchronous
-                )
-                # A checkpoint inside this commit would stall the event loop.
-                never_checkpoint(self._inline)
-            statements = [self._statement(op) for op in ops if op is not None]
-            self._inline.execute("BEGIN IMMEDIATE")
-            try:
-                self._faults.before_write()
-                for sql, params in statements:
-                    self._inline.execute(sql, params)
-            except BaseException:
-                self._inline.execute("ROLLBACK")
-                raise
-            self._inline.execute("COMMIT")
-        except sqlite3.Error:
-            if self._inline is not None and self._inline.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # left open, it would refuse all
-                    self._inline.execute("ROLLBACK")
-            return False  # busy, or failing: the writer's path decides and counts
-        self._stats.count(written=len(ops))
-        return True
+        appended = journal.append(table, [op[2] for op in ops if op is not None])
+        if appended:
+            for op in ops:
+                self._queue.put(op)
+        if not appended or journal.full:
+            self._retire(journal.seal())
+        return appended
 
     async def insert_durably(
         self, table: str, row: dict[str, Any], *, timeout: float = 10.0
@@ -223,13 +221,11 @@ class AuditWriter:
     def close(self) -> None:
         if not self._closing:
             self._closing = True
+            if self._journal is not None:
+                self._retire(self._journal.seal())
             self._queue.put(_STOP)
             self._urgent.set()
         self._supervisor.join()
-        if self._inline is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._inline.close()
-            self._inline = None
         if self._checkpointer is not None:
             # After the writer's: the last connection to close runs a final checkpoint.
             self._checkpointer.close()
@@ -280,7 +276,12 @@ class AuditWriter:
             log.warning("audit %s on %s reduced: %s", kind, table, type(exc).__name__)
             return (kind, table, smaller, waiter, True)
 
+    def _retire(self, segment: Path | None) -> None:
+        if segment is not None:
+            self._queue.put(("retire", "", segment, None, False))
+
     def _lose(self, kind: str, table: str, exc: BaseException) -> None:
+        self._sealed.lost = True
         self._stats.count(lost=1)
         self._stats.error(exc)
         log.error("audit %s on %s lost: %s", kind, table, describe_error(exc))
@@ -347,6 +348,12 @@ class AuditWriter:
         for op in batch:
             if op[0] == "flush":
                 op[3].set()
+            elif op[0] == "retire":
+                self._sealed.retire(op[2])
+        if self._sealed.kept and not self._failing:
+            for exc in self._sealed.fold_kept(conn):
+                self._failing = True  # the journal declines until a write succeeds
+                self._stats.error(exc)
         return any(op[0] == "stop" for op in batch)
 
     def _apply(self, conn: LedgerDB, ops: list[_Op]) -> list[bool]:
@@ -356,9 +363,13 @@ class AuditWriter:
             self._commit(conn, [self._statement(op) for op in ops])
         except Exception as exc:
             # One bad op must not lose the batch: retry each on its own.
+            self._failing = True
             self._stats.error(exc)
             log.error("audit batch of %d failed (%s); retrying singly", len(ops), where(exc))
-            return [self._apply_one(conn, op) for op in ops]
+            outcomes = [self._apply_one(conn, op) for op in ops]
+            self._failing = not all(outcomes)
+            return outcomes
+        self._failing = False
         reduced = sum(op[4] for op in ops)
         self._stats.count(written=len(ops) - reduced, reduced=reduced)
         return [True] * len(ops)
@@ -462,6 +473,8 @@ class AuditWriter:
                 op[3].set()
             elif op[0] == "stop":
                 self._queue.put(op)
+            elif op[0] == "retire":
+                pass  # the segment stays on disk, for the next process to fold
             else:
                 self._lose(op[0], op[1], why)
                 if op[3]:
