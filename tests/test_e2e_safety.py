@@ -55,7 +55,9 @@ def reply_headers(emulator: Emulator, text: str, chunks: int = 3) -> dict[str, s
 
 
 def everything_stored(proxy: Proxy) -> bytes:
+    # The ledger, its WAL, the quota file and key, and the instances' locks and journals.
     files = sorted(p for p in proxy.db.parent.glob("audit.db*") if p.is_file())
+    files += sorted(proxy.db.parent.glob("audit.db.instances/*"))
     return b"".join(p.read_bytes() for p in files) + proxy.log_path.read_bytes()
 
 

@@ -240,3 +240,19 @@ def test_a_live_instances_journal_is_never_read(journaled: tuple[AuditWriter, Pa
         assert close_abandoned(db, "own0000000000000") == []
         assert len(journal.segments(instances_dir(db))[INSTANCE]) == 1
         assert rows(db, "select count(*) from requests where status = 'pending'") == [(0,)]
+
+
+def test_a_disk_short_of_room_or_a_value_json_cannot_write_leaves_the_journal_as_it_was(
+    journaled: tuple[AuditWriter, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, db = journaled
+    committed_once(writer)
+    assert writer.insert_journaled("requests", opening(1))
+    monkeypatch.setattr(journal, "RESERVE_BYTES", 1 << 62)  # no disk has that much free
+    assert writer.insert_journaled("requests", opening(2)) is False
+    monkeypatch.undo()
+    assert writer.insert_journaled("requests", opening(3))
+    direct = journal.Journal(instances_dir(db), "direct0000000001")
+    assert direct.append("requests", [{"id": "x", "model": {1, 2}}]) is False
+    assert direct.seal() is None  # nothing was written, not even a segment's first line
+    assert on_disk(db) == [opening(1), opening(3)]

@@ -24,7 +24,6 @@ dead instance's segments before it closes that instance's pending rows.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -64,7 +63,10 @@ class Journal:
     def append(self, table: str, rows: list[dict[str, Any]]) -> bool:
         """True once every row is in the current segment; False if none is (a torn
         write is cut off again, so that the segment's next line starts clean)."""
-        data = b"".join(_line(table, row) for row in rows)
+        try:
+            data = b"".join(_line(table, row) for row in rows)
+        except (TypeError, ValueError):  # not JSON: the writer's path reduces and counts it
+            return False
         try:
             if self._fd is None:
                 self._open()
@@ -210,8 +212,14 @@ def fold(conn: LedgerDB, path: Path) -> int:
 
 
 def unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Delete a segment whose rows are in; one that cannot be deleted is folded again,
+    harmlessly, by the next process to start."""
+    try:
         path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.error("audit journal %s not deleted (%s)", path.name, type(exc).__name__)
 
 
 def _insert_missing_sql(table: str, columns: tuple[str, ...]) -> str:

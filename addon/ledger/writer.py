@@ -106,7 +106,6 @@ class AuditWriter:
         self._reduced_ids: set[str] = set()
         self._closing = False
         self._stopped = False
-        self._durable_pending = 0  # insert_durably calls awaiting their commit
         self._journal: Journal | None = None  # set by open_journal
         # Until a commit succeeds, and from a failed write to the next success: the
         # journal declines, and strict calls wait for the ledger's own answer.
@@ -190,7 +189,6 @@ class AuditWriter:
         Only cancellation propagates. A row queued while the writer is down is still
         written once a new writer runs, but the caller is told False.
         """
-        self._durable_pending += 1
         try:
             loop = asyncio.get_running_loop()
             committed: asyncio.Future[bool] = loop.create_future()
@@ -206,8 +204,6 @@ class AuditWriter:
         except Exception as exc:
             log.error("audit: durable insert on %s failed (%s)", table, type(exc).__name__)
             return False
-        finally:
-            self._durable_pending -= 1
 
     def flush(self) -> None:
         """Block until everything submitted so far is committed (tests, CLI, shutdown)."""
