@@ -503,13 +503,14 @@ def case_audit(bench: Bench) -> CaseResult:
     return variant_overhead(
         bench,
         "audit",
-        "Strict audit: the opening row committed before the call leaves "
+        "Strict audit: the opening row on disk before the call leaves "
         "(audit.on_failure refuse, the default) against queued (serve), buffered chat completion",
         ("llmgate-serve", "llmgate"),
         notes=(
             "llmgate-serve is the llmgate variant plus `audit: {on_failure: serve}`: the "
-            "call's opening row is queued for the writer thread instead of committed (and "
-            "awaited) before the call goes upstream; everything else is the same",
+            "call's opening row is queued for the writer thread instead of put on disk (in "
+            "the journal, or by an awaited commit) before the call goes upstream; "
+            "everything else is the same",
         ),
     )
 
