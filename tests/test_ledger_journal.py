@@ -256,3 +256,24 @@ def test_a_disk_short_of_room_or_a_value_json_cannot_write_leaves_the_journal_as
     assert direct.append("requests", [{"id": "x", "model": {1, 2}}]) is False
     assert direct.seal() is None  # nothing was written, not even a segment's first line
     assert on_disk(db) == [opening(1), opening(3)]
+
+
+def test_a_loss_keeps_every_segment_whose_rows_it_may_have_touched(tmp_path: Path) -> None:
+    a, b, c, d = (tmp_path / f"{INSTANCE}.journal-{n}" for n in range(4))
+    for segment in (a, b, c, d):
+        segment.write_bytes(b"")
+    sealed = journal.SealedSegments()
+    sealed.begin_batch()
+    sealed.lost = True  # what the writer's loss count sets: an op of this batch lost
+    sealed.end_batch([a])  # its rows may be the lost one: kept
+    sealed.begin_batch()
+    sealed.end_batch([b])  # ops after a's retire in that batch were b's: kept too
+    sealed.begin_batch()
+    sealed.end_batch([c])  # a batch with no loss since: every row before it is in
+    sealed.begin_batch()
+    sealed.lost = True
+    sealed.end_batch([])  # a loss in a batch that retired nothing...
+    sealed.begin_batch()
+    sealed.end_batch([d])  # ...keeps the next segment retired
+    assert [s.exists() for s in (a, b, c, d)] == [True, True, False, True]
+    assert sealed.kept

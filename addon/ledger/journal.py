@@ -129,23 +129,33 @@ class Journal:
 
 
 class SealedSegments:
-    """The writer thread's side: a sealed segment is deleted when the writer reaches
-    it, or kept and folded in again when an op may have been lost before it."""
+    """The writer thread's side: a sealed segment is deleted once the writer has
+    applied the batch holding its retire op, or kept and folded in again when an op
+    may have been lost before it."""
 
     def __init__(self) -> None:
-        self.lost = False  # an op was lost since the last segment was retired
+        self.lost = False  # an op was lost (set by the writer's loss count)
+        self._carried = False
         self._kept: list[Path] = []
 
     @property
     def kept(self) -> bool:
         return bool(self._kept)
 
-    def retire(self, segment: Path) -> None:
-        if self.lost:
-            self._kept.append(segment)  # some row before it may be missing
-        else:
-            unlink(segment)  # every row queued before it is in
-        self.lost = False
+    def begin_batch(self) -> None:
+        self._carried, self.lost = self.lost, False
+
+    def end_batch(self, retired: list[Path]) -> None:
+        """Delete the segments this batch retired, or keep them if an op was lost in
+        it or since the last retire. A loss in this batch also keeps the next one:
+        ops after a retire in the batch belong to the next segment."""
+        lost_here = self.lost
+        for segment in retired:
+            if self._carried or lost_here:
+                self._kept.append(segment)  # some row before it may be missing
+            else:
+                unlink(segment)  # every row queued before it is in
+        self.lost = lost_here or (self._carried and not retired)
 
     def fold_kept(self, conn: LedgerDB) -> list[Exception]:
         """Once the ledger takes writes again: fold the kept segments in and delete

@@ -74,7 +74,8 @@ log = logging.getLogger("llmgate.audit")
 # A durable insert's waiter is (loop, future).
 _Op = tuple[str, str, Any, Any, bool]
 _STOP: _Op = ("stop", "", None, None, False)
-_CONTROL = ("stop", "flush", "retire")
+_CONTROL = ("stop", "flush")  # these end a batch; a retire rides in one
+_NOT_WRITES = (*_CONTROL, "retire")
 _REDUCED_IDS_MAX = 10_000
 _BACKOFF_MAX = 5.0
 
@@ -334,22 +335,22 @@ class AuditWriter:
 
     def _process(self, conn: LedgerDB, batch: list[_Op]) -> bool:
         """Apply a batch, then tell whoever waits on it; True if it held the stop."""
-        writes = [op for op in batch if op[0] not in _CONTROL]
+        writes = [op for op in batch if op[0] not in _NOT_WRITES]
+        self._sealed.begin_batch()
         outcomes = self._apply(conn, writes)
         if writes and self._checkpointer is not None:
             self._checkpointer.wrote()
         self._inflight = []
         self._inflight_deaths = 0
         _resolve([(op[3], ok) for op, ok in zip(writes, outcomes, strict=True) if op[3]])
-        for op in batch:
-            if op[0] == "flush":
-                op[3].set()
-            elif op[0] == "retire":
-                self._sealed.retire(op[2])
+        self._sealed.end_batch([op[2] for op in batch if op[0] == "retire"])
         if self._sealed.kept and not self._failing:
             for exc in self._sealed.fold_kept(conn):
                 self._failing = True  # the journal declines until a write succeeds
                 self._stats.error(exc)
+        for op in batch:  # last: a flush returns once the journal is tidied too
+            if op[0] == "flush":
+                op[3].set()
         return any(op[0] == "stop" for op in batch)
 
     def _apply(self, conn: LedgerDB, ops: list[_Op]) -> list[bool]:
